@@ -1,0 +1,1 @@
+"""runs: orchestrates sweeps, stores and analyses their results (and holds the CLI)."""

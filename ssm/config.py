@@ -1,0 +1,110 @@
+"""Model configuration and the choices shared by the whole package.
+
+Symbols (one legend for all of ssmscope): B batch, L length, D d_model, E expand,
+ED = N_u = d_inner, N = N_x = d_state, R dt_rank, W conv width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from ssm.errors import ConfigError
+
+
+class Discretization(StrEnum):
+    """How the continuous (A, B) become the discrete (Ā, B̄) for a step Δ."""
+
+    ZOH = "zoh"  # Ā = exp(ΔA), B̄ = (exp(ΔA) − 1)/A · B
+    EULER = "euler"  # Ā = exp(ΔA), B̄ = Δ·B (what Mamba's reference code does)
+
+
+class ScanBackend(StrEnum):
+    """Which implementation of the selective scan runs the recurrence."""
+
+    AUTO = "auto"  # triton on CUDA tensors when importable, else fast
+    REFERENCE = "reference"  # sequential loop, the ground truth (any dtype)
+    FAST = "fast"  # chunked torch scan with a hand-written backward (CPU and GPU)
+    TRITON = "triton"  # GPU kernel (the Triton issue)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}={value!r}; allowed: a positive integer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MambaConfig:
+    """A Mamba language model: embedding → n_layers × (RMSNorm → Mamba block, residual) → norm → readout."""
+
+    d_model: int = 16
+    """D, the residual-stream width; N_u = expand · d_model."""
+    n_layers: int = 3
+    """Number of Mamba blocks (one S6 each); 3 as in the paper's figure."""
+    d_state: int = 16
+    """N_x, the latent state size per channel (Mamba's default 16)."""
+    expand: int = 2
+    """E, N_u / d_model (Mamba's default 2)."""
+    d_conv: int = 4
+    """W, causal depthwise convolution width (Mamba's default 4)."""
+    dt_rank: int | str = "auto"
+    """R, rank of the Δ projection; "auto" = ceil(d_model / 16) as in Mamba."""
+    dt_min: float = 1e-3
+    """Lower end of the log-uniform Δ at initialisation."""
+    dt_max: float = 0.1
+    """Upper end of the log-uniform Δ at initialisation."""
+    dt_init_floor: float = 1e-4
+    """Floor applied to the initial Δ before inverting the softplus."""
+    discretization: Discretization = Discretization.ZOH
+    """ZOH or Euler (see Discretization)."""
+    vocab_size: int = 256
+    """Number of token ids (256 = bytes)."""
+    scan: ScanBackend = ScanBackend.AUTO
+    """Scan implementation; a performance choice, the numbers agree to fp tolerance."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes stored with the config (never read by the model)."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_layers", "d_state", "expand", "d_conv", "vocab_size"):
+            _positive_int(name, getattr(self, name))
+        if self.dt_rank != "auto":
+            _positive_int("dt_rank", self.dt_rank)
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ConfigError(
+                f"dt_min={self.dt_min!r}, dt_max={self.dt_max!r}; allowed: 0 < dt_min <= dt_max"
+            )
+        if self.dt_init_floor <= 0:
+            raise ConfigError(f"dt_init_floor={self.dt_init_floor!r}; allowed: > 0")
+        try:
+            object.__setattr__(self, "discretization", Discretization(self.discretization))
+        except ValueError:
+            allowed = ", ".join(d.value for d in Discretization)
+            raise ConfigError(
+                f"discretization={self.discretization!r}; allowed: {allowed}"
+            ) from None
+        try:
+            object.__setattr__(self, "scan", ScanBackend(self.scan))
+        except ValueError:
+            allowed = ", ".join(b.value for b in ScanBackend)
+            raise ConfigError(f"scan={self.scan!r}; allowed: {allowed}") from None
+
+    @property
+    def d_inner(self) -> int:
+        """N_u = ED, the number of S6 channels."""
+        return self.expand * self.d_model
+
+    @property
+    def rank(self) -> int:
+        """R, the resolved dt_rank."""
+        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict, stored with every run."""
+        d = asdict(self)
+        d["discretization"] = str(self.discretization)
+        d["scan"] = str(self.scan)
+        return d
