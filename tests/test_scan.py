@@ -103,7 +103,7 @@ def test_probe_statistics_equal_norms_of_explicit_states(backend, disc):
     assert probe.delta_sumsq["init"].sum() > 0
     # ∂L/∂x_t by autograd on explicit states: L = ½‖y‖², y_t = C_t·x_t + D u_t
     x_leaf = xs.detach().requires_grad_()
-    u, delta, A, B, C, _ = probe.inputs
+    _, delta, A, _, C, _ = probe.inputs
     # adjoint: total derivative through the recurrence, computed by a reverse loop
     a = torch.exp(delta[..., None] * A)
     gy = y.detach()
