@@ -1,0 +1,1 @@
+"""app: the Streamlit dashboard over the DuckDB store (views only; no math, no torch)."""
