@@ -28,7 +28,7 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> None:
     """Print one line for a user error and exit."""
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -68,6 +68,84 @@ def param_show(
                           f"parameter(s): {', '.join(uncovered)}")
         raise typer.Exit(1)
     console.print(f"all {len(rows)} parameters covered by preset {p.name!r} ({p.source})")
+
+
+DB_HELP = "DuckDB store (default: $SSMSCOPE_DB or ./ssmscope-data/ssmscope.duckdb)"
+
+
+def _db(db: str | None):
+    from pathlib import Path
+
+    from runs.store import default_db_path
+
+    return Path(db) if db else default_db_path()
+
+
+@app.command()
+def sweep(
+    spec: Annotated[str, typer.Argument(help="Built-in spec (smoke, paper-figure, ...) or a .toml file")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    scan: Annotated[str, typer.Option(help="scan backend: auto, reference, fast or triton")] = "auto",
+    retries: Annotated[int, typer.Option(help="retries of a failed run")] = 1,
+) -> None:
+    """Run a sweep (resumable: finished runs are skipped), then ingest it into the store."""
+    from runs.progress import RichSweepProgress
+    from runs.spec import load_spec
+    from runs.sweep import run_sweep
+    from ssm import ConfigError
+    from ssm.config import ScanBackend
+
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        fail(f"--device={device!r}; allowed: auto, cpu, cuda")
+    if workers < 1:
+        fail(f"--workers={workers}; allowed: a positive integer")
+    if scan not in {b.value for b in ScanBackend}:
+        fail(f"--scan={scan!r}; allowed: {', '.join(b.value for b in ScanBackend)}")
+    try:
+        s = load_spec(spec)
+    except ConfigError as exc:
+        fail(str(exc))
+    path = _db(db)
+    console.print(f"[bold]{s.name}[/bold]: {s.description}\n{s.n_runs} runs → {path}")
+    try:
+        report = run_sweep(s, path, device=device, workers=workers, scan=scan, retries=retries,
+                           progress=RichSweepProgress(console))
+    except ConfigError as exc:
+        fail(str(exc))
+    st = report.statuses
+    console.print(
+        f"[bold]summary[/bold]: {st.get('completed', 0)} completed, {st.get('diverged', 0)} diverged, "
+        f"{st.get('failed', 0)} failed, {report.skipped} skipped (already finished) "
+        f"in {report.wall_s:.0f} s; ingested {report.ingest.loaded} new, {report.ingest.replaced} replaced"
+    )
+    for rid, err in report.failures.items():
+        console.print(f"  [red]failed[/red] {rid}: {err}")
+    if report.interrupted:
+        console.print("[yellow]interrupted[/yellow]: finished runs are stored; rerun the same command to resume")
+        raise typer.Exit(130)
+
+
+@app.command()
+def ingest(
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    shards: Annotated[str | None, typer.Option(help="shard directory (default: <db dir>/shards)")] = None,
+) -> None:
+    """Load run shards into the store (idempotent: already loaded shards are skipped)."""
+    from pathlib import Path
+
+    from runs.store import StoreError, counts
+    from runs.store import ingest as do_ingest
+
+    path = _db(db)
+    try:
+        rep = do_ingest(path, Path(shards) if shards else None)
+        n = counts(path)
+    except StoreError as exc:
+        fail(str(exc))
+    console.print(f"ingested {rep.loaded} new, {rep.replaced} replaced, {rep.skipped} unchanged → {path}: "
+                  f"{n['runs']} runs, {n['probes']} probe rows, {n['losses']} loss rows")
 
 
 class _meta_device:

@@ -1,0 +1,210 @@
+"""Sweep specs (TOML) and the run configs they expand to.
+
+A spec is a grid: widths (joint N_u = N_x, or separate N_u and N_x lists) × presets ×
+discretisations × optimizers × learning rates × seeds, with one training recipe. Every
+value is validated at load time; errors name the TOML key, the value and what is allowed.
+Imports only the standard library and ssm (the worker path runs on bare GPU nodes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ssm.config import Discretization, MambaConfig
+from ssm.errors import ConfigError
+from ssm.presets import Optimizer, builtin_names
+
+TASKS = ("pydoc", "copy")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything that determines one training run's numbers (its id is a hash of these)."""
+
+    preset: str
+    """Built-in preset name or path of a preset TOML."""
+    discretization: str
+    optimizer: str
+    lr: float
+    """Base learning rate (at the preset's base width)."""
+    seed: int
+    n_u: int
+    """N_u = d_inner; d_model = n_u / expand."""
+    n_x: int
+    """N_x = d_state."""
+    n_layers: int = 3
+    expand: int = 2
+    steps: int = 10
+    """Optimizer steps; probes at step s see the model after s updates."""
+    log_every: int = 1
+    batch: int = 8
+    seq_len: int = 64
+    task: str = "pydoc"
+    fixed_batch: bool = True
+    """Train on one fixed batch and probe that batch (mup-style coordinate check)."""
+    dt_min: float = 1e-3
+    dt_max: float = 0.1
+    weight_decay: float = 0.0
+    eval_every: int = 0
+    """Held-out loss every this many steps (0: never)."""
+    eval_batches: int = 4
+    grads: bool = True
+    """Record ∂L/∂y and ∂L/∂x."""
+    group_probes: bool = False
+    """Per-parameter-group update probes (one extra forward per group per logged step)."""
+
+    @property
+    def d_model(self) -> int:
+        return self.n_u // self.expand
+
+    def model_config(self, scan: str = "auto") -> MambaConfig:
+        return MambaConfig(d_model=self.d_model, d_state=self.n_x, n_layers=self.n_layers,
+                           expand=self.expand, dt_min=self.dt_min, dt_max=self.dt_max,
+                           discretization=self.discretization, vocab_size=256, scan=scan)
+
+    @property
+    def run_id(self) -> str:
+        """16 hex digits of the SHA-256 of the canonical JSON of this config."""
+        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_RECIPE_KEYS = {f.name for f in fields(RunConfig)} - {
+    "preset", "discretization", "optimizer", "lr", "seed", "n_u", "n_x"}
+_GRID_KEYS = {"widths", "n_u", "n_x", "presets", "discretizations", "optimizers", "lrs", "seeds"}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    description: str
+    runs: tuple[RunConfig, ...]
+    source: str
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.runs)
+
+
+def _list(path: str, value: Any, kind: type, *, positive: bool = False, allowed=None) -> list:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{path}={value!r}; allowed: a non-empty list")
+    out = []
+    for i, v in enumerate(value):
+        ok = isinstance(v, kind) and not isinstance(v, bool) if kind is not bool else isinstance(v, bool)
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v, ok = float(v), True
+        if not ok:
+            raise ConfigError(f"{path}[{i}]={v!r}; allowed: {kind.__name__}")
+        if positive and v <= 0:
+            raise ConfigError(f"{path}[{i}]={v!r}; allowed: > 0")
+        if allowed is not None and v not in allowed:
+            raise ConfigError(f"{path}[{i}]={v!r}; allowed: {', '.join(map(str, allowed))}")
+        out.append(v)
+    return out
+
+
+def _recipe(path: str, table: Any) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}={table!r}; allowed: a table")
+    types = {f.name: f.type for f in fields(RunConfig)}
+    out = {}
+    for key, v in table.items():
+        if key not in _RECIPE_KEYS:
+            raise ConfigError(f"{path}.{key}: unknown key; allowed: {', '.join(sorted(_RECIPE_KEYS))}")
+        t = types[key]
+        if t == "bool":
+            if not isinstance(v, bool):
+                raise ConfigError(f"{path}.{key}={v!r}; allowed: true or false")
+        elif t == "int":
+            if isinstance(v, bool) or not isinstance(v, int) or (v <= 0 and key not in ("eval_every",)) or v < 0:
+                raise ConfigError(f"{path}.{key}={v!r}; allowed: a positive integer")
+        elif t == "float":
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise ConfigError(f"{path}.{key}={v!r}; allowed: a non-negative number")
+            v = float(v)
+        elif key == "task" and v not in TASKS:
+            raise ConfigError(f"{path}.{key}={v!r}; allowed: {', '.join(TASKS)}")
+        out[key] = v
+    if out.get("dt_min", 1e-3) <= 0 or out.get("dt_min", 1e-3) > out.get("dt_max", 0.1):
+        raise ConfigError(f"{path}.dt_min/dt_max: allowed 0 < dt_min <= dt_max")
+    return out
+
+
+def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
+    """Validate a sweep spec table and expand its grid into run configs."""
+    unknown = set(data) - {"sweep", "grid", "train"}
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown table; allowed: sweep, grid, train")
+    head = data.get("sweep", {})
+    if not isinstance(head, dict) or set(head) - {"name", "description"}:
+        raise ConfigError("sweep: allowed keys: name, description")
+    grid = data.get("grid")
+    if not isinstance(grid, dict):
+        raise ConfigError("grid: missing table [grid]")
+    for key in grid:
+        if key not in _GRID_KEYS:
+            raise ConfigError(f"grid.{key}: unknown key; allowed: {', '.join(sorted(_GRID_KEYS))}")
+    if "widths" in grid and ("n_u" in grid or "n_x" in grid):
+        raise ConfigError("grid.widths: give either widths (joint N_u = N_x) or n_u and n_x, not both")
+    if "widths" in grid:
+        w = _list("grid.widths", grid["widths"], int, positive=True)
+        shapes = [(v, v) for v in w]
+    elif "n_u" in grid and "n_x" in grid:
+        nu = _list("grid.n_u", grid["n_u"], int, positive=True)
+        nx = _list("grid.n_x", grid["n_x"], int, positive=True)
+        shapes = list(itertools.product(nu, nx))
+    else:
+        raise ConfigError("grid.widths: missing; give widths (joint) or both n_u and n_x")
+    presets = _list("grid.presets", grid.get("presets"), str)
+    for i, p in enumerate(presets):
+        if p not in builtin_names() and not p.endswith(".toml"):
+            raise ConfigError(f"grid.presets[{i}]={p!r}; allowed: {', '.join(builtin_names())} or a .toml path")
+    discs = _list("grid.discretizations", grid.get("discretizations", ["zoh", "euler"]), str,
+                  allowed=[d.value for d in Discretization])
+    opts = _list("grid.optimizers", grid.get("optimizers", ["adam"]), str,
+                 allowed=[o.value for o in Optimizer])
+    lrs = _list("grid.lrs", grid.get("lrs"), float, positive=True)
+    seeds = _list("grid.seeds", grid.get("seeds", [0]), int)
+    recipe = _recipe("train", data.get("train", {}))
+    expand = recipe.get("expand", 2)
+    for n_u, _ in shapes:
+        if n_u % expand:
+            raise ConfigError(f"grid: N_u={n_u} is not a multiple of train.expand={expand}")
+    runs = tuple(
+        RunConfig(preset=p, discretization=d, optimizer=o, lr=lr, seed=s, n_u=n_u, n_x=n_x, **recipe)
+        for (n_u, n_x), p, d, o, lr, s in itertools.product(shapes, presets, discs, opts, lrs, seeds)
+    )
+    return SweepSpec(name=str(head.get("name", Path(source).stem)),
+                     description=str(head.get("description", "")), runs=runs, source=source)
+
+
+def builtin_specs() -> list[str]:
+    files = resources.files("runs").joinpath("specs")
+    return sorted(p.name.removesuffix(".toml") for p in files.iterdir() if p.name.endswith(".toml"))
+
+
+def load_spec(name_or_path: str | Path) -> SweepSpec:
+    """A built-in spec by name or a spec TOML file."""
+    text = str(name_or_path)
+    if text in builtin_specs():
+        data = resources.files("runs").joinpath("specs", f"{text}.toml").read_text()
+        return parse_spec(tomllib.loads(data), text)
+    path = Path(text)
+    if path.suffix != ".toml" or not path.is_file():
+        raise ConfigError(f"spec={text!r}; allowed: {', '.join(builtin_specs())} or an existing .toml file")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{text}: not valid TOML ({exc})") from None
+    return parse_spec(data, text)
