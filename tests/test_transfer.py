@@ -1,0 +1,80 @@
+"""The learning-rate optimum finder and the drift fit, on synthetic loss curves."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from runs.transfer import drift, optima, parabola_optimum
+
+
+def _curve(x, centre, depth=1.0):
+    return 2.0 + depth * (x - centre) ** 2
+
+
+@pytest.mark.parametrize("centre", [-9.3, -7.0, -5.5])
+def test_parabola_recovers_a_known_minimum(centre):
+    x = np.arange(-14, -1, 1.0)
+    o = parabola_optimum(x, _curve(x, centre))
+    assert o.status == "interior"
+    assert o.log2_lr == pytest.approx(centre, abs=1e-9)
+    assert o.loss == pytest.approx(2.0, abs=1e-9)
+
+
+def test_minimum_at_the_grid_edge_is_flagged():
+    x = np.arange(-14, -1, 2.0)
+    assert parabola_optimum(x, _curve(x, -20)).status == "edge_low"
+    assert parabola_optimum(x, _curve(x, 3)).status == "edge_high"
+
+
+def test_all_diverged_width_has_no_optimum():
+    x = np.arange(-6, -1, 1.0)
+    o = parabola_optimum(x, np.full_like(x, np.inf))
+    assert o.status == "all_diverged" and math.isnan(o.log2_lr)
+
+
+def test_diverged_right_neighbour_keeps_the_grid_point():
+    x = np.arange(-8, -1, 1.0)
+    y = _curve(x, -3.2)
+    y[x > -3] = np.inf
+    o = parabola_optimum(x, y)
+    assert o.status == "interior" and o.log2_lr == -3.0
+
+
+def _synthetic(drift_per_doubling: float, widths=(64, 128, 256, 512), seeds=(0, 1, 2), noise=0.03):
+    rng = np.random.default_rng(0)
+    rows = []
+    x = np.arange(-14, -1, 1.0)
+    for w in widths:
+        centre = -8.0 + drift_per_doubling * math.log2(w / 64)
+        for s in seeds:
+            for xi, yi in zip(x, _curve(x, centre) + rng.normal(0, noise, len(x)), strict=True):
+                rows.append({"preset": "p", "discretization": "zoh", "optimizer": "adam", "lr": 2**xi,
+                             "seed": s, "n_u": w, "n_x": 16, "status": "completed", "loss": yi})
+    return pl.DataFrame(rows)
+
+
+@pytest.mark.parametrize("true_drift", [0.0, -1.0, 0.5])
+def test_drift_of_the_optimum_is_recovered_with_a_covering_ci(true_drift):
+    final = _synthetic(true_drift)
+    opt = optima(final, n_boot=200)
+    assert (opt["status"] == "interior").all()
+    d = drift(opt, final, n_boot=200).row(0, named=True)
+    assert d["drift"] == pytest.approx(true_drift, abs=0.05)
+    # the CI covers the truth (up to the parabola's small bias on a discrete grid)
+    assert d["ci_low"] - 0.02 <= true_drift <= d["ci_high"] + 0.02
+    assert d["ci_high"] - d["ci_low"] < 0.2
+    assert d["n_interior"] == 4
+
+
+def test_diverged_widths_are_counted_not_fitted():
+    final = _synthetic(0.0).with_columns(
+        pl.when(pl.col("n_u") == 512).then(float("inf")).otherwise(pl.col("loss")).alias("loss"))
+    opt = optima(final, n_boot=50)
+    assert opt.filter(pl.col("width") == 512)["status"].item() == "all_diverged"
+    d = drift(opt, final, n_boot=50).row(0, named=True)
+    assert d["widths_all_diverged"] == 1 and d["n_interior"] == 3
+    assert d["drift"] == pytest.approx(0.0, abs=0.05)
