@@ -1,0 +1,268 @@
+"""`ssmscope slopes`: width-scaling exponents from the store, as the paper's table or every fit.
+
+    ssmscope slopes --format md                                   # the paper's table, last step
+    ssmscope slopes --where preset=mup-ssm --table full --format csv --out slopes.csv
+    ssmscope slopes --width 2d --convention l2 --format latex --out table.tex
+
+runs/cli.py calls `register(app)`. Options are checked before the store is opened; user errors
+(a bad option, a bad --where, an empty selection, a missing store) end as one line and exit code 2.
+The --where parser and its polars predicate are plain functions here, tested without the CLI.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:  # polars and the analysis load inside the command: `ssmscope --help` stays fast
+    import polars as pl
+
+    from runs.export import Format
+
+STEP_HELP = "an integer step, 'last' (each configuration's last step) or 'all'"
+WHERE_HELP = ("filter, repeatable: key=value, key=v1,v2, key!=v, n_u>=64, \"preset in (sp, mup)\", "
+              "several joined by ' and '; keys: run keys and step, layer, site, quantity, group")
+
+
+# --- --where -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Filter:
+    """One `column OP value[,value…]` condition of a --where selection."""
+
+    column: str
+    op: str  # = != < <= > >=
+    values: tuple[str | int | float, ...]
+
+
+_FILTER_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|=|<|>|\s+in\s+)\s*(.+?)\s*$",
+                        re.IGNORECASE)
+_INT_COLUMNS = {"seed", "n_u", "n_x", "step", "layer", "count", "n_tokens", "n_channels"}
+_FLOAT_COLUMNS = {"lr", "dt_max", "sumsq", "maxabs", "token_norm_sum", "channel_norm_sum"}
+
+
+def filter_columns() -> list[str]:
+    """Columns a --where may name: the probe frame's and the optional run keys."""
+    from runs.slopes import FRAME_COLUMNS, OPTIONAL_CONFIG_KEYS
+
+    return [*FRAME_COLUMNS, *OPTIONAL_CONFIG_KEYS]
+
+
+def parse_filters(clauses: list[str]) -> list[Filter]:
+    """Parse --where clauses: `key=value`, `key=v1,v2`, `key!=v`, `n_u>=64`, `preset in (sp, mup)`, and
+    several joined by " and " in one clause. Values are typed by their column; quotes are stripped."""
+    from ssm.errors import ConfigError
+
+    allowed = filter_columns()
+    filters = []
+    for clause in clauses:
+        for part in re.split(r"\s+and\s+", clause.strip(), flags=re.IGNORECASE):
+            if not part:
+                continue
+            match = _FILTER_RE.match(part)
+            if not match:
+                raise ConfigError(f"--where {part!r}; allowed: key=value, key!=value, key<value, "
+                                  f"key in (a, b) with key one of {', '.join(allowed)}")
+            column, op, raw = match.group(1), match.group(2).strip().lower(), match.group(3)
+            if column not in allowed:
+                raise ConfigError(f"--where {part!r}: unknown key {column!r}; allowed: {', '.join(allowed)}")
+            op = {"==": "=", "in": "="}.get(op, op)
+            raw = raw.strip().removeprefix("(").removesuffix(")")
+            items = [v.strip().strip("'\"") for v in raw.split(",")]
+            if op not in ("=", "!=") and len(items) != 1:
+                raise ConfigError(f"--where {part!r}: {op} takes one value")
+            filters.append(Filter(column, op, tuple(_typed(column, v, part) for v in items)))
+    return filters
+
+
+def _typed(column: str, value: str, clause: str) -> str | int | float:
+    """A filter value converted to its column's type."""
+    from ssm.errors import ConfigError
+
+    try:
+        if column in _INT_COLUMNS:
+            return int(value)
+        if column in _FLOAT_COLUMNS:
+            return float(value)
+    except ValueError:
+        kind = "an integer" if column in _INT_COLUMNS else "a number"
+        raise ConfigError(f"--where {clause!r}: {column} takes {kind}, got {value!r}") from None
+    return value
+
+
+def filter_expr(filters: list[Filter]) -> pl.Expr:
+    """All filters and-ed into one polars predicate (True when there are none)."""
+    import polars as pl
+
+    expr = pl.lit(True)
+    for f in filters:
+        col = pl.col(f.column)
+        if f.op == "=":
+            cond = col.is_in(list(f.values))
+        elif f.op == "!=":
+            cond = ~col.is_in(list(f.values))
+        else:
+            v = f.values[0]
+            cond = {"<": col < v, "<=": col <= v, ">": col > v, ">=": col >= v}[f.op]
+        expr = expr & cond
+    return expr
+
+
+def pushdown_filters(filters: list[Filter], columns: tuple[str, ...]) -> dict[str, list[str | int | float]]:
+    """The `=` filters on `columns` as {column: values} for the store's loader (a superset of the
+    selection when a column is filtered twice; the polars predicate then applies every filter exactly)."""
+    out: dict[str, list[str | int | float]] = {}
+    for f in filters:
+        if f.op == "=" and f.column in columns:
+            out.setdefault(f.column, []).extend(f.values)
+    return out
+
+
+def parse_step(step: str) -> int | str | None:
+    """--step: an integer, "last", or "all" (None: every step)."""
+    from ssm.errors import ConfigError
+
+    if step in ("last", "all"):
+        return None if step == "all" else "last"
+    try:
+        return int(step)
+    except ValueError:
+        raise ConfigError(f"--step={step!r}; allowed: {STEP_HELP}") from None
+
+
+# --- loading -------------------------------------------------------------------------------------
+def load_frame(db: Path | None, filters: list[Filter]) -> pl.DataFrame:
+    """The probe frame of the selection: runs.store.load_probe_frame, then every filter in polars."""
+    from ssm.errors import ConfigError
+
+    try:
+        from runs import store
+        loader = store.load_probe_frame
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"the store reader runs.store.load_probe_frame is not available ({exc})") from None
+    path = Path(db) if db is not None else store.default_db_path()
+    columns = tuple(getattr(store, "FILTER_COLUMNS", ()))
+    frame = loader(path, pushdown_filters(filters, columns) or None)
+    return frame.filter(filter_expr(filters)) if filters else frame
+
+
+# --- the command ---------------------------------------------------------------------------------
+CONVENTION_HELP = "norm convention: rms, l2, token_l2 or channel_l2"
+WIDTH_HELP = "joint (N_u = N_x), n_u (N_x fixed), n_x (N_u fixed) or 2d (s_u and s_x)"
+TABLE_HELP = "paper (‖x‖, ‖y‖, ‖Δx‖, ‖Δy‖ per preset) or full (every cell)"
+LAYERS_HELP = "each (a fit per layer) or mean (over layers); default: mean for paper, each for full"
+DB_HELP = "DuckDB store (default: $SSMSCOPE_DB or ./ssmscope-data/ssmscope.duckdb)"
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `slopes` command to the ssmscope app."""
+
+    @app.command("slopes")
+    def slopes(
+        fmt: Annotated[str, typer.Option("--format", help="csv, md, latex, parquet or json")],
+        db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+        where: Annotated[list[str] | None, typer.Option(help=WHERE_HELP)] = None,
+        step: Annotated[str, typer.Option(help=STEP_HELP)] = "last",
+        convention: Annotated[str, typer.Option(help=CONVENTION_HELP)] = "rms",
+        width: Annotated[str, typer.Option(help=WIDTH_HELP)] = "joint",
+        table: Annotated[str, typer.Option(help=TABLE_HELP)] = "paper",
+        layers: Annotated[str | None, typer.Option(help=LAYERS_HELP)] = None,
+        out: Annotated[Path | None, typer.Option(help="output file (required for parquet)")] = None,
+        n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the seeds (0: no CI)")] = 1000,
+        seed: Annotated[int, typer.Option(help="seed of the bootstrap draws")] = 0,
+        include_failed: Annotated[bool, typer.Option(help="fit diverged and failed runs too")] = False,
+    ) -> None:
+        """Fit width-scaling exponents (log-log, seed-bootstrap CIs) beside the predicted ones."""
+        from runs.cli import fail
+        from ssm.errors import ConfigError
+
+        try:
+            out_format, options = _options(fmt, out, step, convention, width, table, layers, n_boot, seed,
+                                           include_failed)
+            filters = parse_filters(where or [])
+            frame = load_frame(Path(db) if db else None, filters)
+            if frame.is_empty():
+                selection = f" ({'; '.join(where)})" if where else ""
+                raise ConfigError(f"no probe rows match the selection{selection}")
+            result, raw, caption = _compute(frame, table, out_format, options)
+            if result.is_empty():
+                raise ConfigError(_nothing_to_fit(frame, table, options["design"]))
+            _write(result, out_format, out, caption, raw)
+        except ConfigError as exc:
+            fail(str(exc))
+
+
+def _options(fmt: str, out: Path | None, step: str, convention: str, width: str, table: str,
+             layers: str | None, n_boot: int, seed: int, include_failed: bool) -> tuple[Format, dict]:
+    """Check every option before the store is opened: the output format and the fit options."""
+    from runs.export import BINARY_FORMATS, parse_format
+    from runs.norms import parse_convention
+    from runs.slopes import Design, LayerAgg
+    from ssm.errors import ConfigError
+
+    out_format = parse_format(fmt)
+    if out_format in BINARY_FORMATS and out is None:
+        raise ConfigError(f"--format {out_format.value} writes a binary file: give --out FILE")
+    if table not in ("paper", "full"):
+        raise ConfigError(f"--table={table!r}; allowed: paper, full")
+    if n_boot < 0:
+        raise ConfigError(f"--n-boot={n_boot}; allowed: 0 or more")
+    layers = layers or ("mean" if table == "paper" else "each")
+    options = dict(convention=parse_convention(convention), design=_choice(Design, "--width", width),
+                   layers=_choice(LayerAgg, "--layers", layers), step=parse_step(step), n_boot=n_boot,
+                   rng_seed=seed, include_failed=include_failed)
+    return out_format, options
+
+
+def _nothing_to_fit(frame: pl.DataFrame, table: str, design: str) -> str:
+    """Why a selection with rows gave no fit, as a hint."""
+    import polars as pl
+
+    if design == "joint" and frame.filter(pl.col("n_u") == pl.col("n_x")).is_empty():
+        return "nothing to fit: no runs with N_u = N_x for --width joint; use --width 2d, n_u or n_x"
+    if table == "paper":
+        return "nothing to fit: the paper table needs rows of site x/y, quantity value/delta_init, group ''"
+    return "nothing to fit in the selection"
+
+
+def _choice(enum: type, option: str, value: str) -> str:
+    """`value` if it names a member of `enum`, else a ConfigError listing the members."""
+    from ssm.errors import ConfigError
+
+    allowed = [e.value for e in enum]
+    if value not in allowed:
+        raise ConfigError(f"{option}={value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _compute(frame: pl.DataFrame, table: str, out_format: Format,
+             options: dict) -> tuple[pl.DataFrame, list[str], str]:
+    """The frame to export, the columns that hold markup already, and a caption."""
+    from runs import export
+    from runs.slopes import PAPER_COLUMNS, fit_slopes, paper_slopes
+
+    for_reading = out_format in export.TEXT_TABLE_FORMATS
+    if table == "full":
+        slopes = fit_slopes(frame, **options)
+        return (export.slope_display(slopes) if for_reading else slopes), [], export.slope_caption(slopes)
+    paper = paper_slopes(frame, **options)
+    if not for_reading or paper.is_empty():
+        return paper, [], export.paper_caption(paper)
+    style = "latex" if out_format == export.Format.LATEX else "markdown"
+    raw = [export.paper_header(c, style) for c in PAPER_COLUMNS]
+    return export.format_paper_table(paper, style), raw, export.paper_caption(paper)
+
+
+def _write(result: pl.DataFrame, out_format: Format, out: Path | None, caption: str, raw: list[str]) -> None:
+    """Print the export, or write it to `out` and say so on stderr."""
+    from runs.cli import err_console
+    from runs.export import export
+
+    text = export(result, out_format, out, caption=caption, raw_columns=raw)
+    if text is not None:
+        typer.echo(text, nl=False)
+    else:
+        err_console.print(f"wrote {result.height} rows to {out}", highlight=False)
