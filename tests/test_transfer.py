@@ -78,3 +78,36 @@ def test_diverged_widths_are_counted_not_fitted():
     d = drift(opt, final, n_boot=50).row(0, named=True)
     assert d["widths_all_diverged"] == 1 and d["n_interior"] == 3
     assert d["drift"] == pytest.approx(0.0, abs=0.05)
+
+
+TRANSFER_SPEC = {
+    "sweep": {"name": "transfer-smoke"},
+    "grid": {"widths": [16, 32, 64], "presets": ["mup-ssm"], "discretizations": ["zoh"], "optimizers": ["adam"],
+             "lrs": [0.002, 0.02, 0.2, 20.0], "seeds": [0, 1]},
+    "train": {"steps": 3, "log_every": 3, "batch": 2, "seq_len": 8, "n_layers": 1, "fixed_batch": False,
+              "eval_every": 3, "eval_batches": 1, "grads": False},
+}
+
+
+def test_smoke_transfer_sweep_end_to_end(tmp_path):
+    from typer.testing import CliRunner
+
+    from runs.cli import app
+    from runs.spec import parse_spec
+    from runs.sweep import run_sweep
+
+    db = tmp_path / "store.duckdb"
+    report = run_sweep(parse_spec(TRANSFER_SPEC, "transfer-smoke"), db, device="cpu")
+    assert sum(report.statuses.values()) == 24
+    runner = CliRunner()
+    result = runner.invoke(app, ["transfer", "--db", str(db), "--table", "optima", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    optima_rows = pl.read_csv(__import__("io").StringIO(result.output.strip()))
+    assert sorted(optima_rows["width"].to_list()) == [16, 32, 64]
+    assert optima_rows["n_lrs"].to_list() == [4, 4, 4]
+    # lr = 20 diverges or is worst at every width: the optimum is never at the top of the grid
+    assert (optima_rows["log2_lr_opt"] < math.log2(20.0)).all()
+    md = runner.invoke(app, ["transfer", "--db", str(db), "--format", "md"])
+    assert md.exit_code == 0 and "| mup-ssm | zoh | adam |" in md.output
+    bad = runner.invoke(app, ["transfer", "--db", str(db), "--where", "preset=nope"])
+    assert bad.exit_code == 2 and "no runs" in bad.output

@@ -1,0 +1,83 @@
+"""`ssmscope transfer`: the optimal learning rate per width and its drift, from an LR-grid sweep.
+
+    ssmscope sweep hp-transfer && ssmscope transfer --format md
+    ssmscope transfer --where discretization=zoh --table optima --format csv --out optima.csv
+
+runs/cli.py calls `register(app)`. The analysis is runs.transfer (pure polars/numpy); this
+module loads the loss frame, applies --where (the same syntax as `ssmscope slopes`) and exports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DB_HELP = "DuckDB store (default: $SSMSCOPE_DB or ./ssmscope-data/ssmscope.duckdb)"
+WHERE_HELP = "filter on run keys, repeatable: key=value, key=v1,v2, key!=v, n_u>=64 (as in `ssmscope slopes`)"
+
+
+def transfer_tables(db: Path | None, where: list[str], use: str, n_boot: int):
+    """(drift frame, optima frame) for the selection; a ConfigError when it holds no LR grid."""
+    import polars as pl
+
+    from runs import store
+    from runs.cli_slopes import filter_expr, parse_filters, pushdown_filters
+    from runs.transfer import drift, final_losses, optima
+    from ssm.errors import ConfigError
+
+    filters = parse_filters(where)
+    path = Path(db) if db is not None else store.default_db_path()
+    losses = store.load_losses(path, pushdown_filters(filters, store.FILTER_COLUMNS) or None)
+    losses = losses.filter(filter_expr([f for f in filters if f.column in losses.columns])) if filters else losses
+    if losses.is_empty():
+        raise ConfigError(f"no runs in {path} match the selection; run `ssmscope sweep hp-transfer --db {path}`")
+    final = final_losses(losses, use=use)
+    if final.is_empty():
+        raise ConfigError(f"the selected runs logged no {use}; hp-transfer specs set eval_every "
+                          "(or use --use train_loss)")
+    per_grid = final.group_by("preset", "discretization", "optimizer", "n_u", "n_x").agg(pl.col("lr").n_unique())
+    if per_grid["lr"].max() < 3:
+        raise ConfigError("the selection has fewer than 3 learning rates per width: run an LR grid, "
+                          f"e.g. `ssmscope sweep hp-transfer --db {path}`")
+    opt = optima(final, n_boot=n_boot)
+    return drift(opt, final, n_boot=n_boot), opt
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `transfer` command to the ssmscope app."""
+
+    @app.command()
+    def transfer(
+        fmt: Annotated[str, typer.Option("--format", help="md, csv, latex, json or parquet")] = "md",
+        out: Annotated[Path | None, typer.Option(help="write to this file instead of stdout")] = None,
+        db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+        where: Annotated[list[str] | None, typer.Option(help=WHERE_HELP)] = None,
+        table: Annotated[str, typer.Option(help="drift (one row per preset) or optima (one row per width)")] = "drift",
+        use: Annotated[str, typer.Option(help="eval_loss (held out) or train_loss")] = "eval_loss",
+        n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the seeds")] = 1000,
+    ) -> None:
+        """Optimal learning rate per width (parabola in log2 lr) and its drift across widths."""
+        from runs.cli import console, err_console, fail
+        from runs.export import export, parse_format
+        from ssm.errors import ConfigError
+
+        try:
+            out_format = parse_format(fmt)
+            if table not in ("drift", "optima"):
+                raise ConfigError(f"--table={table!r}; allowed: drift, optima")
+            if use not in ("eval_loss", "train_loss"):
+                raise ConfigError(f"--use={use!r}; allowed: eval_loss, train_loss")
+            drift_frame, optima_frame = transfer_tables(db, where or [], use, n_boot)
+            frame = drift_frame if table == "drift" else optima_frame
+            caption = ("drift = slope of log2 η* against log2 width over widths with an interior optimum "
+                       "(95% seed-bootstrap CI); η* = vertex of a parabola in log2 lr through the minimum "
+                       f"of the seed-mean {use} and its neighbours")
+            text = export(frame, out_format, out, caption=caption)
+        except ConfigError as exc:
+            fail(str(exc))
+        if text is not None:
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            err_console.print(f"wrote {out}")
