@@ -202,7 +202,7 @@ def slope_caption(slopes: pl.DataFrame) -> str:
         return ", ".join(str(v) for v in values) or "—"
 
     return (f"log2‖·‖ = a + s·log2(width) per cell; norm convention {one('convention')}, design "
-            f"{one('design')}; CI: {CONFIDENCE:.0%} seed bootstrap; flat when |s| ≤ {FLAT_TOL}, "
+            f"{one('design')}; CI: {CONFIDENCE:.0%}, seed bootstrap ∪ OLS; flat when |s| ≤ {FLAT_TOL}, "
             f"agrees when |s − predicted| ≤ {AGREE_TOL} or the CI covers it.")
 
 
@@ -300,7 +300,7 @@ def format_paper_table(paper: pl.DataFrame, style: PaperStyle = "text") -> pl.Da
 def paper_table(frame: pl.DataFrame, *, style: PaperStyle = "text", **fit_options: object) -> pl.DataFrame:
     """The paper's table (preset × discretization × optimizer by ‖x‖, ‖y‖, ‖Δx‖, ‖Δy‖) from a probe frame.
 
-    Each cell: measured N_x^a·N_u^b (2-D) or width^s (joint) ± half the 95 % bootstrap CI, the verdict,
+    Each cell: measured N_x^a·N_u^b (2-D) or width^s (joint) ± half the 95 % CI, the verdict,
     the predicted exponents and ✓ (agrees) / ✗ (disagrees). fit_options go to runs.slopes.paper_slopes
     (convention, design, layers, step, n_boot, rng_seed, include_failed).
     """

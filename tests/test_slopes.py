@@ -77,6 +77,17 @@ def test_seed_bootstrap_ci_covers_the_truth_at_about_the_nominal_rate():
     assert 0.85 <= coverage <= 0.99
 
 
+@pytest.mark.parametrize("seeds", [2, 3])
+def test_reported_ci_keeps_its_coverage_with_the_few_seeds_sweeps_use(seeds):
+    # the percentile bootstrap alone covers ~50 % (2 seeds) / ~75 % (3 seeds); the union with the OLS
+    # interval is what is reported
+    frame = synthetic_frame(**{**ONE_CELL, "presets": tuple(f"rep{i}" for i in range(200))}, seeds=seeds,
+                            noise=0.2, exponents={("y", "value"): (0.5, 0.0)}, rng_seed=11)
+    slopes = fit_slopes(frame)
+    coverage = ((slopes["ci_low"] <= 0.5) & (0.5 <= slopes["ci_high"])).mean()
+    assert 0.85 <= coverage <= 0.995
+
+
 def _brute_force_ci(frame: pl.DataFrame, n_boot: int, columns: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Resample seeds with replacement and refit with lstsq, n_boot times (the definition)."""
     seeds = sorted(frame["seed"].unique().to_list())
@@ -99,7 +110,7 @@ def _brute_force_ci(frame: pl.DataFrame, n_boot: int, columns: list[str]) -> tup
 def test_vectorised_bootstrap_equals_resampling_seeds_and_refitting(seeds, n_x, width, columns):
     frame = synthetic_frame(**ONE_CELL, seeds=seeds, n_x=n_x, noise=0.3,
                             exponents={("y", "value"): (0.5, -0.3)})
-    slopes = fit_slopes(frame, design=width, n_boot=400)
+    slopes = fit_slopes(frame, design=width, n_boot=400, interval="bootstrap")
     estimate, ci = _brute_force_ci(frame, 400, columns)
     np.testing.assert_allclose(slopes["estimate"].to_numpy(), estimate, rtol=1e-10)
     np.testing.assert_allclose(slopes["ci_low"].to_numpy(), ci[0], rtol=1e-10)
@@ -183,9 +194,11 @@ def test_zero_and_non_finite_norms_are_excluded_and_counted():
 
 
 def test_one_seed_gives_an_ols_se_but_no_bootstrap_ci():
-    row = fit_slopes(synthetic_frame(**ONE_CELL, seeds=1)).row(0, named=True)
+    row = fit_slopes(synthetic_frame(**ONE_CELL, seeds=1), interval="bootstrap").row(0, named=True)
     assert row["status"] == "ok" and row["se"] > 0
     assert row["ci_low"] is None and row["ci_high"] is None
+    union = fit_slopes(synthetic_frame(**ONE_CELL, seeds=1)).row(0, named=True)  # the OLS interval alone
+    assert union["ci_low"] == pytest.approx(union["estimate"] - 1.959964 * union["se"], rel=1e-6)
 
 
 # --- steps, layers, determinism ---------------------------------------------------------------------
@@ -208,7 +221,8 @@ def test_step_last_takes_each_configurations_last_step():
 
 def test_fits_are_deterministic_and_the_bootstrap_seed_only_moves_the_ci():
     frame = synthetic_frame(**ONE_CELL, seeds=8, noise=0.2)
-    first, again, other = fit_slopes(frame), fit_slopes(frame), fit_slopes(frame, rng_seed=1)
+    first, again = fit_slopes(frame, interval="bootstrap"), fit_slopes(frame, interval="bootstrap")
+    other = fit_slopes(frame, rng_seed=1, interval="bootstrap")
     assert first.equals(again)
     assert first["estimate"].item() == other["estimate"].item()
     assert first["ci_low"].item() != other["ci_low"].item()
