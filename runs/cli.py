@@ -107,8 +107,9 @@ def sweep(
 ) -> None:
     """Run a sweep (resumable: finished runs are skipped), then ingest it into the store.
 
-    Runs execute on this machine (--executor local), a Ray cluster (ray) or Slurm (slurm, through
-    submitit); each writes its Parquet shard into the shard directory, ingested here at the end."""
+    Runs execute here (--executor local), on a Ray cluster (ray) or on Slurm through submitit (slurm).
+
+    Each run writes its Parquet shard into the shard directory; the store is filled here, at the end."""
     from pathlib import Path
 
     from runs.executors import EXECUTORS, ExecutorOptions, make_executor, require

@@ -1,22 +1,27 @@
 """Run a sweep: expand a spec, skip finished runs (resume), execute, ingest, summarise.
 
-Execution is local here: runs go to a pool of worker processes (or run inline with one
-worker), each writing its own shard; the store is touched only by the final ingest. A run
-that raises is marked failed with its error and retried up to `retries` times; Ctrl-C stops
-the sweep after ingesting every shard already written (rerun to resume).
+Runs go to an executor (runs.executors): `local` (inline for one worker, else worker processes;
+default), `ray` or `slurm`. Each task writes its run's shard into one shard directory; the store
+is touched only by the final ingest, here on the submitting side. Resume works across executors:
+a run whose shard says completed or diverged is skipped whichever executor wrote it.
+
+A run that fails — run_one records an exception, or the task is lost (raised outside run_one,
+worker process killed, node lost, job timed out) — is marked failed with its error (for a lost
+task the submitting side writes the failed shard, unless the run had already written a finished
+one) and retried up to `retries` times. Ctrl-C stops the sweep after ingesting every shard
+already written (rerun to resume).
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import queue
+import datetime as dt
 import time
-from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from runs.executors import Executor, ExecutorOptions, Task, make_executor, make_task, write_failed_shard
+from runs.shards import FINISHED, shard_status
 from runs.spec import RunConfig, SweepSpec
 from runs.store import IngestReport, finished_run_ids, ingest, shard_dir_for
 
@@ -27,9 +32,15 @@ class SweepReport:
     skipped: int = 0
     statuses: Counter = field(default_factory=Counter)
     failures: dict[str, str] = field(default_factory=dict)
+    """run_id → first line of the error, for runs whose final status is failed."""
     interrupted: bool = False
     ingest: IngestReport | None = None
     wall_s: float = 0.0
+    executor: str = "local"
+    retried: int = 0
+    """Attempts that failed and were retried."""
+    attempt_errors: dict[str, list[str]] = field(default_factory=dict)
+    """run_id → first line of the error of each failed attempt (retried or final)."""
 
 
 def resolve_device(device: str) -> str:
@@ -41,23 +52,6 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _work(cfg: RunConfig, shard_root: str, spec: str, device: str, scan: str, progress_q) -> tuple[str, str]:
-    from runs.worker import run_one
-
-    def progress(step: int, total: int) -> None:
-        if progress_q is not None:
-            progress_q.put((cfg.run_id, step, total))
-
-    status = run_one(cfg, Path(shard_root), spec=spec, device=device, scan=scan, progress=progress)
-    return cfg.run_id, status
-
-
 class _NullProgress:
     def start(self, total: int) -> None: ...
     def begin_run(self, cfg: RunConfig) -> None: ...
@@ -66,102 +60,89 @@ class _NullProgress:
     def stop(self) -> None: ...
 
 
-def run_sweep(spec: SweepSpec, db_path: Path, *, device: str = "auto", workers: int = 1, scan: str = "auto",
-              retries: int = 1, progress=None) -> SweepReport:
-    """Execute every unfinished run of `spec`, then ingest all shards into `db_path`."""
+def run_sweep(spec: SweepSpec, db_path: Path, *, device: str = "auto", workers: int | None = None,
+              scan: str = "auto", retries: int = 1, progress=None, executor: str | Executor = "local",
+              options: ExecutorOptions | None = None, shard_root: Path | None = None) -> SweepReport:
+    """Execute every unfinished run of `spec` on `executor`, then ingest all shards into `db_path`.
+
+    `executor` is a name ("local", "ray", "slurm", configured by `options`; `workers` is the local
+    worker count) or an Executor instance. `shard_root` defaults to `<db dir>/shards`
+    ($SSMSCOPE_SHARDS); for a cluster it must be a path every worker can write."""
     progress = progress or _NullProgress()
-    shard_root = shard_dir_for(db_path)
+    shard_root = Path(shard_root if shard_root is not None else shard_dir_for(db_path)).absolute()
     shard_root.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(device)
-    report = SweepReport(total=spec.n_runs)
+    if isinstance(executor, str):
+        opts = replace(options or ExecutorOptions(), **({"workers": workers} if workers is not None else {}))
+        executor = make_executor(executor, opts)
+    report = SweepReport(total=spec.n_runs, executor=executor.name)
     t0 = time.perf_counter()
     unique = {cfg.run_id: cfg for cfg in spec.runs}
     done = finished_run_ids(shard_root, unique)
     report.skipped = len(done)
     todo = [cfg for rid, cfg in unique.items() if rid not in done]
     progress.start(len(todo))
-    attempts: Counter = Counter()
+    started, finished_cleanly, error = False, False, None
     try:
-        if workers <= 1:
-            _init_worker(max(1, os.cpu_count() or 1))
-            pending = list(todo)
-            while pending:
-                cfg = pending.pop(0)
-                progress.begin_run(cfg)
-                attempts[cfg.run_id] += 1
-                status = _inline(cfg, shard_root, spec.name, device, scan, progress)
-                if status == "failed" and attempts[cfg.run_id] <= retries:
-                    pending.append(cfg)
-                    continue
-                report.statuses[status] += 1
-                progress.end_run(cfg.run_id, status)
-        else:
-            _run_pool(todo, shard_root, spec.name, device, scan, workers, retries, progress, report, attempts)
+        if todo:
+            started = True
+            task_device = executor.start(device=device, shard_root=shard_root)
+            _drive(executor, todo, shard_root, spec.name, task_device, scan, retries, progress, report)
+        finished_cleanly = True
     except KeyboardInterrupt:
         report.interrupted = True
+    except Exception as exc:  # the executor broke mid-sweep (cluster lost): keep what was written
+        if not started:
+            raise
+        error = exc
     finally:
+        if started:
+            executor.close(cancel=not finished_cleanly)
         progress.stop()
     report.ingest = ingest(db_path, shard_root)
     report.failures = _failures(shard_root, [c.run_id for c in todo])
     report.wall_s = time.perf_counter() - t0
+    if error is not None:
+        raise error
     return report
 
 
-def _inline(cfg: RunConfig, shard_root: Path, spec: str, device: str, scan: str, progress) -> str:
-    from runs.worker import run_one
-
-    return run_one(cfg, shard_root, spec=spec, device=device, scan=scan,
-                   progress=lambda s, t: progress.step(cfg.run_id, s, t))
-
-
-def _run_pool(todo, shard_root, spec_name, device, scan, workers, retries, progress, report, attempts) -> None:
-    ctx = mp.get_context("spawn")
-    manager = ctx.Manager()
-    progress_q = manager.Queue()
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
-        futures: dict[Future, RunConfig] = {}
-
-        def submit(cfg: RunConfig) -> None:
-            attempts[cfg.run_id] += 1
-            progress.begin_run(cfg)
-            futures[pool.submit(_work, cfg, str(shard_root), spec_name, device, scan, progress_q)] = cfg
-
-        pending = list(todo)
-        try:
-            while pending or futures:
-                while pending and len(futures) < workers:
-                    submit(pending.pop(0))
-                finished, _ = wait(list(futures), timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(progress_q, progress)
-                for fut in finished:
-                    cfg = futures.pop(fut)
-                    try:
-                        _, status = fut.result()
-                    except Exception:  # the worker process died (killed, out of memory)
-                        status = "failed"
-                    if status == "failed" and attempts[cfg.run_id] <= retries:
-                        pending.append(cfg)
-                        continue
-                    report.statuses[status] += 1
-                    progress.end_run(cfg.run_id, status)
-        except KeyboardInterrupt:
-            for fut in futures:
-                fut.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        finally:
-            manager.shutdown()
-
-
-def _drain(progress_q, progress) -> None:
-    while True:
-        try:
-            run_id, step, total = progress_q.get_nowait()
-        except (queue.Empty, OSError, EOFError):
-            return
-        progress.step(run_id, step, total)
+def _drive(executor: Executor, todo: list[RunConfig], shard_root: Path, spec_name: str, device: str, scan: str,
+           retries: int, progress, report: SweepReport) -> None:
+    """Hand runs to the executor as it has room, settle outcomes, retry failures."""
+    pending = deque(todo)
+    in_flight: dict[str, tuple[Task, str, float]] = {}  # run_id → (task, started_at, t0)
+    attempts: Counter = Counter()
+    while pending or in_flight:
+        n = min(executor.capacity(), len(pending))
+        if n:
+            batch = []
+            for cfg in (pending.popleft() for _ in range(n)):
+                attempts[cfg.run_id] += 1
+                task = make_task(cfg, shard_root, spec=spec_name, device=device, scan=scan,
+                                 attempt=attempts[cfg.run_id])
+                in_flight[cfg.run_id] = (task, dt.datetime.now(dt.UTC).isoformat(), time.perf_counter())
+                if executor.reports_steps:
+                    progress.begin_run(cfg)
+                batch.append(task)
+            executor.submit(batch)
+        for out in executor.poll(executor.poll_s, progress.step):
+            task, started_at, t_submit = in_flight.pop(out.run_id)
+            status = out.status
+            if status is None:  # the task was lost before run_one could report
+                status = shard_status(shard_root, out.run_id)
+                if status not in FINISHED:  # it had not written a finished shard: record the failure
+                    write_failed_shard(task, f"worker lost ({executor.name}): {out.error}", started_at,
+                                       time.perf_counter() - t_submit)
+                    status = "failed"
+            if status == "failed":
+                err = _failures(shard_root, [out.run_id]).get(out.run_id, "")
+                report.attempt_errors.setdefault(out.run_id, []).append(err)
+                if attempts[out.run_id] <= retries:
+                    report.retried += 1
+                    pending.append(task.cfg)
+                    continue
+            report.statuses[status] += 1
+            progress.end_run(out.run_id, status)
 
 
 def _failures(shard_root: Path, run_ids: list[str]) -> dict[str, str]:
