@@ -15,8 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[dev]"
 	touch $@
 
+# The main job: a smoke sweep into the default store, its slope table, then the dashboard on it.
 demo: setup
-	$(BIN)/python -m runs.demo
+	$(BIN)/ssmscope sweep smoke --workers 2
+	$(BIN)/ssmscope slopes --format md
+	$(BIN)/ssmscope app
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -214,10 +214,11 @@ class _meta_device:
 
 def _register_commands() -> None:
     """Commands that live in their own modules (one file per command)."""
-    from runs import cli_slopes, cli_transfer
+    from runs import cli_app, cli_slopes, cli_transfer
 
     cli_slopes.register(app)
     cli_transfer.register(app)
+    cli_app.register(app)
 
 
 _register_commands()

@@ -1,0 +1,93 @@
+"""Selection controls shared by the pages: sweep, optimizer · lr, width axis, rows, convention, step.
+
+Each takes the page's UrlState (so its value is in the URL) and the runs or probe frame to offer
+choices from, and returns the choice. Pages call them from top to bottom in the sidebar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import polars as pl
+import streamlit as st
+
+from app.frames import DEFAULT_ROWS, ROW_BY_KEY, Row, WidthAxis, available_rows, fmt_lr, width_axes
+from app.widgets import UrlState
+from runs.norms import norm_label
+from ssm.predictions import Convention
+
+CONVENTION_HELP = ("How a probed tensor becomes one number (docs/store.md): RMS per coordinate, L2 over the "
+                   "probe batch, L2 per token, or L2 per channel (for x: over the N_x state modes). "
+                   "Exponents differ between conventions; the y axes say which one is shown.")
+
+
+def sweep_select(state: UrlState, runs: pl.DataFrame, *, where: Any = st.sidebar,
+                 allow_all: bool = False) -> str | None:
+    """The sweep (spec) to show, most runs first; None = all sweeps (when allowed)."""
+    n = dict(runs.group_by("spec").len().iter_rows())
+    specs = sorted(n, key=lambda s: (-n[s], str(s)))
+    options: list[Any] = ([None] if allow_all else []) + specs
+
+    def fmt(s: str | None) -> str:
+        return f"all sweeps ({runs.height} runs)" if s is None else f"{s or '(unnamed)'} ({n[s]} runs)"
+
+    return state.select("Sweep", "sweep", options, format_func=fmt, url_format=lambda s: "" if s is None else s,
+                        where=where, help="The spec a run came from (`ssmscope sweep SPEC`). Runs of different "
+                        "sweeps are never fitted together.")
+
+
+def config_select(state: UrlState, runs: pl.DataFrame, *, where: Any = st.sidebar,
+                  name: str = "config", label: str = "Optimizer · learning rate") -> tuple[str, float]:
+    """One (optimizer, base lr) of the runs: the coordinate check fixes both."""
+    combos = runs.group_by("optimizer", "lr").len().sort("len", "optimizer", "lr", descending=[True, False, False])
+    options = [(o, lr) for o, lr, _ in combos.iter_rows()]
+    return state.select(label, name, options, format_func=lambda c: f"{c[0]} · lr {fmt_lr(c[1])}",
+                        url_format=lambda c: f"{c[0]}@{c[1]:g}", where=where)
+
+
+def axis_select(state: UrlState, runs: pl.DataFrame, *, where: Any = st.sidebar) -> WidthAxis | None:
+    """The width axis: joint (N_u = N_x), N_u at a fixed N_x, or N_x at a fixed N_u; None if no axis has 2 widths."""
+    axes = width_axes(runs)
+    if not axes:
+        return None
+    return state.select("Width axis", "axis", axes, format_func=lambda a: a.label, url_format=lambda a: a.key,
+                        where=where, help="Which widths vary along the x axis (and in the slope fits).")
+
+
+def rows_select(state: UrlState, frame: pl.DataFrame, *, where: Any = st.sidebar) -> list[Row]:
+    """The probed quantities shown as figure rows (the paper's x, y, Δx, Δy by default)."""
+    rows = available_rows(frame)
+    keys = [r.key for r in rows]
+    default = [k for k in DEFAULT_ROWS if k in keys] or keys[:4]
+    chosen = state.multiselect("Rows (quantities)", "rows", keys, default, format_func=lambda k: ROW_BY_KEY[k].title,
+                               where=where, help="∂L/∂y and ∂L/∂x are the gradients (recorded when the sweep "
+                               "has train.grads = true); C·x is y without the D⊙u skip.")
+    return [ROW_BY_KEY[k] for k in keys if k in chosen]
+
+
+def convention_select(state: UrlState, *, where: Any = st.sidebar) -> str:
+    options = [c.value for c in Convention]
+    return state.select("Norm convention", "convention", options, "rms",
+                        format_func=lambda c: f"{c}: {norm_label(c, '·')}", where=where, help=CONVENTION_HELP)
+
+
+def step_select(state: UrlState, steps: Sequence[int], *, where: Any = st.sidebar) -> int:
+    """An optimizer step (0 = initialisation); the last one by default."""
+    steps = sorted(steps)
+    if len(steps) == 1:
+        where.caption(f"Step: {steps[0]} (the only logged step)")
+        state.values["step"] = str(steps[0])
+        return steps[0]
+    return state.select("Step", "step", steps, steps[-1], widget="select_slider", where=where,
+                        help="Optimizer steps taken before the probe; Δ = change since step 0 on the probe batch.")
+
+
+def multi_filter(state: UrlState, label: str, name: str, values: Sequence[Any], *, order: Sequence[Any] = (),
+                 where: Any = st.sidebar, fmt: Any = str) -> list[Any]:
+    """A multiselect over the distinct values of a run column, all selected by default."""
+    from app.frames import ordered
+
+    options = ordered(values, order)
+    return state.multiselect(label, name, options, options, format_func=fmt,
+                             url_format=lambda v: f"{v:g}" if isinstance(v, float) else str(v), where=where)

@@ -1,0 +1,401 @@
+"""Figure builders: plot-ready frames (app.frames) → plotly Figures, testable without Streamlit.
+
+Each builder takes frames and labels and returns a `go.Figure`; nothing here reads the store or
+computes a statistic. Export helpers turn a figure into interactive HTML (always available) or a
+static PNG/SVG (needs kaleido and a Chromium; `static_export_problem` says what is missing).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import shutil
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+import polars as pl
+from plotly.subplots import make_subplots
+
+from app.frames import Row
+from runs.norms import norm_label
+
+LAYER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf")
+"""Layer colours in legend order (plotly/D3 category10)."""
+REF_SLOPES = (-1.0, -0.5, 0.0, 0.5, 1.0)
+"""Reference slopes drawn in every panel: flat, ±½ (√width) and ±1 (width)."""
+FLAG_COLOUR = "#c0392b"
+ROW_HEIGHT = 240
+FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=12)
+
+
+def layer_colour(layer: int) -> str:
+    return LAYER_COLOURS[int(layer) % len(LAYER_COLOURS)]
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _signed(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    text = f"{value:+.{digits}f}"
+    return text.replace("+0.00", "0.00").replace("-0.00", "0.00")
+
+
+def _frac(value: float) -> str:
+    return {-1.0: "−1", -0.5: "−½", 0.0: "0", 0.5: "+½", 1.0: "+1"}.get(value, f"{value:+g}")
+
+
+def slope_text(rec: dict | None) -> str:
+    """One slope as hover text: s = +0.51 [0.44, 0.58] · predicted +0.50 · flat, agrees."""
+    if rec is None:
+        return "slope: not fitted"
+    if rec.get("status") != "ok":
+        return f"slope: {str(rec.get('status', '')).replace('_', ' ')} (n={rec.get('n_points')})"
+    ci = ""
+    if rec.get("ci_low") is not None and rec.get("ci_high") is not None:
+        ci = f" [{rec['ci_low']:.2f}, {rec['ci_high']:.2f}]"
+    pred = f" · predicted {_signed(rec['predicted'])}" if rec.get("predicted") is not None else " · no prediction"
+    return f"slope s = {_signed(rec['estimate'])}{ci}{pred} · {rec['verdict']}, {rec['agreement']}"
+
+
+# --- the coordinate check ----------------------------------------------------------------------
+class _Panels:
+    """Traces and annotations of a subplot grid, collected as plain dicts.
+
+    A coordinate check has hundreds of traces; building each as a validated go.Scatter and adding it
+    with add_trace(row=, col=) costs about a second for a 6 × 4 grid, plain dicts a few milliseconds.
+    """
+
+    def __init__(self, n_cols: int) -> None:
+        self.n_cols = n_cols
+        self.traces: list[dict] = []
+        self.annotations: list[dict] = []
+
+    def axes(self, row: int, col: int) -> tuple[str, str]:
+        n = (row - 1) * self.n_cols + col
+        suffix = "" if n == 1 else str(n)
+        return f"x{suffix}", f"y{suffix}"
+
+    def add(self, row: int, col: int, **trace: object) -> None:
+        x, y = self.axes(row, col)
+        self.traces.append({"type": "scatter", **trace, "xaxis": x, "yaxis": y})
+
+    def note(self, row: int, col: int, text: str) -> None:
+        """Text in the top-left corner of subplot (row, col)."""
+        x, y = self.axes(row, col)
+        self.annotations.append(dict(text=text, xref=f"{x} domain", yref=f"{y} domain", x=0.02, y=0.98,
+                                     xanchor="left", yanchor="top", showarrow=False, font=dict(size=10),
+                                     bgcolor="rgba(255,255,255,0.7)"))
+
+
+def coord_figure(points: pl.DataFrame, bands: pl.DataFrame, flags: pl.DataFrame, slopes: pl.DataFrame, *,
+                 rows: Sequence[Row], panels: Sequence[str], convention: str, x_title: str, step: int,
+                 show_refs: bool = True, show_seeds: bool = True, title: str | None = None) -> go.Figure:
+    """The paper's figure: log2‖·‖ against log2 width, rows = probed quantities, columns = panels.
+
+    Colour = layer (legend in layer order); line = mean over seeds, band = min–max over seeds; small
+    markers = single runs (hover: run id and config); ✕ at the top of a panel = a diverged or failed
+    run at that width, ▼ at the bottom = a zero or non-finite norm; dashed grey = reference slopes.
+    The fitted slope of each (panel, row, layer) is in the hover and in the panel's corner.
+    """
+    n_rows, n_cols = max(len(rows), 1), max(len(panels), 1)
+    grid = make_subplots(rows=n_rows, cols=n_cols, shared_xaxes=True, shared_yaxes=True,
+                         column_titles=list(panels), horizontal_spacing=0.03 if n_cols > 1 else 0.1,
+                         vertical_spacing=min(0.06, 0.3 / n_rows))
+    out = _Panels(n_cols)
+    layers = sorted(points["layer"].unique().to_list()) if not points.is_empty() else []
+    legend_done: set[str] = set()
+    slope_map = {(r["panel"], r["site"], r["quantity"], r["layer"]): r for r in slopes.iter_rows(named=True)}
+    x_all = points["log2_width"].unique().to_list() if not points.is_empty() else [0.0, 1.0]
+    x_lo, x_hi = min(x_all), max(x_all)
+    pad = max(0.25, 0.05 * (x_hi - x_lo))
+    y_ranges = []
+    keys = ["panel", "site", "quantity", "layer"]
+    band_parts = bands.partition_by(keys, as_dict=True) if not bands.is_empty() else {}
+    seed_parts = (points.filter(pl.col("finite")).partition_by(keys, as_dict=True)
+                  if show_seeds and not points.is_empty() else {})
+    empty_band, empty_seeds = bands.clear(), points.clear()
+
+    for i, row in enumerate(rows, start=1):
+        row_pts = points.filter((pl.col("site") == row.site) & (pl.col("quantity") == row.quantity))
+        row_bands = bands.filter((pl.col("site") == row.site) & (pl.col("quantity") == row.quantity))
+        finite = row_pts.filter(pl.col("finite"))["log2_norm"]
+        y_lo = float(finite.min()) if len(finite) else 0.0
+        y_hi = float(finite.max()) if len(finite) else 1.0
+        span = max(y_hi - y_lo, 1.0)
+        top, bottom = y_hi + 0.12 * span, y_lo - 0.12 * span
+        y_ranges.append([bottom - 0.05 * span, top + 0.08 * span])
+        for j, panel in enumerate(panels, start=1):
+            pb = row_bands.filter(pl.col("panel") == panel)
+            if show_refs and not pb.is_empty():
+                _add_refs(out, pb, x_hi + pad / 2, i, j, legend_done)
+            slope_lines = []
+            for layer in layers:
+                colour = layer_colour(layer)
+                group = f"layer {layer}"
+                band = band_parts.get((panel, row.site, row.quantity, layer), empty_band)
+                rec = slope_map.get((panel, row.site, row.quantity, layer))
+                s_text = slope_text(rec)
+                if rec is not None and rec.get("status") == "ok":
+                    slope_lines.append(f"<span style='color:{colour}'>L{layer} {_signed(rec['estimate'])}</span>")
+                if not band.is_empty():
+                    x, lo, hi = band["log2_width"].to_list(), band["lo"].to_list(), band["hi"].to_list()
+                    out.add(i, j, x=x + x[::-1], y=hi + lo[::-1], mode="lines", fill="toself",
+                            fillcolor=_rgba(colour, 0.18), line=dict(width=0), hoverinfo="skip", showlegend=False,
+                            legendgroup=group, name=f"{group} band")
+                    custom = [[w, n, s_text] for w, n in zip(band["width"].to_list(), band["n_seeds"].to_list(),
+                                                              strict=True)]
+                    show = group not in legend_done
+                    legend_done.add(group)
+                    out.add(i, j, x=x, y=band["mean"].to_list(), mode="lines+markers", name=group,
+                            legendgroup=group, legendrank=100 + int(layer), showlegend=show,
+                            line=dict(color=colour, width=2), marker=dict(size=7, color=colour), customdata=custom,
+                            meta=dict(kind="mean", panel=panel, row=row.key, layer=int(layer)),
+                            hovertemplate=(f"<b>{group}</b> · {panel} · {row.title}<br>width %{{customdata[0]}}"
+                                           f" (log₂ %{{x:.2f}}): mean log₂ = %{{y:.3f}} over %{{customdata[1]}} "
+                                           "seed(s)<br>%{customdata[2]}<extra></extra>"))
+                seeds = seed_parts.get((panel, row.site, row.quantity, layer), empty_seeds)
+                if not seeds.is_empty():
+                    custom = seeds.select("run_id", "seed", "status", "preset", "discretization", "optimizer", "lr",
+                                          "n_u", "n_x", "norm").rows()
+                    out.add(i, j, x=seeds["log2_width"].to_list(), y=seeds["log2_norm"].to_list(), mode="markers",
+                            name=f"{group} runs", legendgroup=group, showlegend=False,
+                            marker=dict(size=5, color=_rgba(colour, 0.55), line=dict(width=0)),
+                            customdata=[list(c) for c in custom],
+                            meta=dict(kind="runs", panel=panel, row=row.key, layer=int(layer)),
+                            hovertemplate=("run %{customdata[0]} · seed %{customdata[1]} · %{customdata[2]}<br>"
+                                           "%{customdata[3]} · %{customdata[4]} · %{customdata[5]} lr "
+                                           "%{customdata[6]}<br>N_u=%{customdata[7]} N_x=%{customdata[8]} · layer "
+                                           + str(layer) + f"<br>{row.title} = %{{customdata[9]:.4g}} "
+                                           "(log₂ %{y:.3f})<extra></extra>"))
+            _add_flags(out, flags, panel, row, top, bottom, i, j, legend_done)
+            if slope_lines:
+                out.note(i, j, "s: " + " ".join(slope_lines))
+
+    for i, (row, y_range) in enumerate(zip(rows, y_ranges, strict=True), start=1):
+        grid.update_yaxes(title_text=f"log₂ {norm_label(convention, row.site, row.quantity)}",
+                          title_font=dict(size=10), range=y_range, row=i, col=1)
+    widths = sorted(set(zip(points["log2_width"].to_list(), points["width"].to_list(), strict=True)))
+    grid.update_xaxes(range=[x_lo - pad, x_hi + pad], zeroline=False, tickvals=[lw for lw, _ in widths],
+                      ticktext=[f"{lw:g} ({w})" for lw, w in widths])
+    for j in range(1, n_cols + 1):
+        grid.update_xaxes(title_text=x_title, row=n_rows, col=j)
+    height = ROW_HEIGHT * n_rows + 140
+    grid.update_layout(
+        height=height, font=FONT, hovermode="closest", template="plotly_white",
+        margin=dict(l=70, r=20, t=70 if title else 50, b=60),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0 + 40 / height, x=0, traceorder="normal",
+                    groupclick="togglegroup"),
+        title=dict(text=title, x=0, y=0.995, yanchor="top", font=dict(size=14)) if title else None,
+        annotations=[*grid.layout.annotations, *out.annotations],
+        meta=dict(kind="coord_check", convention=convention, step=step, rows=[r.key for r in rows],
+                  panels=list(panels)))
+    return go.Figure(data=out.traces, layout=grid.layout, _validate=False)  # traces are built above, as plotly wants
+
+
+def _add_refs(out: _Panels, band: pl.DataFrame, x1: float, row: int, col: int, legend_done: set[str]) -> None:
+    """Reference slopes from the panel's mean at its smallest width to x1: one trace of broken lines."""
+    first = band.filter(pl.col("log2_width") == band["log2_width"].min())
+    x0, anchor_y = float(first["log2_width"][0]), float(first["mean"].mean())
+    xs, ys, ty, texts = [], [], [], []
+    for s in REF_SLOPES:
+        xs += [x0, x1, None]
+        ys += [anchor_y, anchor_y + s * (x1 - x0), None]
+        ty.append(anchor_y + s * (x1 - x0))
+        texts.append(_frac(s))
+    show = "ref" not in legend_done
+    legend_done.add("ref")
+    out.add(row, col, x=xs, y=ys, mode="lines", name="reference slopes 0, ±½, ±1", legendgroup="ref",
+            legendrank=900, showlegend=show, hoverinfo="skip",
+            line=dict(color="rgba(120,120,120,0.45)", width=1, dash="dash"), meta=dict(kind="ref"))
+    out.add(row, col, x=[x1] * len(ty), y=ty, mode="text", text=texts, textposition="middle left",
+            textfont=dict(size=9, color="rgba(110,110,110,0.9)"), hoverinfo="skip", showlegend=False,
+            legendgroup="ref", meta=dict(kind="ref_label"))
+
+
+def _add_flags(out: _Panels, flags: pl.DataFrame, panel: str, row: Row, top: float, bottom: float,
+               i: int, j: int, legend_done: set[str]) -> None:
+    """✕ at the top for diverged/failed runs, ▼ at the bottom for zero or non-finite norms."""
+    if flags.is_empty():
+        return
+    in_panel = flags.filter(pl.col("panel") == panel)
+    runs = in_panel.filter(pl.col("site").is_null())
+    pts = in_panel.filter((pl.col("site") == row.site) & (pl.col("quantity") == row.quantity))
+    for frame, y, symbol, name in ((runs, top, "x", "diverged / failed run"),
+                                   (pts, bottom, "triangle-down", "zero or non-finite norm")):
+        if frame.is_empty():
+            continue
+        custom = [[r["run_id"], r["seed"], r["reason"], "" if r["layer"] is None else f" · layer {r['layer']}"]
+                  for r in frame.iter_rows(named=True)]
+        show = name not in legend_done
+        legend_done.add(name)
+        out.add(i, j, x=frame["log2_width"].to_list(), y=[y] * frame.height, mode="markers", name=name,
+                legendgroup=name, legendrank=950, showlegend=show, customdata=custom,
+                marker=dict(symbol=symbol, size=10, color=FLAG_COLOUR, line=dict(width=1, color=FLAG_COLOUR)),
+                meta=dict(kind="flag", panel=panel, row=row.key),
+                hovertemplate=("run %{customdata[0]} · seed %{customdata[1]}%{customdata[3]}<br>%{customdata[2]}"
+                               "<extra>" + name + "</extra>"))
+
+
+# --- one run -----------------------------------------------------------------------------------
+def loss_figure(losses: pl.DataFrame, title: str | None = None) -> go.Figure:
+    """Train (and held-out, when logged) loss against step."""
+    fig = go.Figure()
+    for col, name, dash in (("train_loss", "train", None), ("eval_loss", "held-out", "dot")):
+        part = losses.filter(pl.col(col).is_not_null())
+        if part.is_empty():
+            continue
+        fig.add_trace(go.Scatter(x=part["step"].to_list(), y=part[col].to_list(), mode="lines+markers", name=name,
+                                 line=dict(dash=dash), meta=dict(kind="loss", series=col)))
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title="loss", height=320, template="plotly_white",
+                      font=FONT, margin=dict(l=60, r=20, t=50 if title else 20, b=50))
+    return fig
+
+
+def run_curves_figure(curves: pl.DataFrame, *, rows: Sequence[Row], convention: str) -> go.Figure:
+    """A run's norms against step, one subplot per row, colour = layer (log₂ y)."""
+    fig = make_subplots(rows=1, cols=max(len(rows), 1), subplot_titles=[r.title for r in rows],
+                        horizontal_spacing=0.06)
+    shown: set[int] = set()
+    for j, row in enumerate(rows, start=1):
+        part = curves.filter(pl.col("row") == row.key)
+        for layer in sorted(part["layer"].unique().to_list()):
+            c = part.filter(pl.col("layer") == layer)
+            fig.add_trace(go.Scatter(
+                x=c["step"].to_list(), y=c["norm"].to_list(), mode="lines+markers", name=f"layer {layer}",
+                legendgroup=f"layer {layer}", legendrank=100 + int(layer), showlegend=layer not in shown,
+                line=dict(color=layer_colour(layer)), meta=dict(kind="run_curve", row=row.key, layer=int(layer)),
+                hovertemplate=f"layer {layer} · step %{{x}}<br>{row.title} = %{{y:.4g}}<extra></extra>"),
+                row=1, col=j)
+            shown.add(layer)
+        fig.update_yaxes(type="log", exponentformat="power", row=1, col=j)
+        fig.update_xaxes(title_text="step", row=1, col=j)
+    fig.update_yaxes(title_text=norm_label(convention, "·"), row=1, col=1)
+    fig.update_layout(height=330, template="plotly_white", font=FONT, margin=dict(l=60, r=20, t=40, b=50))
+    return fig
+
+
+# --- learning-rate transfer ----------------------------------------------------------------------
+WIDTH_COLOURSCALE = "Viridis"
+
+
+def width_colours(widths: Sequence[int]) -> dict[int, str]:
+    """Widths from small to large along a sequential colour scale (small = dark)."""
+    from plotly.colors import sample_colorscale
+
+    widths = sorted(widths)
+    if len(widths) == 1:
+        return {widths[0]: sample_colorscale(WIDTH_COLOURSCALE, [0.0])[0]}
+    at = [0.85 * i / (len(widths) - 1) for i in range(len(widths))]
+    return dict(zip(widths, sample_colorscale(WIDTH_COLOURSCALE, at), strict=True))
+
+
+def lr_tick(lr: float) -> str:
+    """A learning-rate tick: 2^k for powers of two, else the value."""
+    k = math.log2(lr) if lr > 0 else math.nan
+    return f"2^{int(k)}" if math.isfinite(k) and k.is_integer() else f"{lr:.3g}"
+
+
+def transfer_figure(curves: pl.DataFrame, optima: pl.DataFrame, *, width_name: str, loss_name: str,
+                    title: str | None = None) -> go.Figure:
+    """Final loss against log2 learning rate, one curve per width; ★ = optimum; ✕ at the top = diverged."""
+    fig = go.Figure()
+    widths = sorted(curves["width"].unique().to_list()) if not curves.is_empty() else []
+    colours = width_colours(widths) if widths else {}
+    finite = curves.filter(pl.col("loss").is_not_null())["loss"]
+    lo = float(finite.min()) if len(finite) else 0.0
+    hi = float(finite.max()) if len(finite) else 1.0
+    span = max(hi - lo, 1e-3)
+    top = hi + 0.1 * span  # diverged markers sit above every curve, one slightly lower per width to stay visible
+    opt_by_width = {r["width"]: r for r in optima.iter_rows(named=True)} if not optima.is_empty() else {}
+    flagged_legend = False
+    for k, w in enumerate(widths):
+        c = curves.filter(pl.col("width") == w)
+        ok = c.filter(pl.col("loss").is_not_null())
+        name = f"{width_name} = {w}"
+        fig.add_trace(go.Scatter(
+            x=ok["log2_lr"].to_list(), y=ok["loss"].to_list(), mode="lines+markers", name=name,
+            legendgroup=name, line=dict(color=colours[w], width=2), marker=dict(size=7),
+            customdata=[[lr, n, ids] for lr, n, ids in zip(ok["lr"].to_list(), ok["n_seeds"].to_list(),
+                                                           ok["run_ids"].to_list(), strict=True)],
+            meta=dict(kind="transfer", width=int(w)),
+            hovertemplate=(f"{name}<br>lr %{{customdata[0]:.3g}} (log₂ %{{x:.2f}}): {loss_name} %{{y:.4f}}"
+                           "<br>mean of %{customdata[1]} seed(s) · runs %{customdata[2]}<extra></extra>")))
+        bad = c.filter(pl.col("loss").is_null())
+        if not bad.is_empty():
+            fig.add_trace(go.Scatter(
+                x=bad["log2_lr"].to_list(), y=[top - 0.03 * span * k] * bad.height, mode="markers", name="diverged",
+                legendgroup="diverged", showlegend=not flagged_legend,
+                marker=dict(symbol="x", size=11, color=colours[w], line=dict(width=2, color=FLAG_COLOUR)),
+                customdata=[[lr, n, s, ids] for lr, n, s, ids in zip(
+                    bad["lr"].to_list(), bad["n_diverged"].to_list(), bad["n_seeds"].to_list(),
+                    bad["run_ids"].to_list(), strict=True)],
+                meta=dict(kind="diverged", width=int(w)),
+                hovertemplate=(f"{name}<br>lr %{{customdata[0]:.3g}}: %{{customdata[1]}} of %{{customdata[2]}} "
+                               "seed(s) diverged<br>runs %{customdata[3]}<extra></extra>")))
+            flagged_legend = True
+        o = opt_by_width.get(w)
+        if o is not None and o["log2_lr_opt"] is not None and math.isfinite(o["log2_lr_opt"]):
+            fig.add_trace(go.Scatter(
+                x=[o["log2_lr_opt"]], y=[o["loss_at_opt"]], mode="markers", name=f"optimum {name}",
+                legendgroup=name, showlegend=False,
+                marker=dict(symbol="star", size=15, color=colours[w], line=dict(width=1, color="black")),
+                meta=dict(kind="optimum", width=int(w)),
+                hovertemplate=(f"{name}: optimum lr {2 ** o['log2_lr_opt']:.3g} (log₂ {o['log2_lr_opt']:.2f})"
+                               f"<br>{loss_name} {o['loss_at_opt']:.4f} · {o['status']}<extra></extra>")))
+    ticks = sorted(set(zip(curves["log2_lr"].to_list(), curves["lr"].to_list(), strict=True)))
+    fig.update_xaxes(title_text="base learning rate (log₂ scale)", tickvals=[t for t, _ in ticks],
+                     ticktext=[lr_tick(lr) for _, lr in ticks])
+    fig.update_yaxes(title_text=loss_name, range=[lo - 0.08 * span, top + 0.08 * span])
+    fig.update_layout(height=460, template="plotly_white", font=FONT, title=title,
+                      margin=dict(l=60, r=20, t=50 if title else 20, b=50), meta=dict(kind="transfer"))
+    return fig
+
+
+# --- export ------------------------------------------------------------------------------------
+STATIC_FORMATS = ("png", "svg")
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def to_html(fig: go.Figure) -> str:
+    """A self-contained interactive HTML page of the figure (plotly.js embedded: works offline)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True)
+
+
+def find_chromium() -> str | None:
+    """The Chromium/Chrome kaleido would use: $BROWSER_PATH, else the first one on PATH."""
+    env = os.environ.get("BROWSER_PATH")
+    if env and os.path.exists(env):
+        return env
+    for name in CHROMIUM_NAMES:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def static_export_problem() -> str | None:
+    """Why PNG/SVG export is unavailable (None when kaleido and a Chromium are present)."""
+    if importlib.util.find_spec("kaleido") is None:
+        return ("PNG/SVG export needs kaleido (`pip install kaleido`) and a Chromium; "
+                "the interactive HTML export works without them.")
+    if find_chromium() is None:
+        return ("PNG/SVG export needs a Chromium or Chrome (e.g. `apt-get install chromium`, or set "
+                "BROWSER_PATH); the interactive HTML export works without it.")
+    return None
+
+
+def to_static(fig: go.Figure, fmt: str, width: int = 1400) -> bytes:
+    """The figure as PNG or SVG bytes through kaleido (~5 s: it starts a headless Chromium)."""
+    if fmt not in STATIC_FORMATS:
+        raise ValueError(f"format={fmt!r}; allowed: {', '.join(STATIC_FORMATS)}")
+    chromium = find_chromium()
+    if chromium and "BROWSER_PATH" not in os.environ:
+        os.environ["BROWSER_PATH"] = chromium  # kaleido reads it; it must never download a browser
+    height = fig.layout.height or 600
+    return fig.to_image(format=fmt, width=width, height=height, scale=2 if fmt == "png" else 1)

@@ -1,0 +1,293 @@
+"""Plot-ready frames for the dashboard: frame → frame transforms, no Streamlit, no plotting.
+
+Everything here reshapes what the store and runs/ already computed: norms come from runs.norms,
+slopes from runs.slopes, optima from runs.transfer. What is decided here is only presentation:
+which runs form one width axis, how seeds are summarised on screen (the mean of log2‖·‖ with a
+min–max band over seeds), which runs are flagged (diverged, failed, zero or non-finite norms), and
+how rows and columns of a figure are labelled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+from runs.norms import norm_expr
+from ssm.predictions import Convention
+
+# --- orders and labels -------------------------------------------------------------------------
+PRESET_ORDER = ("sp", "mup", "mup-ssm")
+"""The paper's order of parameterizations; presets not listed follow alphabetically."""
+DISC_ORDER = ("zoh", "euler")
+FLAGGED_STATUSES = ("diverged", "failed")
+"""Run statuses left out of the seed summaries and marked on the figures (as in runs.slopes)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the coordinate-check figure: a probed (site, quantity) pair."""
+
+    key: str  # URL-safe name: x, y, dx, dy, ...
+    site: str
+    quantity: str
+    title: str  # short label of the row
+
+
+ROWS: tuple[Row, ...] = (
+    Row("x", "x", "value", "‖x‖"),
+    Row("y", "y", "value", "‖y‖"),
+    Row("dx", "x", "delta_init", "‖Δx‖"),
+    Row("dy", "y", "delta_init", "‖Δy‖"),
+    Row("cx", "cx", "value", "‖C·x‖"),
+    Row("dcx", "cx", "delta_init", "‖Δ(C·x)‖"),
+    Row("grad_y", "grad_y", "value", "‖∂L/∂y‖"),
+    Row("grad_x", "grad_x", "value", "‖∂L/∂x‖"),
+    Row("out", "block_out", "value", "‖out‖"),
+    Row("dout", "block_out", "delta_init", "‖Δout‖"),
+)
+"""Rows the coordinate check can show, in display order; the paper's figure is the first four."""
+ROW_BY_KEY = {r.key: r for r in ROWS}
+DEFAULT_ROWS = ("x", "y", "dx", "dy")
+
+
+def ordered(values: Iterable, order: Sequence = ()) -> list:
+    """Distinct values, those in `order` first (in that order), the rest sorted."""
+    distinct = list(dict.fromkeys(v for v in values if v is not None))
+    first = [v for v in order if v in distinct]
+    return first + sorted((v for v in distinct if v not in order), key=str)
+
+
+def in_rows(rows: Sequence[Row]) -> pl.Expr:
+    """True for probe rows (or slope rows) of one of `rows`."""
+    expr = pl.lit(False)
+    for r in rows:
+        expr = expr | ((pl.col("site") == r.site) & (pl.col("quantity") == r.quantity))
+    return expr
+
+
+def available_rows(frame: pl.DataFrame) -> list[Row]:
+    """The ROWS whose (site, quantity) occur in a probe frame."""
+    if frame.is_empty():
+        return []
+    pairs = set(frame.select("site", "quantity").unique().iter_rows())
+    return [r for r in ROWS if (r.site, r.quantity) in pairs]
+
+
+def fmt_lr(lr: float) -> str:
+    """A learning rate as people write it, with its power of two when it is one (2^-7)."""
+    if lr > 0 and math.log2(lr).is_integer():
+        return f"{lr:g} (2^{int(math.log2(lr))})"
+    return f"{lr:g}"
+
+
+# --- width axes --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WidthAxis:
+    """Which runs form one width axis: joint (N_u = N_x), N_u at a fixed N_x, or N_x at a fixed N_u."""
+
+    design: str  # runs.slopes.Design value: joint | n_u | n_x
+    fixed: int | None  # the width held fixed (None for joint)
+    widths: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        """URL form: joint, n_u@16, n_x@64."""
+        return self.design if self.fixed is None else f"{self.design}@{self.fixed}"
+
+    @property
+    def label(self) -> str:
+        n = len(self.widths)
+        if self.design == "joint":
+            return f"joint: N_u = N_x ({n} widths)"
+        if self.design == "n_u":
+            return f"N_u at N_x = {self.fixed} ({n} widths)"
+        return f"N_x at N_u = {self.fixed} ({n} widths)"
+
+    @property
+    def axis_title(self) -> str:
+        if self.design == "joint":
+            return "log₂ width (N_u = N_x)"
+        if self.design == "n_u":
+            return f"log₂ N_u (N_x = {self.fixed})"
+        return f"log₂ N_x (N_u = {self.fixed})"
+
+    def select(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The rows of `frame` (with n_u, n_x) on this axis, with a `width` column."""
+        if self.design == "joint":
+            return frame.filter(pl.col("n_u") == pl.col("n_x")).with_columns(pl.col("n_u").alias("width"))
+        if self.design == "n_u":
+            return frame.filter(pl.col("n_x") == self.fixed).with_columns(pl.col("n_u").alias("width"))
+        return frame.filter(pl.col("n_u") == self.fixed).with_columns(pl.col("n_x").alias("width"))
+
+
+def width_axes(runs: pl.DataFrame) -> list[WidthAxis]:
+    """Every width axis with at least two widths among `runs` (joint first, then N_u, then N_x)."""
+    if runs.is_empty():
+        return []
+    pairs = set(runs.select("n_u", "n_x").unique().iter_rows())
+    axes = []
+    joint = sorted(u for u, x in pairs if u == x)
+    if len(joint) >= 2:
+        axes.append(WidthAxis("joint", None, tuple(joint)))
+    for fixed in sorted({x for _, x in pairs}):
+        widths = sorted(u for u, x in pairs if x == fixed)
+        if len(widths) >= 2:
+            axes.append(WidthAxis("n_u", fixed, tuple(widths)))
+    for fixed in sorted({u for u, _ in pairs}):
+        widths = sorted(x for u, x in pairs if u == fixed)
+        if len(widths) >= 2:
+            axes.append(WidthAxis("n_x", fixed, tuple(widths)))
+    return axes
+
+
+Panels = Sequence[str] | pl.Expr
+"""How rows map to figure columns: run columns whose values are joined by " · ", or an expression."""
+
+
+def panel_expr(panel_by: Panels) -> pl.Expr:
+    """The figure column a row belongs to: its values of `panel_by` joined by " · " (or the given expression)."""
+    if isinstance(panel_by, pl.Expr):
+        return panel_by.alias("panel")
+    if not panel_by:
+        return pl.lit("all").alias("panel")
+    return pl.concat_str([pl.col(c).cast(pl.String) for c in panel_by], separator=" · ").alias("panel")
+
+
+# --- the coordinate check ----------------------------------------------------------------------
+POINT_COLUMNS = ["panel", "site", "quantity", "layer", "width", "log2_width", "run_id", "seed", "status",
+                 "preset", "discretization", "optimizer", "lr", "n_u", "n_x", "norm", "log2_norm", "finite"]
+
+
+def coord_points(frame: pl.DataFrame, *, convention: Convention | str, step: int, axis: WidthAxis,
+                 panel_by: Panels, rows: Sequence[Row]) -> pl.DataFrame:
+    """One point per (run, layer, row) at `step`: log2 of the norm in `convention` against log2 width.
+
+    `finite` is False where the norm is zero or not finite (its log has no place on the axis).
+    """
+    sel = axis.select(frame.filter((pl.col("step") == step) & (pl.col("group") == "") & in_rows(rows)))
+    norm = norm_expr(convention)
+    return (sel.with_columns(panel_expr(panel_by), norm)
+            .with_columns(pl.col("width").cast(pl.Float64).log(2).alias("log2_width"),
+                          pl.col("norm").log(2).alias("log2_norm"))
+            .with_columns((pl.col("log2_norm").is_finite()).alias("finite"))
+            .select(POINT_COLUMNS)
+            .sort("panel", "site", "quantity", "layer", "width", "seed"))
+
+
+def seed_bands(points: pl.DataFrame) -> pl.DataFrame:
+    """Per (panel, row, layer, width): mean, min and max over seeds of log2‖·‖ of the included points.
+
+    Included: finite points of runs that neither diverged nor failed (the runs the slope fits use).
+    """
+    keep = points.filter(pl.col("finite") & ~pl.col("status").is_in(FLAGGED_STATUSES))
+    return (keep.group_by("panel", "site", "quantity", "layer", "width", "log2_width")
+            .agg(pl.col("log2_norm").mean().alias("mean"), pl.col("log2_norm").min().alias("lo"),
+                 pl.col("log2_norm").max().alias("hi"), pl.len().alias("n_seeds"))
+            .sort("panel", "site", "quantity", "layer", "width"))
+
+
+FLAG_COLUMNS = ["panel", "width", "log2_width", "run_id", "seed", "status", "last_finite_step", "reason",
+                "site", "quantity", "layer"]
+
+
+def flagged_points(runs: pl.DataFrame, points: pl.DataFrame, *, axis: WidthAxis, panel_by: Panels,
+                   step: int) -> pl.DataFrame:
+    """What the figure marks instead of leaving out: one row per flagged run or point.
+
+    - a run that diverged or failed (from `runs`, so one with no probe rows at `step` is still shown):
+      site/quantity/layer null, marked on every row of its panel;
+    - a point of an included run whose norm is zero or not finite at `step` (reason "zero" or "non-finite").
+    """
+    sel = axis.select(runs).filter(pl.col("status").is_in(FLAGGED_STATUSES))
+    bad_runs = sel.with_columns(
+        panel_expr(panel_by), pl.col("width").cast(pl.Float64).log(2).alias("log2_width"),
+        pl.format("{} (last finite step {})", pl.col("status"), pl.col("last_finite_step")).alias("reason"),
+        pl.lit(None, pl.String).alias("site"), pl.lit(None, pl.String).alias("quantity"),
+        pl.lit(None, pl.Int32).alias("layer"))
+    bad_points = points.filter(~pl.col("finite") & ~pl.col("status").is_in(FLAGGED_STATUSES)).with_columns(
+        pl.lit(None, pl.Int64).alias("last_finite_step"),
+        pl.when(pl.col("norm") == 0).then(pl.lit(f"norm = 0 at step {step}"))
+        .otherwise(pl.lit(f"non-finite norm at step {step}")).alias("reason"))
+    schema = {"panel": pl.String, "width": pl.Int64, "log2_width": pl.Float64, "run_id": pl.String,
+              "seed": pl.Int64, "status": pl.String, "last_finite_step": pl.Int64, "reason": pl.String,
+              "site": pl.String, "quantity": pl.String, "layer": pl.Int32}
+    parts = [f.select(FLAG_COLUMNS).cast(schema) for f in (bad_runs, bad_points) if not f.is_empty()]
+    return pl.concat(parts) if parts else pl.DataFrame(schema=schema)
+
+
+SLOPE_COLUMNS = ["panel", "site", "quantity", "layer", "estimate", "ci_low", "ci_high", "predicted", "verdict",
+                 "agreement", "status", "n_points", "n_seeds", "n_widths", "n_diverged"]
+
+
+def panel_slopes(slopes: pl.DataFrame, panel_by: Panels) -> pl.DataFrame:
+    """The totals' rows of a runs.slopes frame keyed like the figure (panel, site, quantity, layer)."""
+    if slopes.is_empty():
+        return pl.DataFrame(schema={c: pl.String for c in SLOPE_COLUMNS})
+    return slopes.filter(pl.col("group") == "").with_columns(panel_expr(panel_by)).select(SLOPE_COLUMNS)
+
+
+def slope_differences(a: pl.DataFrame, b: pl.DataFrame, label_a: str, label_b: str) -> pl.DataFrame:
+    """Measured exponents of two selections side by side, joined on (site, quantity, layer), and b − a.
+
+    Inputs are runs.slopes frames (one term each); the predicted exponents are shown for both.
+    """
+    keys = ["site", "quantity", "layer"]
+    cols = ["estimate", "ci_low", "ci_high", "predicted", "verdict", "agreement"]
+
+    def side(frame: pl.DataFrame, label: str) -> pl.DataFrame:
+        return frame.filter(pl.col("group") == "").select(
+            *keys, *(pl.col(c).alias(f"{c} [{label}]") for c in cols))
+
+    joined = side(a, label_a).join(side(b, label_b), on=keys, how="full", coalesce=True, nulls_equal=True)
+    diff = (pl.col(f"estimate [{label_b}]") - pl.col(f"estimate [{label_a}]")).alias(f"{label_b} − {label_a}")
+    row_order = {(r.site, r.quantity): i for i, r in enumerate(ROWS)}
+    rank = pl.struct("site", "quantity").map_elements(lambda s: row_order.get((s["site"], s["quantity"]), 99),
+                                                      return_dtype=pl.Int64)
+    return (joined.with_columns(diff, rank.alias("_rank")).sort("_rank", "layer").drop("_rank")
+            .select(*keys, f"{label_b} − {label_a}", *(c for c in joined.columns if c not in keys)))
+
+
+# --- per-run curves ----------------------------------------------------------------------------
+def run_curves(frame: pl.DataFrame, *, convention: Convention | str, rows: Sequence[Row]) -> pl.DataFrame:
+    """One run's probe rows as (row key, layer, step, norm): the curves of its detail view."""
+    parts = []
+    for r in rows:
+        part = frame.filter((pl.col("site") == r.site) & (pl.col("quantity") == r.quantity)
+                            & (pl.col("group") == ""))
+        parts.append(part.select(pl.lit(r.key).alias("row"), "layer", "step", norm_expr(convention))
+                     .filter(pl.col("norm").is_finite() & (pl.col("norm") > 0)))  # log axis: Δ = 0 at step 0
+    schema = {"row": pl.String, "layer": pl.Int32, "step": pl.Int64, "norm": pl.Float64}
+    return pl.concat([p.cast(schema) for p in parts]).sort("row", "layer", "step") if parts else (
+        pl.DataFrame(schema=schema))
+
+
+# --- learning-rate transfer --------------------------------------------------------------------
+def lr_grid(final: pl.DataFrame) -> pl.DataFrame:
+    """The (preset, discretization, optimizer) groups of runs.transfer.final_losses with ≥ 2 learning rates."""
+    return (final.group_by("preset", "discretization", "optimizer")
+            .agg(pl.col("lr").n_unique().alias("n_lrs"), pl.len().alias("n_runs"))
+            .filter(pl.col("n_lrs") >= 2).sort("preset", "discretization", "optimizer"))
+
+
+def width_column(final: pl.DataFrame) -> str:
+    """The width that varies in a transfer sweep (the rule of runs.transfer)."""
+    return "n_u" if final["n_u"].n_unique() > 1 else "n_x"
+
+
+def transfer_curves(final: pl.DataFrame) -> pl.DataFrame:
+    """Per (width, lr): the seed-mean final loss of finished runs, with how many seeds diverged.
+
+    A learning rate where any seed diverged has a null mean (runs.transfer treats it as diverged).
+    """
+    width = width_column(final)
+    finite = pl.col("loss").is_finite()
+    return (final.with_columns(pl.col(width).alias("width"))
+            .group_by("width", "lr")
+            .agg(pl.when(finite.all()).then(pl.col("loss").mean()).alias("loss"),
+                 (~finite).sum().alias("n_diverged"), pl.len().alias("n_seeds"),
+                 pl.col("run_id").str.join(", ").alias("run_ids"))
+            .with_columns(pl.col("lr").log(2).alias("log2_lr"))
+            .sort("width", "lr"))

@@ -1,0 +1,121 @@
+"""`ssmscope app`: start the dashboard (Streamlit) over a store.
+
+    ssmscope app                           # ./ssmscope-data/ssmscope.duckdb on http://127.0.0.1:8501
+    ssmscope app --db runs.duckdb --port 8600
+    ssmscope app --host 0.0.0.0            # reachable from other machines: only on a trusted network
+
+runs/cli.py calls `register(app)`. The command runs
+`python -m streamlit run app/main.py --server.headless true --server.address HOST --server.port PORT
+--browser.gatherUsageStats false -- --db PATH` in a child process, prints the URL and waits; Ctrl-C or
+SIGTERM stops the server. A bad port, a port already taken or a missing Streamlit end as one line and
+exit code 2; a missing or empty store is not an error (the app says how to fill it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
+"""The dashboard's entry script."""
+DEFAULT_PORT = 8501
+DEFAULT_HOST = "127.0.0.1"
+DB_HELP = "DuckDB store (default: $SSMSCOPE_DB or ./ssmscope-data/ssmscope.duckdb)"
+
+
+def streamlit_command(db: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> list[str]:
+    """The command line that serves the dashboard over `db` on host:port."""
+    return [sys.executable, "-m", "streamlit", "run", str(MAIN), "--server.headless", "true",
+            "--server.address", host, "--server.port", str(port), "--browser.gatherUsageStats", "false",
+            "--", "--db", str(db)]
+
+
+def url_for(host: str, port: int) -> str:
+    """The address to open; an any-address bind is reached through localhost."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    return f"http://{shown}:{port}"
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise ConfigError unless host:port can be bound now (names what to change)."""
+    from ssm.errors import ConfigError
+
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port={port}; allowed: 1 to 65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except socket.gaierror:
+            raise ConfigError(f"--host={host!r}: not an address of this machine") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                              "pick another port with --port") from None
+
+
+def serve(db: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, echo=print) -> int:
+    """Run the dashboard until it exits or is interrupted; returns the server's exit code."""
+    from ssm.errors import ConfigError
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise ConfigError("the dashboard needs streamlit: pip install 'streamlit>=1.40'")
+    check_port(host, port)
+    root = str(MAIN.parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)  # `import app` from a checkout
+    proc = subprocess.Popen(streamlit_command(db, host, port), env=env)
+    echo(f"ssmscope dashboard on {url_for(host, port)} (store {db}); Ctrl-C stops it")
+
+    def stop(signum: int, frame: object) -> None:
+        proc.terminate()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `app` command to the ssmscope CLI."""
+
+    @app.command("app")
+    def app_command(
+        db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+        port: Annotated[int, typer.Option(help="TCP port to serve on")] = DEFAULT_PORT,
+        host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = DEFAULT_HOST,
+    ) -> None:
+        """Start the dashboard: runs, the coordinate check, the slope table, comparisons, LR transfer."""
+        from runs.store import default_db_path
+        from ssm.errors import ConfigError
+
+        path = Path(db).resolve() if db else default_db_path().resolve()
+        if not path.exists():
+            typer.echo(f"note: no store at {path} yet; the dashboard will say how to fill it", err=True)
+        try:
+            code = serve(path, host, port, echo=typer.echo)
+        except ConfigError as exc:
+            from runs.cli import fail
+
+            fail(str(exc))
+        if code not in (0, -signal.SIGTERM, -signal.SIGINT):
+            raise typer.Exit(code)
