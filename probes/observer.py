@@ -60,10 +60,14 @@ class _LayerTap:
 class Observer:
     """Attach to a MambaLM, arm on logged steps, collect records (see module docstring)."""
 
-    def __init__(self, model: MambaLM, *, grads: bool = True, params: bool = True):
+    def __init__(self, model: MambaLM, *, grads: bool = True, params: bool = True, state_prev: bool = False):
+        """`state_prev` adds Δx against the previous armed step: a third state recurrence per layer
+        (the scan reruns the reference's), so it is off by default; Δ of y, C·x and the block
+        output against the previous step cost nothing and are always recorded."""
         self.model = model
         self.grads = grads
         self.params = params
+        self.state_prev = state_prev
         self.mixers: list[MambaMixer] = model.mixers
         self._handles: list[Any] = []
         self._taps = [_LayerTap() for _ in self.mixers]
@@ -111,7 +115,8 @@ class Observer:
             refs: dict[str, ScanInputs] = {}
             if self._first is not None:
                 refs["init"] = self._first["inputs"][layer]
-                refs["prev"] = self._prev["inputs"][layer]
+                if self.state_prev:
+                    refs["prev"] = self._prev["inputs"][layer]
             mixer.probe = StateProbe(references=refs, want_grad=self.grads)
             self._taps[layer].__init__()
         if self.params and self._init_params is None:
@@ -144,12 +149,14 @@ class Observer:
             for ref_name, quantity in (("init", Quantity.DELTA_INIT), ("prev", Quantity.DELTA_PREV)):
                 if self._first is None:  # the first armed step is the reference itself: Δ = 0
                     zero = torch.zeros_like(probe.state_sumsq)
-                    add(Site.X, quantity, summarize_channels(zero, n_state, 0.0))
+                    if quantity == Quantity.DELTA_INIT or self.state_prev:
+                        add(Site.X, quantity, summarize_channels(zero, n_state, 0.0))
                     for name, v in acts.items():
                         add(Site(name), quantity, summarize(torch.zeros_like(v)))
                     continue
-                add(Site.X, quantity, summarize_channels(
-                    probe.delta_sumsq[ref_name], n_state, probe.delta_maxabs[ref_name]))
+                if ref_name in probe.delta_sumsq:
+                    add(Site.X, quantity, summarize_channels(
+                        probe.delta_sumsq[ref_name], n_state, probe.delta_maxabs[ref_name]))
                 source = self._first if ref_name == "init" else self._prev
                 for name, v in acts.items():
                     add(Site(name), quantity, summarize(v - source[name][layer]))

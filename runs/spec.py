@@ -59,6 +59,8 @@ class RunConfig:
     """Record ∂L/∂y and ∂L/∂x."""
     group_probes: bool = False
     """Per-parameter-group update probes (one extra forward per group per logged step)."""
+    state_delta_prev: bool = False
+    """Also Δx against the previous logged step (one more state recurrence per layer and logged step)."""
 
     @property
     def d_model(self) -> int:

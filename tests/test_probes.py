@@ -59,7 +59,7 @@ def test_state_probe_equals_norms_of_reference_states(scan, disc):
 
 def test_deltas_are_zero_at_init_and_positive_after_a_step():
     model, opt, ids = _model("fast")
-    with Observer(model) as obs:
+    with Observer(model, state_prev=True) as obs:
         for step in range(3):
             obs.arm(step)
             loss = _loss(model, ids)
@@ -130,6 +130,18 @@ def test_observer_leaves_outputs_and_gradients_bit_identical(scan):
     assert torch.equal(probed, loss)
     for a, p in zip(plain_grads, model.parameters(), strict=True):
         assert torch.equal(a, p.grad)
+
+
+def test_state_delta_prev_is_recorded_only_when_asked():
+    model, opt, ids = _model("fast")
+    with Observer(model) as obs:
+        for step in range(2):
+            obs.arm(step)
+            _loss(model, ids).backward()
+            records = obs.collect()
+            opt.step()
+    assert not [r for r in records if r["site"] == "x" and r["quantity"] == "delta_prev"]
+    assert _by(records, step=1, layer=0, site="y", quantity="delta_prev")["sumsq"] > 0
 
 
 def test_observer_detaches_cleanly():
