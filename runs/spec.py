@@ -11,15 +11,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import tomllib
 from dataclasses import asdict, dataclass, fields
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ssm.config import Discretization, MambaConfig
 from ssm.errors import ConfigError
 from ssm.presets import Optimizer, builtin_names
+from ssm.tomlfiles import builtin_toml_names, read_builtin_or_file
 
 TASKS = ("pydoc", "copy")
 
@@ -192,21 +191,10 @@ def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
 
 
 def builtin_specs() -> list[str]:
-    files = resources.files("runs").joinpath("specs")
-    return sorted(p.name.removesuffix(".toml") for p in files.iterdir() if p.name.endswith(".toml"))
+    return builtin_toml_names("runs", "specs")
 
 
 def load_spec(name_or_path: str | Path) -> SweepSpec:
     """A built-in spec by name or a spec TOML file."""
-    text = str(name_or_path)
-    if text in builtin_specs():
-        data = resources.files("runs").joinpath("specs", f"{text}.toml").read_text()
-        return parse_spec(tomllib.loads(data), text)
-    path = Path(text)
-    if path.suffix != ".toml" or not path.is_file():
-        raise ConfigError(f"spec={text!r}; allowed: {', '.join(builtin_specs())} or an existing .toml file")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{text}: not valid TOML ({exc})") from None
-    return parse_spec(data, text)
+    data, source = read_builtin_or_file("runs", "specs", "spec", name_or_path)
+    return parse_spec(data, source)

@@ -14,12 +14,10 @@ the same validation (see docs/parameterizations.md).
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from fractions import Fraction
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from ssm.roles import (
     role_of,
     split_name,
 )
+from ssm.tomlfiles import builtin_toml_names, read_builtin_or_file
 
 
 class OptimizerFamily(StrEnum):
@@ -209,26 +208,13 @@ def parse_preset(data: dict[str, Any], source: str) -> Preset:
 
 
 def builtin_names() -> list[str]:
-    files = resources.files("ssm").joinpath("presets")
-    return sorted(p.name.removesuffix(".toml") for p in files.iterdir() if p.name.endswith(".toml"))
+    return builtin_toml_names("ssm", "presets")
 
 
 def load_preset(name_or_path: str | Path) -> Preset:
     """A built-in preset by name (sp, mup, mup-ssm) or a user preset from a TOML file."""
-    text = str(name_or_path)
-    if text in builtin_names():
-        data = resources.files("ssm").joinpath("presets", f"{text}.toml").read_text()
-        return parse_preset(tomllib.loads(data), text)
-    path = Path(text)
-    if not path.suffix == ".toml":
-        raise ConfigError(f"preset={text!r}; allowed: {', '.join(builtin_names())} or a .toml file")
-    if not path.is_file():
-        raise ConfigError(f"preset file {text!r} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{text}: not valid TOML ({exc})") from None
-    return parse_preset(data, text)
+    data, source = read_builtin_or_file("ssm", "presets", "preset", name_or_path)
+    return parse_preset(data, source)
 
 
 # ----------------------------------------------------------------------------- applying

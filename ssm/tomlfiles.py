@@ -1,0 +1,37 @@
+"""Built-in TOML tables shipped in a package folder, or a user's TOML file: one loader for both.
+
+Presets (ssm/presets/) and sweep specs (runs/specs/) are found the same way: a bare name picks a
+built-in file, anything else must be an existing .toml path; every failure is a ConfigError.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ssm.errors import ConfigError
+
+
+def builtin_toml_names(package: str, folder: str) -> list[str]:
+    """Names (without .toml) of the TOML files in `package`/`folder`."""
+    files = resources.files(package).joinpath(folder)
+    return sorted(p.name.removesuffix(".toml") for p in files.iterdir() if p.name.endswith(".toml"))
+
+
+def read_builtin_or_file(package: str, folder: str, kind: str, name_or_path: str | Path) -> tuple[dict[str, Any], str]:
+    """(parsed table, source label) for a built-in name or a .toml path; `kind` names it in errors."""
+    text = str(name_or_path)
+    names = builtin_toml_names(package, folder)
+    if text in names:
+        return tomllib.loads(resources.files(package).joinpath(folder, f"{text}.toml").read_text()), text
+    path = Path(text)
+    if path.suffix != ".toml":
+        raise ConfigError(f"{kind}={text!r}; allowed: {', '.join(names)} or a .toml file")
+    if not path.is_file():
+        raise ConfigError(f"{kind} file {text!r} does not exist")
+    try:
+        return tomllib.loads(path.read_text()), text
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{text}: not valid TOML ({exc})") from None
