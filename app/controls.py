@@ -12,10 +12,10 @@ from typing import Any
 import polars as pl
 import streamlit as st
 
-from app.frames import DEFAULT_ROWS, ROW_BY_KEY, Row, WidthAxis, available_rows, fmt_lr, width_axes
-from app.widgets import UrlState
-from runs.norms import norm_label
-from ssm.predictions import Convention
+from ssmscope.app.frames import DEFAULT_ROWS, ROW_BY_KEY, Row, WidthAxis, available_rows, fmt_lr, width_axes
+from ssmscope.app.widgets import UrlState
+from ssmscope.runs.analysis.norms import norm_label
+from ssmscope.ssm.predictions import Convention
 
 CONVENTION_HELP = ("How a probed tensor becomes one number (docs/store.md): RMS per coordinate, L2 over the "
                    "probe batch, L2 per token, or L2 per channel (for x: over the N_x state modes). "
@@ -86,7 +86,7 @@ def step_select(state: UrlState, steps: Sequence[int], *, where: Any = st.sideba
 def multi_filter(state: UrlState, label: str, name: str, values: Sequence[Any], *, order: Sequence[Any] = (),
                  where: Any = st.sidebar, fmt: Any = str) -> list[Any]:
     """A multiselect over the distinct values of a run column, all selected by default."""
-    from app.frames import ordered
+    from ssmscope.app.frames import ordered
 
     options = ordered(values, order)
     return state.multiselect(label, name, options, options, format_func=fmt,

@@ -21,8 +21,12 @@ import duckdb
 import polars as pl
 import streamlit as st
 
-from runs import queries, store, transfer
-from runs.slopes import fit_slopes, paper_slopes
+from ssmscope.runs.store import queries
+
+from ssmscope.runs.store import db as store
+
+from ssmscope.runs.analysis import transfer
+from ssmscope.runs.analysis.slopes import fit_slopes, paper_slopes
 
 DB_STATE_KEY = "ssmscope_db"
 """session_state key under which app/main.py leaves the store path for the pages."""
@@ -187,7 +191,7 @@ def _axis_frame(frame: pl.DataFrame, design: str, fixed: int | None) -> pl.DataF
 def slopes(db: Store, sweep: str | None, sel: Where = (), *, convention: str = "rms", design: str = "joint",
            fixed: int | None = None, step: int | str | None = "last", layers: str = "each",
            include_failed: bool = False, n_boot: int = N_BOOT) -> pl.DataFrame:
-    """runs.slopes.fit_slopes over the selected runs of a sweep (every cell; one width axis)."""
+    """ssmscope.runs.analysis.slopes.fit_slopes over the selected runs of a sweep (every cell; one width axis)."""
     frame = _axis_frame(apply(probe_frame(db, sweep), sel), design, fixed)
     if frame.is_empty():
         return pl.DataFrame()
@@ -199,7 +203,7 @@ def slopes(db: Store, sweep: str | None, sel: Where = (), *, convention: str = "
 def paper(db: Store, sweep: str | None, sel: Where = (), *, convention: str = "rms", design: str = "joint",
           layers: str = "mean", step: int | str | None = "last", include_failed: bool = False,
           n_boot: int = N_BOOT) -> pl.DataFrame:
-    """runs.slopes.paper_slopes over the selected runs (the rows behind the paper's table)."""
+    """ssmscope.runs.analysis.slopes.paper_slopes over the selected runs (the rows behind the paper's table)."""
     frame = apply(probe_frame(db, sweep), sel)
     if frame.is_empty():
         return pl.DataFrame()
@@ -223,7 +227,7 @@ def sweep_losses(db: Store, sweep: str | None) -> pl.DataFrame:
 
 @st.cache_data(show_spinner="Finding optimal learning rates…", max_entries=16)
 def lr_transfer(db: Store, sweep: str | None, use: str) -> Transfer | None:
-    """runs.transfer over a sweep's final losses; None when no run logged `use`."""
+    """ssmscope.runs.analysis.transfer over a sweep's final losses; None when no run logged `use`."""
     losses = sweep_losses(db, sweep)
     if losses.is_empty() or losses[use].is_null().all():
         return None

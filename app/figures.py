@@ -17,8 +17,8 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from app.frames import Row
-from runs.norms import norm_label
+from ssmscope.app.frames import Row
+from ssmscope.runs.analysis.norms import norm_label
 
 LAYER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf")

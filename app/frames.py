@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from runs.norms import norm_expr
-from ssm.predictions import Convention
+from ssmscope.runs.analysis.norms import norm_expr
+from ssmscope.ssm.predictions import Convention
 
 # --- orders and labels -------------------------------------------------------------------------
 PRESET_ORDER = ("sp", "mup", "mup-ssm")

@@ -13,16 +13,16 @@ import sys
 from pathlib import Path
 
 try:
-    import app  # noqa: F401  (installed, or the repository root is on sys.path)
+    import ssmscope.app  # noqa: F401  (installed, or the repository root is on sys.path)
 except ImportError:  # `streamlit run app/main.py` from a checkout puts app/ itself on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import duckdb
 import streamlit as st
 
-from app import data
-from app.widgets import show_problem
-from runs.store import StoreError, default_db_path
+from ssmscope.app import data
+from ssmscope.app.widgets import show_problem
+from ssmscope.runs.store.db import StoreError, default_db_path
 
 PAGES = (
     ("app_pages/runs.py", "Runs", ":material/table_rows:", "runs"),

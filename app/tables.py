@@ -11,8 +11,8 @@ from typing import Any
 
 import polars as pl
 
-from runs import export
-from runs.slopes import PAPER_COLUMNS
+from ssmscope.runs.analysis import export
+from ssmscope.runs.analysis.slopes import PAPER_COLUMNS
 
 FORMATS = {"csv": ("CSV", "text/csv", "csv"), "md": ("Markdown", "text/markdown", "md"),
            "latex": ("LaTeX", "application/x-tex", "tex")}

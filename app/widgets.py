@@ -15,8 +15,8 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import figures
-from app.data import Problem
+from ssmscope.app import figures
+from ssmscope.app.data import Problem
 
 LIST_SEP = ","
 

@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from probes.schema import PROBE_COLUMNS
-from runs.shards import LOSS_COLUMNS, RUN_COLUMNS
-from runs.store import counts, ingest
+from ssmscope.probes.schema import PROBE_COLUMNS
+from ssmscope.runs.store.shards import LOSS_COLUMNS, RUN_COLUMNS
+from ssmscope.runs.store.db import counts, ingest
 
 WIDTHS = (32, 64, 128, 256, 512)
 PRESETS = ("sp", "mup", "mup-ssm")
@@ -95,8 +95,8 @@ def page_path(db: Path, convention: str, step: int) -> dict[str, float]:
     import polars as pl
     import streamlit as st
 
-    from app import data, figures
-    from app.frames import ROW_BY_KEY, WidthAxis, coord_points, flagged_points, panel_slopes, seed_bands
+    from ssmscope.app import data, figures
+    from ssmscope.app.frames import ROW_BY_KEY, WidthAxis, coord_points, flagged_points, panel_slopes, seed_bands
 
     st.session_state[data.DB_STATE_KEY] = str(db)
     t = {}

@@ -16,9 +16,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from probes import Observer
-from runs import data
-from ssm import MambaConfig, MambaLM, apply_preset, build_optimizer, load_preset
+from ssmscope.probes import Observer
+from ssmscope.runs.sweeps import corpus as data
+from ssmscope.ssm import MambaConfig, MambaLM, apply_preset, build_optimizer, load_preset
 
 
 def _step(model, opt, ids) -> None:

@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ssm.scan_fast as scan_fast
-from ssm.scan import selective_scan
+import ssmscope.ssm.scan.fast as scan_fast
+from ssmscope.ssm.scan import selective_scan
 
 BATCH, ED, N = 8, 256, 16
 LENGTHS = (64, 256, 1024)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per backend (median reported)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's); the fast scan runs with "
-                             "ssm.scan_fast.THREADS inside")
+                             "ssmscope.ssm.scan.fast.THREADS inside")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -98,8 +98,8 @@ def min_bytes(b: int, length: int, ed: int, n: int, dtype: torch.dtype) -> tuple
 
 def mambapy_scan(pscan, u, dt, A, B, C, D, dt_bias, disc):
     """S6 around mambapy's pscan, as mambapy writes it: materialise Ā, B̄u (B, L, ED, N), scan, read out."""
-    from ssm.discretize import input_coefficient
-    from ssm.scan import softplus_delta
+    from ssmscope.ssm.scan.discretize import input_coefficient
+    from ssmscope.ssm.scan import softplus_delta
 
     delta = softplus_delta(dt, dt_bias)  # (B, L, ED)
     delta_A = delta[..., None] * A  # (B, L, ED, N)
@@ -109,7 +109,7 @@ def mambapy_scan(pscan, u, dt, A, B, C, D, dt_bias, disc):
 
 
 def time_size(size, dtype, disc, pscan) -> Row:
-    from ssm.scan import ScanInputs, StateProbe, selective_scan
+    from ssmscope.ssm.scan import ScanInputs, StateProbe, selective_scan
 
     b, length, ed, n = size
     inputs = make_inputs(b, length, ed, n, dtype)
@@ -217,8 +217,8 @@ def report(rows: list[Row], copy_bw: float, has_pscan: bool) -> list[str]:
 
 def sweep(dtype, disc) -> list[str]:
     """Triton launch knobs on one mid-size problem: what to set in ssm/scan_triton.py."""
-    import ssm.scan_triton as st
-    from ssm.scan import selective_scan
+    import ssmscope.ssm.scan.triton as st
+    from ssmscope.ssm.scan import selective_scan
 
     size = (BATCH, 2048, 4096, 16)
     inputs = make_inputs(*size, dtype)
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import triton
 
-    from ssm.config import Discretization
+    from ssmscope.ssm.config import Discretization
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     disc = Discretization(args.disc)

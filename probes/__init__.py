@@ -4,7 +4,7 @@
 records in the long schema of probes.schema. It never plots or stores.
 """
 
-from probes.observer import Observer
-from probes.schema import PROBE_COLUMNS, SCHEMA_VERSION, Quantity, Site
+from ssmscope.probes.observer import Observer
+from ssmscope.probes.schema import PROBE_COLUMNS, SCHEMA_VERSION, Quantity, Site
 
 __all__ = ["PROBE_COLUMNS", "SCHEMA_VERSION", "Observer", "Quantity", "Site"]

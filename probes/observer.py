@@ -31,11 +31,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from probes.schema import Quantity, Site
-from probes.stats import summarize, summarize_channels, summarize_param
-from ssm.model import MambaLM, MambaMixer
-from ssm.roles import role_of, split_name
-from ssm.scan import ScanInputs, StateProbe
+from ssmscope.probes.schema import Quantity, Site
+from ssmscope.probes.stats import summarize, summarize_channels, summarize_param
+from ssmscope.ssm.model import MambaLM, MambaMixer
+from ssmscope.ssm.roles import role_of, split_name
+from ssmscope.ssm.scan import ScanInputs, StateProbe
 
 # Parameter groups for the per-group update probe: role names moved together (all layers).
 UPDATE_GROUPS: dict[str, tuple[str, ...]] = {

@@ -4,26 +4,45 @@ Knows nothing of probes or storage. Main entry points:
   MambaConfig, MambaLM           — the model (ssm.config, ssm.model)
   load_preset, apply_preset      — parameterizations as data (ssm.presets)
   selective_scan, StateProbe     — the scan and its latent-state side channel (ssm.scan)
+
+Names are loaded on first use (PEP 562), so `ssm.predictions` or `ssm.errors` can be imported
+(by the analyses and the dashboard) without loading torch.
 """
 
-from ssm.config import Discretization, MambaConfig, ScanBackend
-from ssm.errors import ConfigError
-from ssm.model import MambaLM
-from ssm.presets import Optimizer, apply_preset, build_optimizer, load_preset, plan
-from ssm.scan import ScanInputs, StateProbe, selective_scan
+from __future__ import annotations
 
-__all__ = [
-    "ConfigError",
-    "Discretization",
-    "MambaConfig",
-    "MambaLM",
-    "Optimizer",
-    "ScanBackend",
-    "ScanInputs",
-    "StateProbe",
-    "apply_preset",
-    "build_optimizer",
-    "load_preset",
-    "plan",
-    "selective_scan",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "ConfigError": "ssmscope.ssm.errors",
+    "Discretization": "ssmscope.ssm.config",
+    "MambaConfig": "ssmscope.ssm.config",
+    "ScanBackend": "ssmscope.ssm.config",
+    "MambaLM": "ssmscope.ssm.model",
+    "Optimizer": "ssmscope.ssm.presets",
+    "apply_preset": "ssmscope.ssm.presets",
+    "build_optimizer": "ssmscope.ssm.presets",
+    "load_preset": "ssmscope.ssm.presets",
+    "plan": "ssmscope.ssm.presets",
+    "ScanInputs": "ssmscope.ssm.scan.types",
+    "StateProbe": "ssmscope.ssm.scan.types",
+    "selective_scan": "ssmscope.ssm.scan.dispatch",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from ssmscope.ssm.config import Discretization, MambaConfig, ScanBackend
+    from ssmscope.ssm.errors import ConfigError
+    from ssmscope.ssm.model import MambaLM
+    from ssmscope.ssm.presets import Optimizer, apply_preset, build_optimizer, load_preset, plan
+    from ssmscope.ssm.scan.dispatch import selective_scan
+    from ssmscope.ssm.scan.types import ScanInputs, StateProbe
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ssmscope.ssm' has no attribute {name!r}")

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from ssm.errors import ConfigError
+from ssmscope.ssm.errors import ConfigError
 
 
 class Discretization(StrEnum):

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssm.config import MambaConfig
-from ssm.scan import StateProbe, selective_scan
+from ssmscope.ssm.config import MambaConfig
+from ssmscope.ssm.scan import StateProbe, selective_scan
 
 
 class ScaledLinear(nn.Linear):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from ssm.config import Discretization
+from ssmscope.ssm.config import Discretization
 
 
 class Convention(StrEnum):

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssm.config import Discretization, MambaConfig
-from ssm.errors import ConfigError
-from ssm.roles import (
+from ssmscope.ssm.config import Discretization, MambaConfig
+from ssmscope.ssm.errors import ConfigError
+from ssmscope.ssm.roles import (
     MODULE_OF_ROLE,
     MULTIPLIER_ROLES,
     ROLE_INIT,
@@ -36,7 +36,7 @@ from ssm.roles import (
     role_of,
     split_name,
 )
-from ssm.tomlfiles import builtin_toml_names, read_builtin_or_file
+from ssmscope.ssm.tomlfiles import builtin_toml_names, read_builtin_or_file
 
 
 class OptimizerFamily(StrEnum):
@@ -208,12 +208,12 @@ def parse_preset(data: dict[str, Any], source: str) -> Preset:
 
 
 def builtin_names() -> list[str]:
-    return builtin_toml_names("ssm", "presets")
+    return builtin_toml_names("ssmscope.ssm", "presets")
 
 
 def load_preset(name_or_path: str | Path) -> Preset:
     """A built-in preset by name (sp, mup, mup-ssm) or a user preset from a TOML file."""
-    data, source = read_builtin_or_file("ssm", "presets", "preset", name_or_path)
+    data, source = read_builtin_or_file("ssmscope.ssm", "presets", "preset", name_or_path)
     return parse_preset(data, source)
 
 
@@ -302,7 +302,7 @@ def apply_preset(model: nn.Module, cfg: MambaConfig, preset: Preset, optimizer: 
     uncovered = [r.name for r in rows if r.role is None]
     if uncovered:
         raise ConfigError(f"no rule covers parameter(s) {', '.join(uncovered)}; add them to "
-                          "ssm.roles.ROLE_OF_NAME")
+                          "ssmscope.ssm.roles.ROLE_OF_NAME")
     gen = torch.Generator().manual_seed(seed)
     params = dict(model.named_parameters())
     groups = []

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ssm.config import MambaConfig
+from ssmscope.ssm.config import MambaConfig
 
 
 class Role(StrEnum):

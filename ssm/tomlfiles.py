@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ssm.errors import ConfigError
+from ssmscope.ssm.errors import ConfigError
 
 
 def builtin_toml_names(package: str, folder: str) -> list[str]:

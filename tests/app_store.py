@@ -20,8 +20,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from runs import queries
-from runs.store import connect
+from ssmscope.runs.store import queries
+from ssmscope.runs.store.db import connect
 
 COORD_SPEC = """
 [sweep]
@@ -70,8 +70,8 @@ COORD_RUNS, LR_RUNS = 24, 18
 @functools.cache
 def build_store(root: Path) -> Path:
     """Run both sweeps into root/store/ssmscope.duckdb (once per root and process)."""
-    from runs.spec import load_spec
-    from runs.sweep import run_sweep
+    from ssmscope.runs.sweeps.spec import load_spec
+    from ssmscope.runs.sweeps.sweep import run_sweep
 
     root.mkdir(parents=True, exist_ok=True)
     db = root / "store" / "ssmscope.duckdb"

@@ -30,9 +30,10 @@ from streamlit.runtime.memory_media_file_storage import _calculate_file_id
 from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
-from app import figures, frames, tables
-from runs import cli_app, cli_slopes
-from runs.store import ingest, load_runs
+from ssmscope.app import figures, frames, tables
+from ssmscope.runs.cli import dashboard as cli_app
+from ssmscope.runs.cli import slopes as cli_slopes
+from ssmscope.runs.store.db import ingest, load_runs
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 PAGES = {"runs": "app_pages/runs.py", "coord": "app_pages/coord_check.py", "slopes": "app_pages/slope_table.py",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from app_store import app_store, free_port, wait_for_health  # noqa: F401
 
-from app import figures
+from ssmscope.app import figures
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -24,8 +24,8 @@ CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"), shut
                  if p and os.path.exists(p)), None)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
-# `ssmscope app` through runs.cli_app.register on a bare Typer app (runs/cli.py registers the same command)
-CLI = ("import typer; from runs.cli_app import register; app = typer.Typer(); "
+# `ssmscope app` through ssmscope.runs.cli.dashboard.register on a bare Typer app (runs/cli/main.py registers the same command)
+CLI = ("import typer; from ssmscope.runs.cli.dashboard import register; app = typer.Typer(); "
        "app.callback()(lambda: None); register(app); app()")
 
 pytestmark = [

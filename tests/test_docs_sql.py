@@ -8,8 +8,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from runs.spec import parse_spec
-from runs.sweep import run_sweep
+from ssmscope.runs.sweeps.spec import parse_spec
+from ssmscope.runs.sweeps.sweep import run_sweep
 
 DOC = Path(__file__).parents[1] / "docs" / "store.md"
 SPEC = {

@@ -19,11 +19,11 @@ import duckdb
 import pytest
 from typer.testing import CliRunner
 
-from runs.cli import app
-from runs.executors import FAULTS_ENV, RayExecutor
-from runs.spec import parse_spec
-from runs.store import counts, load_runs
-from runs.sweep import run_sweep
+from ssmscope.runs.cli.main import app
+from ssmscope.runs.sweeps.executors import FAULTS_ENV, RayExecutor
+from ssmscope.runs.sweeps.spec import parse_spec
+from ssmscope.runs.store.db import counts, load_runs
+from ssmscope.runs.sweeps.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = """

@@ -11,9 +11,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from runs import cli_slopes, export
-from runs.slopes import FIT_COLUMNS, fit_slopes, paper_slopes, synthetic_frame
-from ssm.errors import ConfigError
+from ssmscope.runs.cli import slopes as cli_slopes
+
+from ssmscope.runs.analysis import export
+from ssmscope.runs.analysis.slopes import FIT_COLUMNS, fit_slopes, paper_slopes, synthetic_frame
+from ssmscope.ssm.errors import ConfigError
 
 SPECIAL = r"we_ird%&#$ {name}~^\x"
 
@@ -143,7 +145,7 @@ def test_too_few_points_cell_says_so():
 @pytest.fixture
 def app(monkeypatch):
     """A typer app with only `slopes`, reading a synthetic frame instead of the store."""
-    from runs import store
+    from ssmscope.runs.store import db as store
 
     cells = (("x", "value"), ("y", "value"), ("x", "delta_init"), ("y", "delta_init"), ("cx", "value"))
     frame = synthetic_frame(seeds=3, steps=(0, 4), cells=cells).with_columns(spec=pl.lit("paper-figure"))
@@ -212,7 +214,7 @@ def test_cli_user_errors_are_one_line_and_exit_2(app, args, message):
 
 
 def test_cli_suggests_another_width_when_no_run_is_joint(app, monkeypatch):
-    from runs import store
+    from ssmscope.runs.store import db as store
 
     grid = synthetic_frame(n_u=(64, 128, 256), n_x=(8, 16, 32), seeds=2, steps=(1,))
     monkeypatch.setattr(store, "load_probe_frame", lambda db_path, filters=None: grid)
@@ -224,8 +226,8 @@ def test_cli_suggests_another_width_when_no_run_is_joint(app, monkeypatch):
 
 def test_cli_reads_a_real_store_with_run_filters_pushed_into_its_sql(tmp_path):
     """No monkeypatch: shards → runs.store.ingest → load_probe_frame → the command."""
-    from runs.shards import write_shard
-    from runs.store import ingest
+    from ssmscope.runs.store.shards import write_shard
+    from ssmscope.runs.store.db import ingest
 
     frame = synthetic_frame(presets=("sp", "mup-ssm"), discretizations=("zoh",), n_u=(32, 64, 128), seeds=2,
                             steps=(0, 2))
@@ -251,7 +253,7 @@ def test_cli_reads_a_real_store_with_run_filters_pushed_into_its_sql(tmp_path):
 
 
 def test_cli_without_a_store_reader_fails_cleanly(app, monkeypatch):
-    from runs import store
+    from ssmscope.runs.store import db as store
 
     monkeypatch.delattr(store, "load_probe_frame")
     result = _run(app, "--format", "md")

@@ -8,10 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from runs.cli import app
-from ssm import ConfigError, MambaConfig, MambaLM, apply_preset, build_optimizer, load_preset, plan
-from ssm.presets import builtin_names
-from ssm.roles import ROLE_INIT, InitKind, Role
+from ssmscope.runs.cli.main import app
+from ssmscope.ssm import ConfigError, MambaConfig, MambaLM, apply_preset, build_optimizer, load_preset, plan
+from ssmscope.ssm.presets import builtin_names
+from ssmscope.ssm.roles import ROLE_INIT, InitKind, Role
 
 
 @pytest.mark.parametrize("preset", ["sp", "mup", "mup-ssm"])

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probes import Observer
-from ssm import MambaConfig, MambaLM, apply_preset, build_optimizer, load_preset
-from ssm.scan_ref import state_sequence
+from ssmscope.probes import Observer
+from ssmscope.ssm import MambaConfig, MambaLM, apply_preset, build_optimizer, load_preset
+from ssmscope.ssm.scan.reference import state_sequence
 
 
 def _model(scan: str, disc: str = "zoh", dtype=torch.float64, preset: str = "mup-ssm"):

@@ -8,9 +8,9 @@ from conftest import make_scan_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssm.config import Discretization
-from ssm.scan import ScanInputs, StateProbe, selective_scan
-from ssm.scan_ref import state_sequence
+from ssmscope.ssm.config import Discretization
+from ssmscope.ssm.scan import ScanInputs, StateProbe, selective_scan
+from ssmscope.ssm.scan.reference import state_sequence
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=6e-4, atol=2e-3)}
 
@@ -130,7 +130,7 @@ def test_probe_references_recompute_identical_inputs_to_zero_delta():
 @pytest.mark.parametrize("chunk", [1, 3, 16])
 def test_fast_scan_recompute_path_matches_reference(monkeypatch, disc, chunk):
     """With no memory budget the backward recomputes chunk states from chunk-start checkpoints."""
-    import ssm.scan_fast as scan_fast
+    import ssmscope.ssm.scan.fast as scan_fast
 
     monkeypatch.setattr(scan_fast, "SAVE_BUDGET_BYTES", 0)
     monkeypatch.setattr(scan_fast, "CHUNK", chunk)

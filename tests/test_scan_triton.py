@@ -26,10 +26,10 @@ pytest.importorskip("triton", reason="triton is not installed: the Triton scan b
 import torch.nn.functional as F  # noqa: E402
 from conftest import make_scan_inputs  # noqa: E402
 
-from ssm import scan_triton as st  # noqa: E402
-from ssm.config import Discretization  # noqa: E402
-from ssm.scan import ScanInputs, StateProbe, get_backend, selective_scan  # noqa: E402
-from ssm.scan_ref import state_sequence  # noqa: E402
+from ssmscope.ssm import scan_triton as st  # noqa: E402
+from ssmscope.ssm.config import Discretization  # noqa: E402
+from ssmscope.ssm.scan import ScanInputs, StateProbe, get_backend, selective_scan  # noqa: E402
+from ssmscope.ssm.scan.reference import state_sequence  # noqa: E402
 
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 GPU_ONLY = [pytest.mark.gpu, pytest.mark.skipif(not ON_GPU, reason="full sizes need a CUDA device")]
@@ -223,7 +223,7 @@ try:
 except ImportError as exc:
     print(exc)
     sys.exit(3)
-import ssm.scan_triton as st
+import ssmscope.ssm.scan.triton as st
 
 def compile_kernel(fn, consts, ptr="*fp32"):
     sig = {a: "constexpr" if a in consts else (ptr if a.endswith("_ptr") else "i32") for a in fn.arg_names}

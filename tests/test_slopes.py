@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from runs.norms import norm_expr, norm_label
-from runs.slopes import (
+from ssmscope.runs.analysis.norms import norm_expr, norm_label
+from ssmscope.runs.analysis.slopes import (
     AGREE_TOL,
     FIT_COLUMNS,
     FLAT_TOL,
@@ -19,8 +19,8 @@ from runs.slopes import (
     paper_slopes,
     synthetic_frame,
 )
-from ssm.errors import ConfigError
-from ssm.predictions import lookup
+from ssmscope.ssm.errors import ConfigError
+from ssmscope.ssm.predictions import lookup
 
 ONE_CELL = dict(presets=("custom",), discretizations=("zoh",), steps=(10,), layers=1, cells=(("y", "value"),))
 

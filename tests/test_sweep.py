@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from runs.cli import app
-from runs.spec import load_spec, parse_spec
-from runs.store import counts, load_runs
-from runs.sweep import run_sweep
-from ssm import ConfigError
+from ssmscope.runs.cli.main import app
+from ssmscope.runs.sweeps.spec import load_spec, parse_spec
+from ssmscope.runs.store.db import counts, load_runs
+from ssmscope.runs.sweeps.sweep import run_sweep
+from ssmscope.ssm import ConfigError
 
 TINY = """
 [sweep]
@@ -124,7 +124,7 @@ def test_failing_run_is_marked_failed_with_its_error(tmp_path):
 
 def _cli(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    return subprocess.Popen([sys.executable, "-m", "runs.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "ssmscope.runs.cli.main", *args], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -153,8 +153,8 @@ class Block:
         if name.split('.')[0] in {{'polars', 'duckdb', 'streamlit', 'plotly', 'typer', 'rich'}}:
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
-from runs.spec import RunConfig
-from runs.worker import run_one
+from ssmscope.runs.sweeps.spec import RunConfig
+from ssmscope.runs.sweeps.worker import run_one
 cfg = RunConfig(preset='mup-ssm', discretization='euler', optimizer='adam', lr=0.01, seed=0, n_u=16, n_x=16,
                 steps=1, batch=2, seq_len=8, n_layers=1)
 print(run_one(cfg, {str(tmp_path)!r}))

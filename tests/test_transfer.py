@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from runs.transfer import drift, optima, parabola_optimum
+from ssmscope.runs.analysis.transfer import drift, optima, parabola_optimum
 
 
 def _curve(x, centre, depth=1.0):
@@ -92,9 +92,9 @@ TRANSFER_SPEC = {
 def test_smoke_transfer_sweep_end_to_end(tmp_path):
     from typer.testing import CliRunner
 
-    from runs.cli import app
-    from runs.spec import parse_spec
-    from runs.sweep import run_sweep
+    from ssmscope.runs.cli.main import app
+    from ssmscope.runs.sweeps.spec import parse_spec
+    from ssmscope.runs.sweeps.sweep import run_sweep
 
     db = tmp_path / "store.duckdb"
     report = run_sweep(parse_spec(TRANSFER_SPEC, "transfer-smoke"), db, device="cpu")

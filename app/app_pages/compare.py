@@ -5,8 +5,8 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from app import controls, data, figures, tables
-from app.frames import (
+from ssmscope.app import controls, data, figures, tables
+from ssmscope.app.frames import (
     DISC_ORDER,
     PRESET_ORDER,
     coord_points,
@@ -18,7 +18,7 @@ from app.frames import (
     seed_bands,
     slope_differences,
 )
-from app.widgets import UrlState, export_figure
+from ssmscope.app.widgets import UrlState, export_figure
 
 DIMENSIONS = {"preset": "Preset", "discretization": "Discretisation", "config": "Optimizer · learning rate"}
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from app import controls, data, figures
-from app.frames import DISC_ORDER, PRESET_ORDER, coord_points, flagged_points, ordered, panel_slopes, seed_bands
-from app.tables import styled
-from app.widgets import UrlState, export_figure
+from ssmscope.app import controls, data, figures
+from ssmscope.app.frames import DISC_ORDER, PRESET_ORDER, coord_points, flagged_points, ordered, panel_slopes, seed_bands
+from ssmscope.app.tables import styled
+from ssmscope.app.widgets import UrlState, export_figure
 
 state = UrlState("cc")
 db = data.current_store()

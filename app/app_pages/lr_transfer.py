@@ -5,9 +5,9 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from app import data, figures, tables
-from app.frames import DISC_ORDER, PRESET_ORDER, lr_grid, ordered, transfer_curves, width_column
-from app.widgets import UrlState, export_figure
+from ssmscope.app import data, figures, tables
+from ssmscope.app.frames import DISC_ORDER, PRESET_ORDER, lr_grid, ordered, transfer_curves, width_column
+from ssmscope.app.widgets import UrlState, export_figure
 
 LOSSES = {"eval_loss": "held-out loss", "train_loss": "training loss"}
 

@@ -7,10 +7,10 @@ import json
 import polars as pl
 import streamlit as st
 
-from app import controls, data, figures
-from app.frames import DEFAULT_ROWS, DISC_ORDER, PRESET_ORDER, ROW_BY_KEY, available_rows, fmt_lr, run_curves
-from app.tables import status_styled
-from app.widgets import UrlState
+from ssmscope.app import controls, data, figures
+from ssmscope.app.frames import DEFAULT_ROWS, DISC_ORDER, PRESET_ORDER, ROW_BY_KEY, available_rows, fmt_lr, run_curves
+from ssmscope.app.tables import status_styled
+from ssmscope.app.widgets import UrlState
 
 TABLE_COLUMNS = ["run_id", "spec", "status", "preset", "discretization", "optimizer", "lr", "n_u", "n_x", "seed",
                  "n_layers", "steps", "last_finite_step", "wall_s", "device", "finished_at"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from app import controls, data, tables
-from app.frames import DISC_ORDER, PRESET_ORDER
-from app.widgets import UrlState
-from runs.export import paper_caption, slope_caption, slope_display
-from runs.slopes import Design, LayerAgg
+from ssmscope.app import controls, data, tables
+from ssmscope.app.frames import DISC_ORDER, PRESET_ORDER
+from ssmscope.app.widgets import UrlState
+from ssmscope.runs.analysis.export import paper_caption, slope_caption, slope_display
+from ssmscope.runs.analysis.slopes import Design, LayerAgg
 
 state = UrlState("st")
 db = data.current_store()

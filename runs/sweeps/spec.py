@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ssm.config import Discretization, MambaConfig
-from ssm.errors import ConfigError
-from ssm.presets import Optimizer, builtin_names
-from ssm.tomlfiles import builtin_toml_names, read_builtin_or_file
+from ssmscope.ssm.config import Discretization, MambaConfig
+from ssmscope.ssm.errors import ConfigError
+from ssmscope.ssm.presets import Optimizer, builtin_names
+from ssmscope.ssm.tomlfiles import builtin_toml_names, read_builtin_or_file
 
 TASKS = ("pydoc", "copy")
 
@@ -191,10 +191,10 @@ def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
 
 
 def builtin_specs() -> list[str]:
-    return builtin_toml_names("runs", "specs")
+    return builtin_toml_names("ssmscope.runs.sweeps", "specs")
 
 
 def load_spec(name_or_path: str | Path) -> SweepSpec:
     """A built-in spec by name or a spec TOML file."""
-    data, source = read_builtin_or_file("runs", "specs", "spec", name_or_path)
+    data, source = read_builtin_or_file("ssmscope.runs.sweeps", "specs", "spec", name_or_path)
     return parse_spec(data, source)

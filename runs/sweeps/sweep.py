@@ -20,10 +20,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from runs.executors import Executor, ExecutorOptions, Task, make_executor, make_task, write_failed_shard
-from runs.shards import FINISHED, shard_status
-from runs.spec import RunConfig, SweepSpec
-from runs.store import IngestReport, finished_run_ids, ingest, shard_dir_for
+from ssmscope.runs.sweeps.executors import Executor, ExecutorOptions, Task, make_executor, make_task, write_failed_shard
+from ssmscope.runs.store.shards import FINISHED, shard_status
+from ssmscope.runs.sweeps.spec import RunConfig, SweepSpec
+from ssmscope.runs.store.db import IngestReport, finished_run_ids, ingest, shard_dir_for
 
 
 @dataclass

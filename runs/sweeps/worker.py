@@ -23,12 +23,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from probes import SCHEMA_VERSION, Observer
-from probes.stats import is_finite_record
-from runs import data
-from runs.shards import config_json, write_shard
-from runs.spec import RunConfig
-from ssm import MambaLM, apply_preset, build_optimizer, load_preset
+from ssmscope.probes import SCHEMA_VERSION, Observer
+from ssmscope.probes.stats import is_finite_record
+from ssmscope.runs.sweeps import corpus as data
+from ssmscope.runs.store.shards import config_json, write_shard
+from ssmscope.runs.sweeps.spec import RunConfig
+from ssmscope.ssm import MambaLM, apply_preset, build_optimizer, load_preset
 
 ProgressFn = Callable[[int, int], None]  # (steps done, total steps)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ssm.config import Discretization
-from ssm.discretize import decay, input_coefficient
-from ssm.scan import ScanInputs, StateProbe, softplus_delta
+from ssmscope.ssm.config import Discretization
+from ssmscope.ssm.scan.discretize import decay, input_coefficient
+from ssmscope.ssm.scan.types import ScanInputs, StateProbe, softplus_delta
 
 
 def discretized(inputs: ScanInputs) -> tuple[Tensor, Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from runs.spec import RunConfig
+from ssmscope.runs.sweeps.spec import RunConfig
 
 
 def describe(cfg: RunConfig) -> str:

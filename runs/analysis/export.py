@@ -17,8 +17,8 @@ from typing import Literal
 
 import polars as pl
 
-from runs.slopes import CELL_KEYS, OPTIONAL_CONFIG_KEYS, PAPER_COLUMNS, paper_slopes
-from ssm.errors import ConfigError
+from ssmscope.runs.analysis.slopes import CELL_KEYS, OPTIONAL_CONFIG_KEYS, PAPER_COLUMNS, paper_slopes
+from ssmscope.ssm.errors import ConfigError
 
 
 class Format(StrEnum):
@@ -195,7 +195,7 @@ def slope_display(slopes: pl.DataFrame) -> pl.DataFrame:
 
 def slope_caption(slopes: pl.DataFrame) -> str:
     """One line saying what a slope table shows: convention, design, CI, thresholds."""
-    from runs.slopes import AGREE_TOL, CONFIDENCE, FLAT_TOL
+    from ssmscope.runs.analysis.slopes import AGREE_TOL, CONFIDENCE, FLAT_TOL
 
     def one(col: str) -> str:
         values = slopes.get_column(col).unique().to_list() if col in slopes.columns else []

@@ -21,7 +21,7 @@ import typer
 if TYPE_CHECKING:  # polars and the analysis load inside the command: `ssmscope --help` stays fast
     import polars as pl
 
-    from runs.export import Format
+    from ssmscope.runs.analysis.export import Format
 
 STEP_HELP = "an integer step, 'last' (each configuration's last step) or 'all'"
 WHERE_HELP = ("filter, repeatable: key=value, key=v1,v2, key!=v, n_u>=64, \"preset in (sp, mup)\", "
@@ -46,7 +46,7 @@ _FLOAT_COLUMNS = {"lr", "dt_max", "sumsq", "maxabs", "token_norm_sum", "channel_
 
 def filter_columns() -> list[str]:
     """Columns a --where may name: the probe frame's and the optional run keys."""
-    from runs.slopes import FRAME_COLUMNS, OPTIONAL_CONFIG_KEYS
+    from ssmscope.runs.analysis.slopes import FRAME_COLUMNS, OPTIONAL_CONFIG_KEYS
 
     return [*FRAME_COLUMNS, *OPTIONAL_CONFIG_KEYS]
 
@@ -54,7 +54,7 @@ def filter_columns() -> list[str]:
 def parse_filters(clauses: list[str]) -> list[Filter]:
     """Parse --where clauses: `key=value`, `key=v1,v2`, `key!=v`, `n_u>=64`, `preset in (sp, mup)`, and
     several joined by " and " in one clause. Values are typed by their column; quotes are stripped."""
-    from ssm.errors import ConfigError
+    from ssmscope.ssm.errors import ConfigError
 
     allowed = filter_columns()
     filters = []
@@ -80,7 +80,7 @@ def parse_filters(clauses: list[str]) -> list[Filter]:
 
 def _typed(column: str, value: str, clause: str) -> str | int | float:
     """A filter value converted to its column's type."""
-    from ssm.errors import ConfigError
+    from ssmscope.ssm.errors import ConfigError
 
     try:
         if column in _INT_COLUMNS:
@@ -123,7 +123,7 @@ def pushdown_filters(filters: list[Filter], columns: tuple[str, ...]) -> dict[st
 
 def parse_step(step: str) -> int | str | None:
     """--step: an integer, "last", or "all" (None: every step)."""
-    from ssm.errors import ConfigError
+    from ssmscope.ssm.errors import ConfigError
 
     if step in ("last", "all"):
         return None if step == "all" else "last"
@@ -136,10 +136,10 @@ def parse_step(step: str) -> int | str | None:
 # --- loading -------------------------------------------------------------------------------------
 def load_frame(db: Path | None, filters: list[Filter]) -> pl.DataFrame:
     """The probe frame of the selection: runs.store.load_probe_frame, then every filter in polars."""
-    from ssm.errors import ConfigError
+    from ssmscope.ssm.errors import ConfigError
 
     try:
-        from runs import store
+        from ssmscope.runs.store import db as store
         loader = store.load_probe_frame
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"the store reader runs.store.load_probe_frame is not available ({exc})") from None
@@ -176,8 +176,8 @@ def register(app: typer.Typer) -> None:
         include_failed: Annotated[bool, typer.Option(help="fit diverged and failed runs too")] = False,
     ) -> None:
         """Fit width-scaling exponents (log-log, seed-bootstrap CIs) beside the predicted ones."""
-        from runs.cli import fail
-        from ssm.errors import ConfigError
+        from ssmscope.runs.cli.main import fail
+        from ssmscope.ssm.errors import ConfigError
 
         try:
             out_format, options = _options(fmt, out, step, convention, width, table, layers, n_boot, seed,
@@ -198,10 +198,10 @@ def register(app: typer.Typer) -> None:
 def _options(fmt: str, out: Path | None, step: str, convention: str, width: str, table: str,
              layers: str | None, n_boot: int, seed: int, include_failed: bool) -> tuple[Format, dict]:
     """Check every option before the store is opened: the output format and the fit options."""
-    from runs.export import BINARY_FORMATS, parse_format
-    from runs.norms import parse_convention
-    from runs.slopes import Design, LayerAgg
-    from ssm.errors import ConfigError
+    from ssmscope.runs.analysis.export import BINARY_FORMATS, parse_format
+    from ssmscope.runs.analysis.norms import parse_convention
+    from ssmscope.runs.analysis.slopes import Design, LayerAgg
+    from ssmscope.ssm.errors import ConfigError
 
     out_format = parse_format(fmt)
     if out_format in BINARY_FORMATS and out is None:
@@ -230,7 +230,7 @@ def _nothing_to_fit(frame: pl.DataFrame, table: str, design: str) -> str:
 
 def _choice(enum: type, option: str, value: str) -> str:
     """`value` if it names a member of `enum`, else a ConfigError listing the members."""
-    from ssm.errors import ConfigError
+    from ssmscope.ssm.errors import ConfigError
 
     allowed = [e.value for e in enum]
     if value not in allowed:
@@ -241,8 +241,8 @@ def _choice(enum: type, option: str, value: str) -> str:
 def _compute(frame: pl.DataFrame, table: str, out_format: Format,
              options: dict) -> tuple[pl.DataFrame, list[str], str]:
     """The frame to export, the columns that hold markup already, and a caption."""
-    from runs import export
-    from runs.slopes import PAPER_COLUMNS, fit_slopes, paper_slopes
+    from ssmscope.runs.analysis import export
+    from ssmscope.runs.analysis.slopes import PAPER_COLUMNS, fit_slopes, paper_slopes
 
     for_reading = out_format in export.TEXT_TABLE_FORMATS
     if table == "full":
@@ -258,8 +258,8 @@ def _compute(frame: pl.DataFrame, table: str, out_format: Format,
 
 def _write(result: pl.DataFrame, out_format: Format, out: Path | None, caption: str, raw: list[str]) -> None:
     """Print the export, or write it to `out` and say so on stderr."""
-    from runs.cli import err_console
-    from runs.export import export
+    from ssmscope.runs.cli.main import err_console
+    from ssmscope.runs.analysis.export import export
 
     text = export(result, out_format, out, caption=caption, raw_columns=raw)
     if text is not None:

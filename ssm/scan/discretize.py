@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ssm.config import Discretization
+from ssmscope.ssm.config import Discretization
 
 
 def decay(delta_A: Tensor) -> Tensor:
@@ -28,16 +28,3 @@ def input_coefficient(delta: Tensor, A: Tensor, delta_A: Tensor, disc: Discretiz
     if disc == Discretization.EULER:
         return delta.expand_as(delta_A)
     return torch.expm1(delta_A) / A
-
-
-def input_coefficient_grads(
-    delta: Tensor, A: Tensor, delta_A: Tensor, a: Tensor, kappa: Tensor, disc: Discretization
-) -> tuple[Tensor, Tensor | None]:
-    """(∂κ/∂Δ, ∂κ/∂A) elementwise, for the hand-written backward of the fast scan.
-
-    Euler: (1, None: κ does not depend on A). ZOH: ∂κ/∂Δ = exp(ΔA) = Ā,
-    ∂κ/∂A = (Δ·Ā − κ)/A.
-    """
-    if disc == Discretization.EULER:
-        return torch.ones_like(delta_A), None
-    return a, (delta * a - kappa) / A

@@ -22,9 +22,9 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from runs.norms import norm_expr, parse_convention
-from ssm.errors import ConfigError
-from ssm.predictions import Convention, predictions
+from ssmscope.runs.analysis.norms import norm_expr, parse_convention
+from ssmscope.ssm.errors import ConfigError
+from ssmscope.ssm.predictions import Convention, predictions
 
 # --- thresholds and minimums (docs/slopes.md explains each) ---------------------------------
 MIN_WIDTHS = 3
@@ -623,7 +623,7 @@ def _stat_columns(r: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
 
 # --- predicted vs measured -----------------------------------------------------------------------
 def predictions_frame(convention: Convention | str = Convention.RMS) -> pl.DataFrame:
-    """ssm.predictions as a frame: preset, discretization, family, site, quantity, pred_n_u, pred_n_x, ..."""
+    """ssmscope.ssm.predictions as a frame: preset, discretization, family, site, quantity, pred_n_u, pred_n_x, ..."""
     rows = [dict(preset=p.preset, discretization=p.discretization.value, family=p.optimizer, site=p.site,
                  quantity=p.quantity, pred_n_u=float(p.n_u), pred_n_x=float(p.n_x), log_x=p.log_x,
                  prediction_note=p.note) for p in predictions(parse_convention(convention))]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from ssm.errors import ConfigError
-from ssm.predictions import Convention
+from ssmscope.ssm.errors import ConfigError
+from ssmscope.ssm.predictions import Convention
 
 # What each convention measures, for axis labels: "‖x‖ RMS per coordinate" etc.
 _LABELS: dict[Convention, str] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from ssm.presets import ParamPlan
+from ssmscope.ssm.presets import ParamPlan
 
 
 def _fmt(v: float | None) -> str:

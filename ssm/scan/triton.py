@@ -33,8 +33,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ssm.config import Discretization
-from ssm.scan import ScanInputs, StateProbe
+from ssmscope.ssm.config import Discretization
+from ssmscope.ssm.scan.types import ScanInputs, StateProbe
 
 # --- launch knobs: first guesses from register counts of the sm_90 build (ptxas, no GPU run yet);
 # bench/scan_gpu.py --sweep measures the alternatives. See docs/triton.md. ---

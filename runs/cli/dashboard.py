@@ -46,7 +46,7 @@ def url_for(host: str, port: int) -> str:
 
 def check_port(host: str, port: int) -> None:
     """Raise ConfigError unless host:port can be bound now (names what to change)."""
-    from ssm.errors import ConfigError
+    from ssmscope.ssm.errors import ConfigError
 
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port={port}; allowed: 1 to 65535")
@@ -64,7 +64,7 @@ def check_port(host: str, port: int) -> None:
 
 def serve(db: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, echo=print) -> int:
     """Run the dashboard until it exits or is interrupted; returns the server's exit code."""
-    from ssm.errors import ConfigError
+    from ssmscope.ssm.errors import ConfigError
 
     if importlib.util.find_spec("streamlit") is None:
         raise ConfigError("the dashboard needs streamlit: pip install 'streamlit>=1.40'")
@@ -105,8 +105,8 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = DEFAULT_HOST,
     ) -> None:
         """Start the dashboard: runs, the coordinate check, the slope table, comparisons, LR transfer."""
-        from runs.store import default_db_path
-        from ssm.errors import ConfigError
+        from ssmscope.runs.store.db import default_db_path
+        from ssmscope.ssm.errors import ConfigError
 
         path = Path(db).resolve() if db else default_db_path().resolve()
         if not path.exists():
@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
         try:
             code = serve(path, host, port, echo=typer.echo)
         except ConfigError as exc:
-            from runs.cli import fail
+            from ssmscope.runs.cli.main import fail
 
             fail(str(exc))
         if code not in (0, -signal.SIGTERM, -signal.SIGINT):

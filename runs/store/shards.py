@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from probes.schema import PROBE_COLUMNS
+from ssmscope.probes.schema import PROBE_COLUMNS
 
 RUN_COLUMNS: dict[str, str] = {
     "run_id": "string", "spec": "string", "status": "string", "last_finite_step": "int64",

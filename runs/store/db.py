@@ -19,10 +19,10 @@ import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 
-from probes.schema import SCHEMA_VERSION
-from runs import queries
-from runs.shards import clean_temporaries, list_shards
-from ssm.errors import ConfigError
+from ssmscope.probes.schema import SCHEMA_VERSION
+from ssmscope.runs.store import queries
+from ssmscope.runs.store.shards import clean_temporaries, list_shards
+from ssmscope.ssm.errors import ConfigError
 
 DEFAULT_DB = Path("ssmscope-data") / "ssmscope.duckdb"
 FILTER_COLUMNS = ("run_id", "spec", "preset", "discretization", "optimizer", "lr", "seed", "n_u", "n_x",
@@ -161,6 +161,6 @@ def counts(db_path: Path) -> dict[str, int]:
 
 def finished_run_ids(shard_root: Path, candidates: Iterable[str]) -> set[str]:
     """Runs among `candidates` whose shard says completed or diverged (resume skips them)."""
-    from runs.shards import FINISHED, shard_status
+    from ssmscope.runs.store.shards import FINISHED, shard_status
 
     return {rid for rid in candidates if shard_status(shard_root, rid) in FINISHED}

@@ -47,8 +47,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ssm.config import Discretization
-from ssm.scan import ScanInputs, StateProbe, softplus_delta
+from ssmscope.ssm.config import Discretization
+from ssmscope.ssm.scan.types import ScanInputs, StateProbe, softplus_delta
 
 CHUNK = 16  # time steps per chunk: (CHUNK, B, N, ED) work buffers stay cache-sized
 SAVE_BUDGET_BYTES = 64 * 2**20  # forward saves states and coefficients when they fit in this

@@ -22,10 +22,10 @@ def transfer_tables(db: Path | None, where: list[str], use: str, n_boot: int):
     """(drift frame, optima frame) for the selection; a ConfigError when it holds no LR grid."""
     import polars as pl
 
-    from runs import store
-    from runs.cli_slopes import filter_expr, parse_filters, pushdown_filters
-    from runs.transfer import drift, final_losses, optima
-    from ssm.errors import ConfigError
+    from ssmscope.runs.store import db as store
+    from ssmscope.runs.cli.slopes import filter_expr, parse_filters, pushdown_filters
+    from ssmscope.runs.analysis.transfer import drift, final_losses, optima
+    from ssmscope.ssm.errors import ConfigError
 
     filters = parse_filters(where)
     path = Path(db) if db is not None else store.default_db_path()
@@ -59,9 +59,9 @@ def register(app: typer.Typer) -> None:
         n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the seeds")] = 1000,
     ) -> None:
         """Optimal learning rate per width (parabola in log2 lr) and its drift across widths."""
-        from runs.cli import console, err_console, fail
-        from runs.export import export, parse_format
-        from ssm.errors import ConfigError
+        from ssmscope.runs.cli.main import console, err_console, fail
+        from ssmscope.runs.analysis.export import export, parse_format
+        from ssmscope.ssm.errors import ConfigError
 
         try:
             out_format = parse_format(fmt)

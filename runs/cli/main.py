@@ -46,8 +46,8 @@ def param_show(
     all_layers: Annotated[bool, typer.Option(help="one row per layer instead of per position")] = False,
 ) -> None:
     """Print every parameter's role, shape, init std, learning rate and multiplier."""
-    from runs.param_table import plan_table
-    from ssm import ConfigError, MambaConfig, MambaLM, load_preset, plan
+    from ssmscope.runs.cli.param_table import plan_table
+    from ssmscope.ssm import ConfigError, MambaConfig, MambaLM, load_preset, plan
 
     try:
         cfg = MambaConfig(d_model=d_model, d_state=d_state, expand=expand, n_layers=n_layers,
@@ -76,7 +76,7 @@ DB_HELP = "DuckDB store (default: $SSMSCOPE_DB or ./ssmscope-data/ssmscope.duckd
 def _db(db: str | None):
     from pathlib import Path
 
-    from runs.store import default_db_path
+    from ssmscope.runs.store.db import default_db_path
 
     return Path(db) if db else default_db_path()
 
@@ -112,12 +112,12 @@ def sweep(
     Each run writes its Parquet shard into the shard directory; the store is filled here, at the end."""
     from pathlib import Path
 
-    from runs.executors import EXECUTORS, ExecutorOptions, make_executor, require
-    from runs.progress import RichSweepProgress
-    from runs.spec import load_spec
-    from runs.sweep import run_sweep
-    from ssm import ConfigError
-    from ssm.config import ScanBackend
+    from ssmscope.runs.sweeps.executors import EXECUTORS, ExecutorOptions, make_executor, require
+    from ssmscope.runs.cli.progress import RichSweepProgress
+    from ssmscope.runs.sweeps.spec import load_spec
+    from ssmscope.runs.sweeps.sweep import run_sweep
+    from ssmscope.ssm import ConfigError
+    from ssmscope.ssm.config import ScanBackend
 
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         fail(f"--device={device!r}; allowed: auto, cpu, cuda")
@@ -186,8 +186,8 @@ def ingest(
     """Load run shards into the store (idempotent: already loaded shards are skipped)."""
     from pathlib import Path
 
-    from runs.store import StoreError, counts
-    from runs.store import ingest as do_ingest
+    from ssmscope.runs.store.db import StoreError, counts
+    from ssmscope.runs.store.db import ingest as do_ingest
 
     path = _db(db)
     try:
@@ -214,7 +214,9 @@ class _meta_device:
 
 def _register_commands() -> None:
     """Commands that live in their own modules (one file per command)."""
-    from runs import cli_app, cli_slopes, cli_transfer
+    from ssmscope.runs.cli import dashboard as cli_app
+    from ssmscope.runs.cli import slopes as cli_slopes
+    from ssmscope.runs.cli import transfer as cli_transfer
 
     cli_slopes.register(app)
     cli_transfer.register(app)

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from probes.schema import SCHEMA_VERSION
-from runs.shards import config_json, write_shard
-from runs.spec import RunConfig
-from ssm.errors import ConfigError
+from ssmscope.probes.schema import SCHEMA_VERSION
+from ssmscope.runs.store.shards import config_json, write_shard
+from ssmscope.runs.sweeps.spec import RunConfig
+from ssmscope.ssm.errors import ConfigError
 
 EXECUTORS = ("local", "ray", "slurm")
 PACKAGES = {"ray": ("ray", "ray>=2.9"), "slurm": ("submitit", "submitit>=1.5")}
@@ -132,7 +132,7 @@ def execute(task: Task, progress: Callable[[int, int], None] | None = None, thre
     """The task every backend runs: train one run, write its shard, return its status."""
     import torch
 
-    from runs.worker import run_one
+    from ssmscope.runs.sweeps.worker import run_one
 
     if threads:
         torch.set_num_threads(threads)

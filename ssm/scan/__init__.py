@@ -1,0 +1,13 @@
+"""The selective scan: one signature (ssm.scan.types), several backends, and the probe side channel.
+
+    reference   a plain loop over time (any dtype; the test oracle)
+    fast        a chunked torch scan with a hand-written backward (CPU default)
+    triton      a fused GPU kernel (CUDA default)
+`selective_scan` (ssm.scan.dispatch) picks one by name; `auto` picks by device.
+"""
+
+from ssmscope.ssm.scan.dispatch import get_backend, resolve_backend, selective_scan
+from ssmscope.ssm.scan.types import ScanFn, ScanInputs, StateProbe, softplus_delta
+
+__all__ = ["ScanFn", "ScanInputs", "StateProbe", "get_backend", "resolve_backend", "selective_scan",
+           "softplus_delta"]

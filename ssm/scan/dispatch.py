@@ -1,0 +1,99 @@
+"""Backend choice: `selective_scan` runs the S6 recurrence on the backend a name (or AUTO) picks.
+
+The backends (reference, fast, triton) import only ssm.scan.types and ssm.scan.discretize; this
+module imports them lazily, so a missing optional backend (triton) costs nothing until chosen.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from ssmscope.ssm.config import Discretization, ScanBackend
+from ssmscope.ssm.errors import ConfigError
+from ssmscope.ssm.scan.types import ScanFn, StateProbe
+
+log = logging.getLogger(__name__)
+
+
+def _load_backend(name: ScanBackend) -> ScanFn:
+    if name == ScanBackend.REFERENCE:
+        from ssmscope.ssm.scan.reference import scan_reference
+
+        return scan_reference
+    if name == ScanBackend.FAST:
+        from ssmscope.ssm.scan.fast import scan_fast
+
+        return scan_fast
+    if name == ScanBackend.TRITON:
+        try:
+            from ssmscope.ssm.scan.triton import scan_triton
+        except ImportError as exc:  # triton missing, or the backend not built yet
+            raise ConfigError(
+                f"scan=triton is unavailable ({exc}); use scan=fast (the torch scan) instead"
+            ) from None
+        return scan_triton
+    raise ConfigError(f"scan={name!r}; allowed: {', '.join(b.value for b in ScanBackend)}")
+
+
+_announced: set[tuple[str, str]] = set()
+
+
+def resolve_backend(name: ScanBackend | str, device: torch.device) -> ScanBackend:
+    """AUTO → triton on CUDA when it imports, else fast; logs the automatic choice once."""
+    name = ScanBackend(name)
+    if name != ScanBackend.AUTO:
+        return name
+    chosen = ScanBackend.FAST
+    if device.type == "cuda":
+        try:
+            import ssmscope.ssm.scan.triton  # noqa: F401
+
+            chosen = ScanBackend.TRITON
+        except ImportError as exc:
+            key = ("fallback", str(exc))
+            if key not in _announced:
+                log.warning("triton scan unavailable on %s (%s); using the fast torch scan", device, exc)
+                _announced.add(key)
+    key = (device.type, chosen.value)
+    if key not in _announced:
+        log.info("scan=auto on %s → %s", device.type, chosen.value)
+        _announced.add(key)
+    return chosen
+
+
+_BACKENDS: dict[ScanBackend, ScanFn] = {}
+
+
+def get_backend(name: ScanBackend | str, device: torch.device) -> ScanFn:
+    """The scan function for a backend name (AUTO resolved for the device)."""
+    resolved = resolve_backend(name, device)
+    if resolved not in _BACKENDS:
+        _BACKENDS[resolved] = _load_backend(resolved)
+    return _BACKENDS[resolved]
+
+
+def selective_scan(
+    u: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor,
+    dt_bias: Tensor,
+    *,
+    discretization: Discretization | str,
+    backend: ScanBackend | str = ScanBackend.AUTO,
+    probe: StateProbe | None = None,
+) -> Tensor:
+    """Run the S6 recurrence.
+
+    u, dt: (B, L, ED); A: (ED, N) (negative); B, C: (B, L, N); D, dt_bias: (ED,).
+    Returns y: (B, L, ED) in u's dtype.
+    """
+    fn = get_backend(backend, u.device)
+    return fn(u, dt, A, B, C, D, dt_bias, Discretization(discretization), probe)
+
+
