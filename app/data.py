@@ -21,16 +21,14 @@ import duckdb
 import polars as pl
 import streamlit as st
 
-from ssmscope.runs.store import queries
-
-from ssmscope.runs.store import db as store
-
 from ssmscope.runs.analysis import transfer
 from ssmscope.runs.analysis.slopes import fit_slopes, paper_slopes
+from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT
+from ssmscope.runs.store import db as store
+from ssmscope.runs.store import queries
 
 DB_STATE_KEY = "ssmscope_db"
 """session_state key under which app/main.py leaves the store path for the pages."""
-N_BOOT = 1000
 """Bootstrap resamples for the slopes the pages show (as `ssmscope slopes`)."""
 FIRST_SWEEP = "ssmscope sweep smoke --db {db}"
 """The command that fills an empty store (~30 s on a laptop CPU)."""
@@ -190,7 +188,7 @@ def _axis_frame(frame: pl.DataFrame, design: str, fixed: int | None) -> pl.DataF
 @st.cache_data(show_spinner="Fitting slopes…", max_entries=64)
 def slopes(db: Store, sweep: str | None, sel: Where = (), *, convention: str = "rms", design: str = "joint",
            fixed: int | None = None, step: int | str | None = "last", layers: str = "each",
-           include_failed: bool = False, n_boot: int = N_BOOT) -> pl.DataFrame:
+           include_failed: bool = False, n_boot: int = DEFAULT_N_BOOT) -> pl.DataFrame:
     """ssmscope.runs.analysis.slopes.fit_slopes over the selected runs of a sweep (every cell; one width axis)."""
     frame = _axis_frame(apply(probe_frame(db, sweep), sel), design, fixed)
     if frame.is_empty():
@@ -202,7 +200,7 @@ def slopes(db: Store, sweep: str | None, sel: Where = (), *, convention: str = "
 @st.cache_data(show_spinner="Fitting the paper's table…", max_entries=32)
 def paper(db: Store, sweep: str | None, sel: Where = (), *, convention: str = "rms", design: str = "joint",
           layers: str = "mean", step: int | str | None = "last", include_failed: bool = False,
-          n_boot: int = N_BOOT) -> pl.DataFrame:
+          n_boot: int = DEFAULT_N_BOOT) -> pl.DataFrame:
     """ssmscope.runs.analysis.slopes.paper_slopes over the selected runs (the rows behind the paper's table)."""
     frame = apply(probe_frame(db, sweep), sel)
     if frame.is_empty():

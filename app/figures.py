@@ -7,10 +7,7 @@ static PNG/SVG (needs kaleido and a Chromium; `static_export_problem` says what 
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import shutil
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
@@ -355,47 +352,3 @@ def transfer_figure(curves: pl.DataFrame, optima: pl.DataFrame, *, width_name: s
     fig.update_layout(height=460, template="plotly_white", font=FONT, title=title,
                       margin=dict(l=60, r=20, t=50 if title else 20, b=50), meta=dict(kind="transfer"))
     return fig
-
-
-# --- export ------------------------------------------------------------------------------------
-STATIC_FORMATS = ("png", "svg")
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
-
-
-def to_html(fig: go.Figure) -> str:
-    """A self-contained interactive HTML page of the figure (plotly.js embedded: works offline)."""
-    return fig.to_html(include_plotlyjs=True, full_html=True)
-
-
-def find_chromium() -> str | None:
-    """The Chromium/Chrome kaleido would use: $BROWSER_PATH, else the first one on PATH."""
-    env = os.environ.get("BROWSER_PATH")
-    if env and os.path.exists(env):
-        return env
-    for name in CHROMIUM_NAMES:
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def static_export_problem() -> str | None:
-    """Why PNG/SVG export is unavailable (None when kaleido and a Chromium are present)."""
-    if importlib.util.find_spec("kaleido") is None:
-        return ("PNG/SVG export needs kaleido (`pip install kaleido`) and a Chromium; "
-                "the interactive HTML export works without them.")
-    if find_chromium() is None:
-        return ("PNG/SVG export needs a Chromium or Chrome (e.g. `apt-get install chromium`, or set "
-                "BROWSER_PATH); the interactive HTML export works without it.")
-    return None
-
-
-def to_static(fig: go.Figure, fmt: str, width: int = 1400) -> bytes:
-    """The figure as PNG or SVG bytes through kaleido (~5 s: it starts a headless Chromium)."""
-    if fmt not in STATIC_FORMATS:
-        raise ValueError(f"format={fmt!r}; allowed: {', '.join(STATIC_FORMATS)}")
-    chromium = find_chromium()
-    if chromium and "BROWSER_PATH" not in os.environ:
-        os.environ["BROWSER_PATH"] = chromium  # kaleido reads it; it must never download a browser
-    height = fig.layout.height or 600
-    return fig.to_image(format=fmt, width=width, height=height, scale=2 if fmt == "png" else 1)

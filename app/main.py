@@ -12,11 +12,6 @@ import argparse
 import sys
 from pathlib import Path
 
-try:
-    import ssmscope.app  # noqa: F401  (installed, or the repository root is on sys.path)
-except ImportError:  # `streamlit run app/main.py` from a checkout puts app/ itself on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import duckdb
 import streamlit as st
 

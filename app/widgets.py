@@ -15,7 +15,7 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
-from ssmscope.app import figures
+from ssmscope.app import export
 from ssmscope.app.data import Problem
 
 LIST_SEP = ","
@@ -114,16 +114,16 @@ def export_figure(fig: go.Figure, name: str, key: str) -> None:
     shown as a message, never a traceback.
     """
     cols = st.columns(3)
-    cols[0].download_button("Download interactive HTML", data=lambda: figures.to_html(fig),
+    cols[0].download_button("Download interactive HTML", data=lambda: export.to_html(fig),
                             file_name=f"{name}.html", mime="text/html", key=f"{key}_html", on_click="ignore")
-    problem = figures.static_export_problem()
+    problem = export.static_export_problem()
     if problem is not None:
         cols[1].info(problem)
         return
     for col, fmt, mime in ((cols[1], "png", "image/png"), (cols[2], "svg", "image/svg+xml")):
         if col.button(f"Render {fmt.upper()}", key=f"{key}_{fmt}_render"):
             try:
-                data = figures.to_static(fig, fmt)
+                data = export.to_static(fig, fmt)
             except Exception as exc:  # kaleido or its browser failed: say so, keep the page up
                 col.error(f"{fmt.upper()} export failed: {type(exc).__name__}: {exc}")
             else:

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ssmscope.probes.schema import PROBE_COLUMNS
-from ssmscope.runs.store.shards import LOSS_COLUMNS, RUN_COLUMNS
 from ssmscope.runs.store.db import counts, ingest
+from ssmscope.runs.store.shards import LOSS_COLUMNS, RUN_COLUMNS
 
 WIDTHS = (32, 64, 128, 256, 512)
 PRESETS = ("sp", "mup", "mup-ssm")

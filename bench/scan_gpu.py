@@ -98,8 +98,8 @@ def min_bytes(b: int, length: int, ed: int, n: int, dtype: torch.dtype) -> tuple
 
 def mambapy_scan(pscan, u, dt, A, B, C, D, dt_bias, disc):
     """S6 around mambapy's pscan, as mambapy writes it: materialise Ā, B̄u (B, L, ED, N), scan, read out."""
-    from ssmscope.ssm.scan.discretize import input_coefficient
     from ssmscope.ssm.scan import softplus_delta
+    from ssmscope.ssm.scan.discretize import input_coefficient
 
     delta = softplus_delta(dt, dt_bias)  # (B, L, ED)
     delta_A = delta[..., None] * A  # (B, L, ED, N)

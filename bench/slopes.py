@@ -20,7 +20,8 @@ import time
 
 import polars as pl
 
-from ssmscope.runs.analysis.slopes import fit_slopes, synthetic_frame
+from ssmscope.runs.analysis.slopes import fit_slopes
+from ssmscope.runs.analysis.synthetic import synthetic_frame
 
 CELLS = (("x", "value"), ("y", "value"), ("cx", "value"), ("grad_y", "value"), ("grad_x", "value"),
          ("x", "delta_init"), ("y", "delta_init"), ("cx", "delta_init"))

@@ -29,7 +29,8 @@ _EXPORTS = {
     "StateProbe": "ssmscope.ssm.scan.types",
     "selective_scan": "ssmscope.ssm.scan.dispatch",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["ConfigError", "Discretization", "MambaConfig", "MambaLM", "Optimizer", "ScanBackend", "ScanInputs",
+           "StateProbe", "apply_preset", "build_optimizer", "load_preset", "plan", "selective_scan"]
 
 if TYPE_CHECKING:
     from ssmscope.ssm.config import Discretization, MambaConfig, ScanBackend

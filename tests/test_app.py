@@ -30,6 +30,7 @@ from streamlit.runtime.memory_media_file_storage import _calculate_file_id
 from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
+from ssmscope.app import export as figure_export
 from ssmscope.app import figures, frames, tables
 from ssmscope.runs.cli import dashboard as cli_app
 from ssmscope.runs.cli import slopes as cli_slopes
@@ -324,17 +325,17 @@ def test_a_store_being_written_gets_a_message(monkeypatch, tmp_path):
 # --- figures and exports without Streamlit -------------------------------------------------------
 def test_html_export_is_self_contained():
     fig = figures.loss_figure(pl.DataFrame({"step": [0, 1], "train_loss": [2.0, 1.0], "eval_loss": [None, 1.5]}))
-    html = figures.to_html(fig)
+    html = figure_export.to_html(fig)
     assert "<html>" in html and "Plotly.newPlot" in html and '<script src="https://cdn.plot.ly' not in html
 
 
 def test_static_export_says_what_is_missing(monkeypatch):
-    monkeypatch.setattr(figures.importlib.util, "find_spec", lambda name: None)
-    assert "kaleido" in figures.static_export_problem()
+    monkeypatch.setattr(figure_export.importlib.util, "find_spec", lambda name: None)
+    assert "kaleido" in figure_export.static_export_problem()
     monkeypatch.undo()
-    monkeypatch.setattr(figures, "find_chromium", lambda: None)
-    if figures.importlib.util.find_spec("kaleido") is not None:
-        assert "Chromium" in figures.static_export_problem()
+    monkeypatch.setattr(figure_export, "find_chromium", lambda: None)
+    if figure_export.importlib.util.find_spec("kaleido") is not None:
+        assert "Chromium" in figure_export.static_export_problem()
 
 
 def test_width_axes_offer_joint_and_fixed_width_designs():

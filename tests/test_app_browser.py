@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from app_store import app_store, free_port, wait_for_health  # noqa: F401
 
-from ssmscope.app import figures
+from ssmscope.app import export as figure_export
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -24,7 +24,7 @@ CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"), shut
                  if p and os.path.exists(p)), None)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
-# `ssmscope app` through ssmscope.runs.cli.dashboard.register on a bare Typer app (runs/cli/main.py registers the same command)
+# `ssmscope app` through runs.cli.dashboard.register on a bare Typer app (runs/cli/main.py does the same)
 CLI = ("import typer; from ssmscope.runs.cli.dashboard import register; app = typer.Typer(); "
        "app.callback()(lambda: None); register(app); app()")
 
@@ -116,9 +116,9 @@ def test_lr_transfer_renders_in_chromium(server, browser):
     page.close()
 
 
-@pytest.mark.skipif(figures.static_export_problem() is not None, reason="kaleido or a Chromium is missing")
+@pytest.mark.skipif(figure_export.static_export_problem() is not None, reason="kaleido or a Chromium is missing")
 def test_static_svg_export_through_kaleido():
     import plotly.graph_objects as go
 
-    svg = figures.to_static(go.Figure(go.Scatter(x=[0, 1], y=[1, 0])), "svg")
+    svg = figure_export.to_static(go.Figure(go.Scatter(x=[0, 1], y=[1, 0])), "svg")
     assert svg.lstrip().startswith(b"<svg")

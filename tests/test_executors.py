@@ -20,9 +20,10 @@ import pytest
 from typer.testing import CliRunner
 
 from ssmscope.runs.cli.main import app
-from ssmscope.runs.sweeps.executors import FAULTS_ENV, RayExecutor
-from ssmscope.runs.sweeps.spec import parse_spec
 from ssmscope.runs.store.db import counts, load_runs
+from ssmscope.runs.sweeps.executors import FAULTS_ENV
+from ssmscope.runs.sweeps.executors.ray import RayExecutor
+from ssmscope.runs.sweeps.spec import parse_spec
 from ssmscope.runs.sweeps.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,7 +225,7 @@ def test_ray_worker_killed_or_raising_is_failed_retried_and_sweep_completes(spec
     assert report.attempt_errors[ids[2]] == [lost, lost] and report.failures[ids[2]] == lost
     runs = load_runs(db)
     failed = runs.filter(runs["status"] == "failed")
-    assert failed["run_id"].to_list() == [ids[2]] and "runs/executors.py" in failed["error"][0]  # the remote trace
+    assert failed["run_id"].to_list() == [ids[2]] and "runs/sweeps/executors/" in failed["error"][0]  # the remote trace
     # rerun without faults on the local executor: only the failed run is redone, nothing lost or duplicated
     monkeypatch.delenv(FAULTS_ENV)
     resumed = run_sweep(spec, db, device="cpu", workers=1)

@@ -11,10 +11,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from ssmscope.runs.analysis import export, selection
+from ssmscope.runs.analysis.slopes import FIT_COLUMNS, fit_slopes, paper_slopes
+from ssmscope.runs.analysis.synthetic import synthetic_frame
 from ssmscope.runs.cli import slopes as cli_slopes
-
-from ssmscope.runs.analysis import export
-from ssmscope.runs.analysis.slopes import FIT_COLUMNS, fit_slopes, paper_slopes, synthetic_frame
 from ssmscope.ssm.errors import ConfigError
 
 SPECIAL = r"we_ird%&#$ {name}~^\x"
@@ -226,8 +226,8 @@ def test_cli_suggests_another_width_when_no_run_is_joint(app, monkeypatch):
 
 def test_cli_reads_a_real_store_with_run_filters_pushed_into_its_sql(tmp_path):
     """No monkeypatch: shards → runs.store.ingest → load_probe_frame → the command."""
-    from ssmscope.runs.store.shards import write_shard
     from ssmscope.runs.store.db import ingest
+    from ssmscope.runs.store.shards import write_shard
 
     frame = synthetic_frame(presets=("sp", "mup-ssm"), discretizations=("zoh",), n_u=(32, 64, 128), seeds=2,
                             steps=(0, 2))
@@ -252,18 +252,10 @@ def test_cli_reads_a_real_store_with_run_filters_pushed_into_its_sql(tmp_path):
     assert missing.exit_code == 2 and "no store at" in missing.output
 
 
-def test_cli_without_a_store_reader_fails_cleanly(app, monkeypatch):
-    from ssmscope.runs.store import db as store
-
-    monkeypatch.delattr(store, "load_probe_frame")
-    result = _run(app, "--format", "md")
-    assert result.exit_code == 2 and "load_probe_frame is not available" in result.output
-
-
 def test_parse_filters_types_values_and_splits_and():
-    filters = cli_slopes.parse_filters(["preset='mup-ssm' and n_u>=64", "lr=0.01", "site!=x,y"])
+    filters = selection.parse_filters(["preset='mup-ssm' and n_u>=64", "lr=0.01", "site!=x,y"])
     assert [(f.column, f.op, f.values) for f in filters] == [
         ("preset", "=", ("mup-ssm",)), ("n_u", ">=", (64,)), ("lr", "=", (0.01,)), ("site", "!=", ("x", "y"))]
     frame = pl.DataFrame({"preset": ["mup-ssm", "sp"], "n_u": [64, 128], "lr": [0.01, 0.01],
                           "site": ["cx", "cx"]})
-    assert frame.filter(cli_slopes.filter_expr(filters))["preset"].to_list() == ["mup-ssm"]
+    assert frame.filter(selection.filter_expr(filters))["preset"].to_list() == ["mup-ssm"]

@@ -17,8 +17,8 @@ from ssmscope.runs.analysis.slopes import (
     attach_predictions,
     fit_slopes,
     paper_slopes,
-    synthetic_frame,
 )
+from ssmscope.runs.analysis.synthetic import synthetic_frame
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.predictions import lookup
 

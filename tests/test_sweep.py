@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ssmscope.runs.cli.main import app
-from ssmscope.runs.sweeps.spec import load_spec, parse_spec
 from ssmscope.runs.store.db import counts, load_runs
+from ssmscope.runs.sweeps.spec import load_spec, parse_spec
 from ssmscope.runs.sweeps.sweep import run_sweep
 from ssmscope.ssm import ConfigError
 

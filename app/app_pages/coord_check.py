@@ -6,7 +6,15 @@ import polars as pl
 import streamlit as st
 
 from ssmscope.app import controls, data, figures
-from ssmscope.app.frames import DISC_ORDER, PRESET_ORDER, coord_points, flagged_points, ordered, panel_slopes, seed_bands
+from ssmscope.app.frames import (
+    DISC_ORDER,
+    PRESET_ORDER,
+    coord_points,
+    flagged_points,
+    ordered,
+    panel_slopes,
+    seed_bands,
+)
 from ssmscope.app.tables import styled
 from ssmscope.app.widgets import UrlState, export_figure
 

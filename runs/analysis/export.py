@@ -17,7 +17,15 @@ from typing import Literal
 
 import polars as pl
 
-from ssmscope.runs.analysis.slopes import CELL_KEYS, OPTIONAL_CONFIG_KEYS, PAPER_COLUMNS, paper_slopes
+from ssmscope.runs.analysis.slopes import (
+    AGREE_TOL,
+    CELL_KEYS,
+    CONFIDENCE,
+    FLAT_TOL,
+    OPTIONAL_CONFIG_KEYS,
+    PAPER_COLUMNS,
+    paper_slopes,
+)
 from ssmscope.ssm.errors import ConfigError
 
 
@@ -195,7 +203,6 @@ def slope_display(slopes: pl.DataFrame) -> pl.DataFrame:
 
 def slope_caption(slopes: pl.DataFrame) -> str:
     """One line saying what a slope table shows: convention, design, CI, thresholds."""
-    from ssmscope.runs.analysis.slopes import AGREE_TOL, CONFIDENCE, FLAT_TOL
 
     def one(col: str) -> str:
         values = slopes.get_column(col).unique().to_list() if col in slopes.columns else []

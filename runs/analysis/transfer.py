@@ -17,8 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-N_BOOT = 1000
+from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT, interval_quantiles, normal_z
+from ssmscope.runs.store.schema import RunStatus
+
 GROUP_KEYS = ("preset", "discretization", "optimizer")
+_PERCENTILES = [100 * q for q in interval_quantiles()]
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ def final_losses(losses: pl.DataFrame, use: str = "eval_loss") -> pl.DataFrame:
     have = losses.filter(pl.col(use).is_not_null())
     last = have.sort("step").group_by("run_id").agg(pl.all().last())
     return last.with_columns(
-        pl.when(pl.col("status") == "diverged").then(float("inf")).otherwise(pl.col(use)).alias("loss")
+        pl.when(pl.col("status") == RunStatus.DIVERGED).then(float("inf")).otherwise(pl.col(use)).alias("loss")
     ).select("run_id", *GROUP_KEYS, "lr", "seed", "n_u", "n_x", "status", "loss")
 
 
@@ -71,7 +74,7 @@ def _width_column(frame: pl.DataFrame) -> str:
     return "n_u" if frame["n_u"].n_unique() > 1 else "n_x"
 
 
-def optima(final: pl.DataFrame, n_boot: int = N_BOOT, rng_seed: int = 0) -> pl.DataFrame:
+def optima(final: pl.DataFrame, n_boot: int = DEFAULT_N_BOOT, rng_seed: int = 0) -> pl.DataFrame:
     """Per (preset, discretisation, optimizer, width): η* of the seed-mean curve with a bootstrap CI."""
     width = _width_column(final)
     rng = np.random.default_rng(rng_seed)
@@ -91,7 +94,7 @@ def optima(final: pl.DataFrame, n_boot: int = N_BOOT, rng_seed: int = 0) -> pl.D
                 o = parabola_optimum(x, _mean_curve(grid[pick]))
                 if math.isfinite(o.log2_lr):
                     boot.append(o.log2_lr)
-        lo, hi = (np.percentile(boot, [2.5, 97.5]) if boot else (math.nan, math.nan))
+        lo, hi = (np.percentile(boot, _PERCENTILES) if boot else (math.nan, math.nan))
         rows.append({**dict(zip([*GROUP_KEYS, "width"], key, strict=True)),
                      "log2_lr_opt": best.log2_lr, "lr_opt": 2**best.log2_lr if math.isfinite(best.log2_lr)
                      else math.nan, "ci_low": float(lo), "ci_high": float(hi), "loss_at_opt": best.loss,
@@ -106,7 +109,7 @@ def _mean_curve(grid: np.ndarray) -> np.ndarray:
     return np.where(ok, np.where(np.isfinite(grid), grid, 0.0).sum(axis=0) / len(grid), np.inf)
 
 
-def drift(opt: pl.DataFrame, final: pl.DataFrame | None = None, n_boot: int = N_BOOT,
+def drift(opt: pl.DataFrame, final: pl.DataFrame | None = None, n_boot: int = DEFAULT_N_BOOT,
           rng_seed: int = 0) -> pl.DataFrame:
     """Slope of log2 η* vs log2 width per (preset, discretisation, optimizer), with a CI.
 
@@ -127,7 +130,7 @@ def drift(opt: pl.DataFrame, final: pl.DataFrame | None = None, n_boot: int = N_
             else:
                 resid = ys - np.polyval(np.polyfit(xs, ys, 1), xs)
                 se = math.sqrt(resid @ resid / (len(xs) - 2) / np.sum((xs - xs.mean()) ** 2))
-                lo, hi = slope - 1.96 * se, slope + 1.96 * se
+                lo, hi = slope - normal_z() * se, slope + normal_z() * se
         loss = sub["loss_at_opt"].to_numpy()
         rows.append({**dict(zip(GROUP_KEYS, key, strict=True)), "drift": slope, "ci_low": lo, "ci_high": hi,
                      "n_widths": len(sub), "n_interior": len(ok),
@@ -163,5 +166,5 @@ def _drift_bootstrap(final: pl.DataFrame, key: dict, widths: list[int], n_boot: 
             slopes.append(np.polyfit(lx, ys, 1)[0])
     if not slopes:
         return math.nan, math.nan
-    lo, hi = np.percentile(slopes, [2.5, 97.5])
+    lo, hi = np.percentile(slopes, _PERCENTILES)
     return float(lo), float(hi)

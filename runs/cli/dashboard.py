@@ -4,7 +4,7 @@
     ssmscope app --db runs.duckdb --port 8600
     ssmscope app --host 0.0.0.0            # reachable from other machines: only on a trusted network
 
-runs/cli.py calls `register(app)`. The command runs
+runs/cli/main.py calls `register(app)`. The command runs
 `python -m streamlit run app/main.py --server.headless true --server.address HOST --server.port PORT
 --browser.gatherUsageStats false -- --db PATH` in a child process, prints the URL and waits; Ctrl-C or
 SIGTERM stops the server. A bad port, a port already taken or a missing Streamlit end as one line and
@@ -14,7 +14,6 @@ exit code 2; a missing or empty store is not an error (the app says how to fill 
 from __future__ import annotations
 
 import importlib.util
-import os
 import signal
 import socket
 import subprocess
@@ -24,16 +23,22 @@ from typing import Annotated
 
 import typer
 
-MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
-"""The dashboard's entry script."""
+from ssmscope.runs.cli.console import DB_HELP, fail
+
+
+def main_script() -> Path:
+    """The dashboard's entry script (ssmscope.app's main.py, wherever the package is installed)."""
+    spec = importlib.util.find_spec("ssmscope.app")
+    return Path(spec.origin).parent / "main.py"
+
+
 DEFAULT_PORT = 8501
 DEFAULT_HOST = "127.0.0.1"
-DB_HELP = "DuckDB store (default: $SSMSCOPE_DB or ./ssmscope-data/ssmscope.duckdb)"
 
 
 def streamlit_command(db: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> list[str]:
     """The command line that serves the dashboard over `db` on host:port."""
-    return [sys.executable, "-m", "streamlit", "run", str(MAIN), "--server.headless", "true",
+    return [sys.executable, "-m", "streamlit", "run", str(main_script()), "--server.headless", "true",
             "--server.address", host, "--server.port", str(port), "--browser.gatherUsageStats", "false",
             "--", "--db", str(db)]
 
@@ -69,10 +74,7 @@ def serve(db: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, echo=pri
     if importlib.util.find_spec("streamlit") is None:
         raise ConfigError("the dashboard needs streamlit: pip install 'streamlit>=1.40'")
     check_port(host, port)
-    root = str(MAIN.parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)  # `import app` from a checkout
-    proc = subprocess.Popen(streamlit_command(db, host, port), env=env)
+    proc = subprocess.Popen(streamlit_command(db, host, port))
     echo(f"ssmscope dashboard on {url_for(host, port)} (store {db}); Ctrl-C stops it")
 
     def stop(signum: int, frame: object) -> None:
@@ -114,8 +116,6 @@ def register(app: typer.Typer) -> None:
         try:
             code = serve(path, host, port, echo=typer.echo)
         except ConfigError as exc:
-            from ssmscope.runs.cli.main import fail
-
             fail(str(exc))
         if code not in (0, -signal.SIGTERM, -signal.SIGINT):
             raise typer.Exit(code)

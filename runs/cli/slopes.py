@@ -4,148 +4,44 @@
     ssmscope slopes --where preset=mup-ssm --table full --format csv --out slopes.csv
     ssmscope slopes --width 2d --convention l2 --format latex --out table.tex
 
-runs/cli.py calls `register(app)`. Options are checked before the store is opened; user errors
+runs/cli/main.py calls `register(app)`. Options are checked before the store is opened; user errors
 (a bad option, a bad --where, an empty selection, a missing store) end as one line and exit code 2.
-The --where parser and its polars predicate are plain functions here, tested without the CLI.
+The --where language is runs.analysis.selection.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from ssmscope.runs.analysis.selection import (
+    STEP_HELP,
+    Filter,
+    filter_expr,
+    parse_filters,
+    parse_step,
+    pushdown_filters,
+)
+from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT
+from ssmscope.runs.cli.console import DB_HELP, WHERE_HELP, err_console, fail
 
 if TYPE_CHECKING:  # polars and the analysis load inside the command: `ssmscope --help` stays fast
     import polars as pl
 
     from ssmscope.runs.analysis.export import Format
 
-STEP_HELP = "an integer step, 'last' (each configuration's last step) or 'all'"
-WHERE_HELP = ("filter, repeatable: key=value, key=v1,v2, key!=v, n_u>=64, \"preset in (sp, mup)\", "
-              "several joined by ' and '; keys: run keys and step, layer, site, quantity, group")
-
-
-# --- --where -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Filter:
-    """One `column OP value[,value…]` condition of a --where selection."""
-
-    column: str
-    op: str  # = != < <= > >=
-    values: tuple[str | int | float, ...]
-
-
-_FILTER_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|=|<|>|\s+in\s+)\s*(.+?)\s*$",
-                        re.IGNORECASE)
-_INT_COLUMNS = {"seed", "n_u", "n_x", "step", "layer", "count", "n_tokens", "n_channels"}
-_FLOAT_COLUMNS = {"lr", "dt_max", "sumsq", "maxabs", "token_norm_sum", "channel_norm_sum"}
-
-
-def filter_columns() -> list[str]:
-    """Columns a --where may name: the probe frame's and the optional run keys."""
-    from ssmscope.runs.analysis.slopes import FRAME_COLUMNS, OPTIONAL_CONFIG_KEYS
-
-    return [*FRAME_COLUMNS, *OPTIONAL_CONFIG_KEYS]
-
-
-def parse_filters(clauses: list[str]) -> list[Filter]:
-    """Parse --where clauses: `key=value`, `key=v1,v2`, `key!=v`, `n_u>=64`, `preset in (sp, mup)`, and
-    several joined by " and " in one clause. Values are typed by their column; quotes are stripped."""
-    from ssmscope.ssm.errors import ConfigError
-
-    allowed = filter_columns()
-    filters = []
-    for clause in clauses:
-        for part in re.split(r"\s+and\s+", clause.strip(), flags=re.IGNORECASE):
-            if not part:
-                continue
-            match = _FILTER_RE.match(part)
-            if not match:
-                raise ConfigError(f"--where {part!r}; allowed: key=value, key!=value, key<value, "
-                                  f"key in (a, b) with key one of {', '.join(allowed)}")
-            column, op, raw = match.group(1), match.group(2).strip().lower(), match.group(3)
-            if column not in allowed:
-                raise ConfigError(f"--where {part!r}: unknown key {column!r}; allowed: {', '.join(allowed)}")
-            op = {"==": "=", "in": "="}.get(op, op)
-            raw = raw.strip().removeprefix("(").removesuffix(")")
-            items = [v.strip().strip("'\"") for v in raw.split(",")]
-            if op not in ("=", "!=") and len(items) != 1:
-                raise ConfigError(f"--where {part!r}: {op} takes one value")
-            filters.append(Filter(column, op, tuple(_typed(column, v, part) for v in items)))
-    return filters
-
-
-def _typed(column: str, value: str, clause: str) -> str | int | float:
-    """A filter value converted to its column's type."""
-    from ssmscope.ssm.errors import ConfigError
-
-    try:
-        if column in _INT_COLUMNS:
-            return int(value)
-        if column in _FLOAT_COLUMNS:
-            return float(value)
-    except ValueError:
-        kind = "an integer" if column in _INT_COLUMNS else "a number"
-        raise ConfigError(f"--where {clause!r}: {column} takes {kind}, got {value!r}") from None
-    return value
-
-
-def filter_expr(filters: list[Filter]) -> pl.Expr:
-    """All filters and-ed into one polars predicate (True when there are none)."""
-    import polars as pl
-
-    expr = pl.lit(True)
-    for f in filters:
-        col = pl.col(f.column)
-        if f.op == "=":
-            cond = col.is_in(list(f.values))
-        elif f.op == "!=":
-            cond = ~col.is_in(list(f.values))
-        else:
-            v = f.values[0]
-            cond = {"<": col < v, "<=": col <= v, ">": col > v, ">=": col >= v}[f.op]
-        expr = expr & cond
-    return expr
-
-
-def pushdown_filters(filters: list[Filter], columns: tuple[str, ...]) -> dict[str, list[str | int | float]]:
-    """The `=` filters on `columns` as {column: values} for the store's loader (a superset of the
-    selection when a column is filtered twice; the polars predicate then applies every filter exactly)."""
-    out: dict[str, list[str | int | float]] = {}
-    for f in filters:
-        if f.op == "=" and f.column in columns:
-            out.setdefault(f.column, []).extend(f.values)
-    return out
-
-
-def parse_step(step: str) -> int | str | None:
-    """--step: an integer, "last", or "all" (None: every step)."""
-    from ssmscope.ssm.errors import ConfigError
-
-    if step in ("last", "all"):
-        return None if step == "all" else "last"
-    try:
-        return int(step)
-    except ValueError:
-        raise ConfigError(f"--step={step!r}; allowed: {STEP_HELP}") from None
 
 
 # --- loading -------------------------------------------------------------------------------------
 def load_frame(db: Path | None, filters: list[Filter]) -> pl.DataFrame:
-    """The probe frame of the selection: runs.store.load_probe_frame, then every filter in polars."""
-    from ssmscope.ssm.errors import ConfigError
+    """The probe frame of the selection: the store's load_probe_frame, then every filter in polars."""
+    from ssmscope.runs.store import db as store
+    from ssmscope.runs.store.schema import FILTER_COLUMNS
 
-    try:
-        from ssmscope.runs.store import db as store
-        loader = store.load_probe_frame
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"the store reader runs.store.load_probe_frame is not available ({exc})") from None
     path = Path(db) if db is not None else store.default_db_path()
-    columns = tuple(getattr(store, "FILTER_COLUMNS", ()))
-    frame = loader(path, pushdown_filters(filters, columns) or None)
+    frame = store.load_probe_frame(path, pushdown_filters(filters, FILTER_COLUMNS) or None)
     return frame.filter(filter_expr(filters)) if filters else frame
 
 
@@ -154,7 +50,6 @@ CONVENTION_HELP = "norm convention: rms, l2, token_l2 or channel_l2"
 WIDTH_HELP = "joint (N_u = N_x), n_u (N_x fixed), n_x (N_u fixed) or 2d (s_u and s_x)"
 TABLE_HELP = "paper (‖x‖, ‖y‖, ‖Δx‖, ‖Δy‖ per preset) or full (every cell)"
 LAYERS_HELP = "each (a fit per layer) or mean (over layers); default: mean for paper, each for full"
-DB_HELP = "DuckDB store (default: $SSMSCOPE_DB or ./ssmscope-data/ssmscope.duckdb)"
 
 
 def register(app: typer.Typer) -> None:
@@ -171,12 +66,11 @@ def register(app: typer.Typer) -> None:
         table: Annotated[str, typer.Option(help=TABLE_HELP)] = "paper",
         layers: Annotated[str | None, typer.Option(help=LAYERS_HELP)] = None,
         out: Annotated[Path | None, typer.Option(help="output file (required for parquet)")] = None,
-        n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the seeds (0: no CI)")] = 1000,
+        n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the seeds (0: no CI)")] = DEFAULT_N_BOOT,
         seed: Annotated[int, typer.Option(help="seed of the bootstrap draws")] = 0,
         include_failed: Annotated[bool, typer.Option(help="fit diverged and failed runs too")] = False,
     ) -> None:
         """Fit width-scaling exponents (log-log, seed-bootstrap CIs) beside the predicted ones."""
-        from ssmscope.runs.cli.main import fail
         from ssmscope.ssm.errors import ConfigError
 
         try:
@@ -258,7 +152,6 @@ def _compute(frame: pl.DataFrame, table: str, out_format: Format,
 
 def _write(result: pl.DataFrame, out_format: Format, out: Path | None, caption: str, raw: list[str]) -> None:
     """Print the export, or write it to `out` and say so on stderr."""
-    from ssmscope.runs.cli.main import err_console
     from ssmscope.runs.analysis.export import export
 
     text = export(result, out_format, out, caption=caption, raw_columns=raw)

@@ -3,7 +3,7 @@
     ssmscope sweep hp-transfer && ssmscope transfer --format md
     ssmscope transfer --where discretization=zoh --table optima --format csv --out optima.csv
 
-runs/cli.py calls `register(app)`. The analysis is runs.transfer (pure polars/numpy); this
+runs/cli/main.py calls `register(app)`. The analysis is runs.transfer (pure polars/numpy); this
 module loads the loss frame, applies --where (the same syntax as `ssmscope slopes`) and exports.
 """
 
@@ -14,7 +14,9 @@ from typing import Annotated
 
 import typer
 
-DB_HELP = "DuckDB store (default: $SSMSCOPE_DB or ./ssmscope-data/ssmscope.duckdb)"
+from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT
+from ssmscope.runs.cli.console import DB_HELP, console, err_console, fail
+
 WHERE_HELP = "filter on run keys, repeatable: key=value, key=v1,v2, key!=v, n_u>=64 (as in `ssmscope slopes`)"
 
 
@@ -22,14 +24,15 @@ def transfer_tables(db: Path | None, where: list[str], use: str, n_boot: int):
     """(drift frame, optima frame) for the selection; a ConfigError when it holds no LR grid."""
     import polars as pl
 
-    from ssmscope.runs.store import db as store
-    from ssmscope.runs.cli.slopes import filter_expr, parse_filters, pushdown_filters
+    from ssmscope.runs.analysis.selection import filter_expr, parse_filters, pushdown_filters
     from ssmscope.runs.analysis.transfer import drift, final_losses, optima
+    from ssmscope.runs.store import db as store
+    from ssmscope.runs.store.schema import FILTER_COLUMNS
     from ssmscope.ssm.errors import ConfigError
 
     filters = parse_filters(where)
     path = Path(db) if db is not None else store.default_db_path()
-    losses = store.load_losses(path, pushdown_filters(filters, store.FILTER_COLUMNS) or None)
+    losses = store.load_losses(path, pushdown_filters(filters, FILTER_COLUMNS) or None)
     losses = losses.filter(filter_expr([f for f in filters if f.column in losses.columns])) if filters else losses
     if losses.is_empty():
         raise ConfigError(f"no runs in {path} match the selection; run `ssmscope sweep hp-transfer --db {path}`")
@@ -56,10 +59,9 @@ def register(app: typer.Typer) -> None:
         where: Annotated[list[str] | None, typer.Option(help=WHERE_HELP)] = None,
         table: Annotated[str, typer.Option(help="drift (one row per preset) or optima (one row per width)")] = "drift",
         use: Annotated[str, typer.Option(help="eval_loss (held out) or train_loss")] = "eval_loss",
-        n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the seeds")] = 1000,
+        n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the seeds")] = DEFAULT_N_BOOT,
     ) -> None:
         """Optimal learning rate per width (parabola in log2 lr) and its drift across widths."""
-        from ssmscope.runs.cli.main import console, err_console, fail
         from ssmscope.runs.analysis.export import export, parse_format
         from ssmscope.ssm.errors import ConfigError
 

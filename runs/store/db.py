@@ -1,7 +1,7 @@
 """The DuckDB store: idempotent ingest of run shards, and read-side frames for analyses.
 
 DuckDB allows one writing process per file, so workers never open it: they write Parquet
-shards (runs.shards) and one ingest (at the end of a sweep, or `ssmscope ingest`) loads
+shards (runs.store.shards) and one ingest (at the end of a sweep, or `ssmscope ingest`) loads
 them. Ingest is idempotent: a shard already loaded with the same `finished_at` is skipped;
 a newer one replaces the run's rows in one transaction. The DB path defaults to
 ./ssmscope-data/ssmscope.duckdb (env SSMSCOPE_DB), shards to `<db dir>/shards`.
@@ -21,12 +21,11 @@ import pyarrow.parquet as pq
 
 from ssmscope.probes.schema import SCHEMA_VERSION
 from ssmscope.runs.store import queries
-from ssmscope.runs.store.shards import clean_temporaries, list_shards
+from ssmscope.runs.store.schema import FILTER_COLUMNS, FINISHED_STATUSES
+from ssmscope.runs.store.shards import clean_temporaries, list_shards, shard_status
 from ssmscope.ssm.errors import ConfigError
 
 DEFAULT_DB = Path("ssmscope-data") / "ssmscope.duckdb"
-FILTER_COLUMNS = ("run_id", "spec", "preset", "discretization", "optimizer", "lr", "seed", "n_u", "n_x",
-                  "status", "task", "dt_max", "n_layers")
 
 
 class StoreError(ConfigError):
@@ -138,7 +137,7 @@ def _frame(db_path: Path, query: str, filters: Mapping[str, Any] | None) -> pl.D
 
 
 def load_probe_frame(db_path: Path, filters: Mapping[str, Any] | None = None) -> pl.DataFrame:
-    """Probe rows joined with their run keys (the input of runs.slopes)."""
+    """Probe rows joined with their run keys (the input of runs.analysis.slopes)."""
     return _frame(db_path, queries.PROBE_FRAME, filters)
 
 
@@ -161,6 +160,4 @@ def counts(db_path: Path) -> dict[str, int]:
 
 def finished_run_ids(shard_root: Path, candidates: Iterable[str]) -> set[str]:
     """Runs among `candidates` whose shard says completed or diverged (resume skips them)."""
-    from ssmscope.runs.store.shards import FINISHED, shard_status
-
-    return {rid for rid in candidates if shard_status(shard_root, rid) in FINISHED}
+    return {rid for rid in candidates if shard_status(shard_root, rid) in FINISHED_STATUSES}

@@ -8,7 +8,6 @@ never a half shard. Imports pyarrow only (the worker path).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -18,30 +17,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ssmscope.probes.schema import PROBE_COLUMNS
+from ssmscope.runs.store.schema import LOSS_COLUMNS, PROBE_TABLE_COLUMNS, RUN_COLUMNS
 
-RUN_COLUMNS: dict[str, str] = {
-    "run_id": "string", "spec": "string", "status": "string", "last_finite_step": "int64",
-    "error": "string", "preset": "string", "discretization": "string", "optimizer": "string",
-    "lr": "float64", "seed": "int64", "n_u": "int64", "n_x": "int64", "d_model": "int64",
-    "n_layers": "int64", "steps": "int64", "batch": "int64", "seq_len": "int64", "task": "string",
-    "fixed_batch": "bool", "dt_min": "float64", "dt_max": "float64", "config_json": "string",
-    "started_at": "string", "finished_at": "string", "wall_s": "float64", "device": "string",
-    "scan": "string", "torch_version": "string", "ssmscope_version": "string",
-    "git_commit": "string", "hostname": "string", "schema_version": "int64",
-}
-LOSS_COLUMNS: dict[str, str] = {
-    "step": "int64", "train_loss": "float64", "eval_loss": "float64", "lr": "float64",
-}
-FINISHED = ("completed", "diverged")
+
+def arrow_schema(columns: dict[str, str]) -> pa.Schema:
+    """The Arrow schema of a table of runs.store.schema."""
+    return pa.schema([(c, pa.type_for_alias(t)) for c, t in columns.items()])
 
 
 def _table(rows: list[dict[str, Any]], columns: dict[str, str], keys: dict[str, Any]) -> pa.Table:
-    schema = pa.schema([(k, pa.string()) for k in keys] + [(c, pa.type_for_alias(t)) for c, t in columns.items()])
-    data = {k: [v] * len(rows) for k, v in keys.items()}
-    for c in columns:
-        data[c] = [r.get(c) for r in rows]
-    return pa.table(data, schema=schema)
+    """`rows` as a table of `columns`; `keys` (e.g. the run id) fill their column on every row."""
+    data = {c: [keys[c]] * len(rows) if c in keys else [r.get(c) for r in rows] for c in columns}
+    return pa.table(data, schema=arrow_schema(columns))
 
 
 def write_shard(shard_root: Path, run: dict[str, Any], probes: list[dict[str, Any]],
@@ -53,7 +40,7 @@ def write_shard(shard_root: Path, run: dict[str, Any], probes: list[dict[str, An
     tmp = shard_root / f".tmp-{run_id}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     pq.write_table(_table([run], RUN_COLUMNS, {}), tmp / "runs.parquet")
-    pq.write_table(_table(probes, PROBE_COLUMNS, {"run_id": run_id}), tmp / "probes.parquet")
+    pq.write_table(_table(probes, PROBE_TABLE_COLUMNS, {"run_id": run_id}), tmp / "probes.parquet")
     pq.write_table(_table(losses, LOSS_COLUMNS, {"run_id": run_id}), tmp / "losses.parquet")
     final = shard_root / run_id
     if final.exists():  # a retried run: move the old shard aside, then swap in the new one
@@ -92,7 +79,3 @@ def clean_temporaries(shard_root: Path) -> int:
                 shutil.rmtree(p, ignore_errors=True)
                 n += 1
     return n
-
-
-def config_json(cfg: dict[str, Any]) -> str:
-    return json.dumps(cfg, sort_keys=True)

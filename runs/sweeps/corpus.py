@@ -13,6 +13,22 @@ import torch
 from torch import Tensor
 
 HELD_OUT_FRACTION = 0.1
+SPLITS = ("train", "held_out")
+
+
+def train_batch_seed(run_seed: int, step: int) -> int:
+    """Seed of the training batch a run draws at `step` (when it does not train on a fixed batch)."""
+    return run_seed * 100_003 + step
+
+
+def eval_batch_seed(run_seed: int, index: int) -> int:
+    """Seed of the `index`-th held-out batch of a run's evaluation."""
+    return run_seed * 1000 + index
+
+
+def _generator_seed(seed: int, split: str) -> int:
+    """Seed of the generator behind `batch`: the two splits never share a stream."""
+    return seed * 2 + SPLITS.index(split)
 
 
 @functools.cache
@@ -31,7 +47,9 @@ def _split(split: str) -> Tensor:
 
 def batch(task: str, split: str, batch_size: int, seq_len: int, seed: int) -> Tensor:
     """Token ids (batch_size, seq_len + 1): inputs are [:, :-1], targets [:, 1:]."""
-    g = torch.Generator().manual_seed(seed * 2 + (0 if split == "train" else 1))
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}; allowed: {', '.join(SPLITS)}")
+    g = torch.Generator().manual_seed(_generator_seed(seed, split))
     if task == "pydoc":
         data = _split(split)
         starts = torch.randint(0, len(data) - seq_len - 1, (batch_size,), generator=g)

@@ -1,6 +1,6 @@
 """Run a sweep: expand a spec, skip finished runs (resume), execute, ingest, summarise.
 
-Runs go to an executor (runs.executors): `local` (inline for one worker, else worker processes;
+Runs go to an executor (runs.sweeps.executors): `local` (inline for one worker, else worker processes;
 default), `ray` or `slurm`. Each task writes its run's shard into one shard directory; the store
 is touched only by the final ingest, here on the submitting side. Resume works across executors:
 a run whose shard says completed or diverged is skipped whichever executor wrote it.
@@ -14,16 +14,24 @@ already written (rerun to resume).
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ssmscope.runs.sweeps.executors import Executor, ExecutorOptions, Task, make_executor, make_task, write_failed_shard
-from ssmscope.runs.store.shards import FINISHED, shard_status
-from ssmscope.runs.sweeps.spec import RunConfig, SweepSpec
 from ssmscope.runs.store.db import IngestReport, finished_run_ids, ingest, shard_dir_for
+from ssmscope.runs.store.schema import FINISHED_STATUSES, RunStatus
+from ssmscope.runs.store.shards import shard_status
+from ssmscope.runs.sweeps.executors import (
+    Executor,
+    ExecutorOptions,
+    Task,
+    make_executor,
+    make_task,
+    write_failed_shard,
+)
+from ssmscope.runs.sweeps.record import now_iso
+from ssmscope.runs.sweeps.spec import RunConfig, SweepSpec
 
 
 @dataclass
@@ -41,15 +49,6 @@ class SweepReport:
     """Attempts that failed and were retried."""
     attempt_errors: dict[str, list[str]] = field(default_factory=dict)
     """run_id → first line of the error of each failed attempt (retried or final)."""
-
-
-def resolve_device(device: str) -> str:
-    """auto → cuda when available, else cpu."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class _NullProgress:
@@ -120,7 +119,7 @@ def _drive(executor: Executor, todo: list[RunConfig], shard_root: Path, spec_nam
                 attempts[cfg.run_id] += 1
                 task = make_task(cfg, shard_root, spec=spec_name, device=device, scan=scan,
                                  attempt=attempts[cfg.run_id])
-                in_flight[cfg.run_id] = (task, dt.datetime.now(dt.UTC).isoformat(), time.perf_counter())
+                in_flight[cfg.run_id] = (task, now_iso(), time.perf_counter())
                 if executor.reports_steps:
                     progress.begin_run(cfg)
                 batch.append(task)
@@ -130,11 +129,11 @@ def _drive(executor: Executor, todo: list[RunConfig], shard_root: Path, spec_nam
             status = out.status
             if status is None:  # the task was lost before run_one could report
                 status = shard_status(shard_root, out.run_id)
-                if status not in FINISHED:  # it had not written a finished shard: record the failure
+                if status not in FINISHED_STATUSES:  # it had not written a finished shard: record the failure
                     write_failed_shard(task, f"worker lost ({executor.name}): {out.error}", started_at,
                                        time.perf_counter() - t_submit)
-                    status = "failed"
-            if status == "failed":
+                    status = RunStatus.FAILED
+            if status == RunStatus.FAILED:
                 err = _failures(shard_root, [out.run_id]).get(out.run_id, "")
                 report.attempt_errors.setdefault(out.run_id, []).append(err)
                 if attempts[out.run_id] <= retries:
@@ -153,6 +152,6 @@ def _failures(shard_root: Path, run_ids: list[str]) -> dict[str, str]:
         path = shard_root / rid / "runs.parquet"
         if path.exists():
             row = pq.read_table(path, columns=["status", "error"]).to_pylist()[0]
-            if row["status"] == "failed":
+            if row["status"] == RunStatus.FAILED:
                 out[rid] = (row["error"] or "").splitlines()[0] if row["error"] else ""
     return out

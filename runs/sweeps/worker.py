@@ -10,7 +10,6 @@ everything measured up to that point:
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import platform
 import subprocess
@@ -23,10 +22,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ssmscope.probes import SCHEMA_VERSION, Observer
+from ssmscope.probes import Observer
 from ssmscope.probes.stats import is_finite_record
+from ssmscope.runs.store.schema import RunStatus
+from ssmscope.runs.store.shards import write_shard
 from ssmscope.runs.sweeps import corpus as data
-from ssmscope.runs.store.shards import config_json, write_shard
+from ssmscope.runs.sweeps.record import now_iso, run_record
 from ssmscope.runs.sweeps.spec import RunConfig
 from ssmscope.ssm import MambaLM, apply_preset, build_optimizer, load_preset
 
@@ -58,8 +59,9 @@ def _loss(model: MambaLM, ids: torch.Tensor) -> torch.Tensor:
 
 def _eval_loss(model: MambaLM, cfg: RunConfig, device: torch.device) -> float:
     with torch.no_grad():
-        losses = [_loss(model, data.batch(cfg.task, "held_out", cfg.batch, cfg.seq_len, cfg.seed * 1000 + i)
-                        .to(device)).item() for i in range(cfg.eval_batches)]
+        batches = [data.batch(cfg.task, "held_out", cfg.batch, cfg.seq_len, data.eval_batch_seed(cfg.seed, i))
+                   for i in range(cfg.eval_batches)]
+        losses = [_loss(model, ids.to(device)).item() for ids in batches]
     return sum(losses) / len(losses)
 
 
@@ -75,12 +77,12 @@ def train_and_probe(cfg: RunConfig, device: torch.device, scan: str = "auto",
     probe_batch = data.batch(cfg.task, "train", cfg.batch, cfg.seq_len, cfg.seed).to(device)
     probes: list[dict[str, Any]] = []
     losses: list[dict[str, Any]] = []
-    status, last_finite = "completed", -1
+    status, last_finite = RunStatus.COMPLETED, -1
     with Observer(model, grads=cfg.grads, state_prev=cfg.state_delta_prev) as obs:
         for step in range(cfg.steps + 1):
             logged = step % cfg.log_every == 0 or step == cfg.steps
             ids = probe_batch if cfg.fixed_batch else data.batch(
-                cfg.task, "train", cfg.batch, cfg.seq_len, cfg.seed * 100_003 + step).to(device)
+                cfg.task, "train", cfg.batch, cfg.seq_len, data.train_batch_seed(cfg.seed, step)).to(device)
             records: list[dict[str, Any]] = []
             if logged and not cfg.fixed_batch:  # probe the fixed batch in its own pass
                 obs.arm(step)
@@ -102,7 +104,7 @@ def train_and_probe(cfg: RunConfig, device: torch.device, scan: str = "auto",
                 row["eval_loss"] = _eval_loss(model, cfg, device)
             losses.append(row)
             if not finite:
-                status = "diverged"
+                status = RunStatus.DIVERGED
                 break
             last_finite = step
             if progress is not None:
@@ -117,26 +119,19 @@ def run_one(cfg: RunConfig, shard_root: Path, *, spec: str = "", device: str = "
             progress: ProgressFn | None = None) -> str:
     """Run one config, write its shard atomically, return its status."""
     dev = torch.device(device)
-    started = dt.datetime.now(dt.UTC)
+    started = now_iso()
     t0 = time.perf_counter()
     error = ""
     try:
         out = train_and_probe(cfg, dev, scan=scan, progress=progress)
     except Exception as exc:  # a failed run is recorded, not fatal to the sweep
-        out = {"status": "failed", "last_finite_step": -1, "probes": [], "losses": []}
+        out = {"status": RunStatus.FAILED, "last_finite_step": -1, "probes": [], "losses": []}
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
-    run = {
-        "run_id": cfg.run_id, "spec": spec, "status": out["status"],
-        "last_finite_step": out["last_finite_step"], "error": error,
-        **{k: getattr(cfg, k) for k in ("preset", "discretization", "optimizer", "lr", "seed", "n_u",
-                                        "n_x", "n_layers", "steps", "batch", "seq_len", "task",
-                                        "fixed_batch", "dt_min", "dt_max")},
-        "d_model": cfg.d_model, "config_json": config_json(cfg.to_dict()),
-        "started_at": started.isoformat(), "finished_at": dt.datetime.now(dt.UTC).isoformat(),
-        "wall_s": time.perf_counter() - t0, "device": str(dev) if dev.type != "cuda" else
-        torch.cuda.get_device_name(dev), "scan": scan, "torch_version": torch.__version__,
-        "ssmscope_version": _version(), "git_commit": _git_commit(), "hostname": platform.node(),
-        "schema_version": SCHEMA_VERSION,
-    }
+    device_name = str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev)
+    provenance = {"torch_version": torch.__version__, "ssmscope_version": _version(),
+                  "git_commit": _git_commit(), "hostname": platform.node()}
+    run = run_record(cfg, spec=spec, status=out["status"], last_finite_step=out["last_finite_step"], error=error,
+                     started_at=started, finished_at=now_iso(), wall_s=time.perf_counter() - t0,
+                     device=device_name, scan=scan, provenance=provenance)
     write_shard(shard_root, run, out["probes"], out["losses"])
-    return out["status"]
+    return RunStatus(out["status"]).value

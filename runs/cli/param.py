@@ -1,0 +1,66 @@
+"""`ssmscope param show`: lint a parameterization — every parameter's role, shape, init, lr, multiplier."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ssmscope.runs.cli.console import console, err_console, fail
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `param` command group to the ssmscope app."""
+    param_app = typer.Typer(help="Inspect parameterizations.", no_args_is_help=True)
+    param_app.command("show")(param_show)
+    app.add_typer(param_app, name="param")
+
+
+def param_show(
+    preset: Annotated[str, typer.Argument(help="Built-in preset (sp, mup, mup-ssm) or a .toml file")],
+    d_model: Annotated[int, typer.Option(help="d_model; N_u = expand · d_model")] = 256,
+    d_state: Annotated[int, typer.Option(help="N_x, the state size")] = 16,
+    expand: Annotated[int, typer.Option(help="N_u / d_model")] = 2,
+    n_layers: Annotated[int, typer.Option(help="number of Mamba blocks")] = 3,
+    vocab_size: Annotated[int, typer.Option(help="vocabulary size")] = 256,
+    discretization: Annotated[str, typer.Option(help="zoh or euler")] = "zoh",
+    optimizer: Annotated[str, typer.Option(help="sgd, adam or adamw")] = "adam",
+    lr: Annotated[float, typer.Option(help="base learning rate (at the base width)")] = 1e-3,
+    all_layers: Annotated[bool, typer.Option(help="one row per layer instead of per position")] = False,
+) -> None:
+    """Print every parameter's role, shape, init std, learning rate and multiplier."""
+    from ssmscope.runs.cli.param_table import plan_table
+    from ssmscope.ssm import ConfigError, MambaConfig, MambaLM, load_preset, plan
+
+    try:
+        cfg = MambaConfig(d_model=d_model, d_state=d_state, expand=expand, n_layers=n_layers,
+                          vocab_size=vocab_size, discretization=discretization)
+        p = load_preset(preset)
+        with _meta_device():
+            model = MambaLM(cfg)
+        rows = plan(model, cfg, p, optimizer, lr)
+    except ConfigError as exc:
+        fail(str(exc))
+    title = (f"{p.name} — N_u={cfg.d_inner}, N_x={cfg.d_state}, d_model={cfg.d_model}, "
+             f"R={cfg.rank}, {cfg.discretization}, {optimizer}, base lr {lr:g} "
+             f"(base width N_u0={p.base_n_u}, N_x0={p.base_n_x})")
+    console.print(plan_table(rows, title, collapse_layers=not all_layers))
+    uncovered = [r.name for r in rows if r.role is None]
+    if uncovered:
+        err_console.print(f"[bold yellow]warning:[/bold yellow] no rule covers {len(uncovered)} "
+                          f"parameter(s): {', '.join(uncovered)}")
+        raise typer.Exit(1)
+    console.print(f"all {len(rows)} parameters covered by preset {p.name!r} ({p.source})")
+
+
+class _meta_device:
+    """Build models on the meta device: `param show` needs shapes, not memory."""
+
+    def __enter__(self):
+        import torch
+
+        self._ctx = torch.device("meta")
+        self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)

@@ -1,0 +1,110 @@
+"""`ssmscope sweep`: run a sweep spec (resumable) on local workers, Ray or Slurm, then ingest it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ssmscope.runs.cli.console import DB_HELP, console, db_path, fail
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `sweep` command to the ssmscope app."""
+    app.command()(sweep)
+
+
+def sweep(
+    spec: Annotated[str, typer.Argument(help="Built-in spec (smoke, paper-figure, ...) or a .toml file")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (auto: decided on each worker)")] = "auto",
+    workers: Annotated[int | None, typer.Option(help="local: parallel worker processes "
+                                                     "(default: one per GPU on cuda, else 1)")] = None,
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    scan: Annotated[str, typer.Option(help="scan backend: auto, reference, fast or triton")] = "auto",
+    retries: Annotated[int, typer.Option(help="retries of a failed run")] = 1,
+    executor: Annotated[str, typer.Option(help="where runs execute: local, ray or slurm")] = "local",
+    shards: Annotated[str | None, typer.Option(help="shard directory, shared by all workers "
+                                                    "(default: $SSMSCOPE_SHARDS or <db dir>/shards)")] = None,
+    address: Annotated[str | None, typer.Option(help="ray: cluster address (default: start a local cluster; "
+                                                     "auto: the one `ray start` runs here; ray://host:10001)")] = None,
+    cpus_per_task: Annotated[float, typer.Option(help="ray/slurm: CPUs per run (torch threads)")] = 1,
+    gpus_per_task: Annotated[float, typer.Option(help="ray/slurm: GPUs per run (ray may use fractions)")] = 0,
+    partition: Annotated[str | None, typer.Option(help="slurm: partition")] = None,
+    time_min: Annotated[int, typer.Option(help="slurm: time limit per run, minutes")] = 60,
+    array_parallelism: Annotated[int | None, typer.Option(help="slurm: most array tasks running at once")] = None,
+    slurm_param: Annotated[list[str] | None, typer.Option(
+        help="slurm: extra sbatch parameter KEY=VALUE (submitit's name, e.g. account=proj); repeatable")] = None,
+    cluster: Annotated[str, typer.Option(help="slurm: slurm (sbatch), or local (submitit's local executor, "
+                                              "jobs as subprocesses here: to try a setup)")] = "slurm",
+) -> None:
+    """Run a sweep (resumable: finished runs are skipped), then ingest it into the store.
+
+    Runs execute here (--executor local), on a Ray cluster (ray) or on Slurm through submitit (slurm).
+
+    Each run writes its Parquet shard into the shard directory; the store is filled here, at the end."""
+    from pathlib import Path
+
+    from ssmscope.runs.cli.progress import RichSweepProgress
+    from ssmscope.runs.sweeps.executors import EXECUTORS, ExecutorOptions, make_executor, require
+    from ssmscope.runs.sweeps.spec import load_spec
+    from ssmscope.runs.sweeps.sweep import run_sweep
+    from ssmscope.ssm import ConfigError
+    from ssmscope.ssm.config import ScanBackend
+
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        fail(f"--device={device!r}; allowed: auto, cpu, cuda")
+    if executor not in EXECUTORS:
+        fail(f"--executor={executor!r}; allowed: {', '.join(EXECUTORS)}")
+    if workers is not None and (workers < 1 or executor != "local"):
+        fail(f"--workers={workers}; allowed: a positive integer, with --executor local "
+             "(ray and slurm: --cpus-per-task, --gpus-per-task)")
+    if time_min < 1:
+        fail(f"--time-min={time_min}; allowed: a positive integer")
+    if retries < 0:
+        fail(f"--retries={retries}; allowed: 0 or more")
+    if cpus_per_task <= 0 or gpus_per_task < 0:
+        fail("--cpus-per-task must be > 0 and --gpus-per-task >= 0")
+    if scan not in {b.value for b in ScanBackend}:
+        fail(f"--scan={scan!r}; allowed: {', '.join(b.value for b in ScanBackend)}")
+    only = {"address": ("ray", address is not None), "partition": ("slurm", partition is not None),
+            "array-parallelism": ("slurm", array_parallelism is not None), "slurm-param": ("slurm", bool(slurm_param)),
+            "cluster": ("slurm", cluster != "slurm")}
+    for flag, (owner, given) in only.items():
+        if given and executor != owner:
+            fail(f"--{flag} applies to --executor {owner} (got --executor {executor})")
+    params = {}
+    for item in slurm_param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--slurm-param={item!r}; allowed: KEY=VALUE")
+        params[key] = value
+    try:
+        require(executor)
+        s = load_spec(spec)
+        ex = make_executor(executor, ExecutorOptions(
+            workers=workers, address=address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task,
+            partition=partition, time_min=time_min, cluster=cluster, array_parallelism=array_parallelism,
+            slurm_params=params))
+    except ConfigError as exc:
+        fail(str(exc))
+    path = db_path(db)
+    console.print(f"[bold]{s.name}[/bold]: {s.description}\n{s.n_runs} runs → {path} (executor: {executor})")
+    try:
+        report = run_sweep(s, path, device=device, scan=scan, retries=retries, executor=ex,
+                           shard_root=Path(shards) if shards else None, progress=RichSweepProgress(console))
+    except ConfigError as exc:
+        fail(str(exc))
+    st = report.statuses
+    console.print(
+        f"[bold]summary[/bold]: {st.get('completed', 0)} completed, {st.get('diverged', 0)} diverged, "
+        f"{st.get('failed', 0)} failed, {report.skipped} skipped (already finished), {report.retried} retried "
+        f"in {report.wall_s:.0f} s; ingested {report.ingest.loaded} new, {report.ingest.replaced} replaced"
+    )
+    for rid, errs in report.attempt_errors.items():  # attempts that failed and were retried
+        for i, err in enumerate(errs[: len(errs) - (rid in report.failures)], 1):
+            console.print(f"  [yellow]retried[/yellow] {rid} after attempt {i}: {err}", highlight=False)
+    for rid, err in report.failures.items():
+        console.print(f"  [red]failed[/red] {rid}: {err}", highlight=False)
+    if report.interrupted:
+        console.print("[yellow]interrupted[/yellow]: finished runs are stored; rerun the same command to resume")
+        raise typer.Exit(130)

@@ -1,0 +1,92 @@
+"""The store's one schema: every column of every table, and the run statuses, declared once.
+
+Everything else is generated from these tables: the DuckDB DDL (runs.store.queries), the Arrow
+schemas of the Parquet shards (runs.store.shards), the run keys a query may filter on and the
+`--where` language's column types (runs.analysis.selection), and the columns of the probe frame
+the analyses read. Ingest works by position (`INSERT … SELECT * FROM read_parquet`), so the
+order here is the order on disk: append new columns at the end and bump SCHEMA_VERSION.
+Imports nothing but the standard library and probes.schema (the worker path reads it).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from ssmscope.probes.schema import PROBE_COLUMNS, SCHEMA_VERSION
+
+__all__ = [
+    "DUCKDB_TYPES", "EXCLUDED_STATUSES", "FILTER_COLUMNS", "FINISHED_STATUSES", "FLOAT_FILTER_COLUMNS",
+    "FRAME_RUN_KEYS", "INT_FILTER_COLUMNS", "LOSS_COLUMNS", "OPTIONAL_RUN_KEYS", "PROBE_COLUMNS",
+    "PROBE_FRAME_COLUMNS", "RUN_COLUMNS", "SCHEMA_VERSION", "WHERE_COLUMNS", "RunStatus", "ddl",
+]
+
+
+class RunStatus(StrEnum):
+    """What became of a run. Stored as its string value."""
+
+    COMPLETED = "completed"  # trained every step with finite loss and probes
+    DIVERGED = "diverged"  # a loss or probe went non-finite; its data up to the last finite step is kept
+    FAILED = "failed"  # raised, or its worker was lost; the error is kept, and resume retries it
+
+
+FINISHED_STATUSES = (RunStatus.COMPLETED, RunStatus.DIVERGED)
+"""Statuses resume never re-runs (a diverged run is a result, not a fault)."""
+EXCLUDED_STATUSES = (RunStatus.DIVERGED, RunStatus.FAILED)
+"""Statuses the fits leave out by default and the figures mark."""
+
+# column → Arrow type alias (pyarrow.type_for_alias); the DuckDB type follows from DUCKDB_TYPES.
+RUN_COLUMNS: dict[str, str] = {
+    "run_id": "string", "spec": "string", "status": "string", "last_finite_step": "int64",
+    "error": "string", "preset": "string", "discretization": "string", "optimizer": "string",
+    "lr": "float64", "seed": "int64", "n_u": "int64", "n_x": "int64", "d_model": "int64",
+    "n_layers": "int64", "steps": "int64", "batch": "int64", "seq_len": "int64", "task": "string",
+    "fixed_batch": "bool", "dt_min": "float64", "dt_max": "float64", "config_json": "string",
+    "started_at": "string", "finished_at": "string", "wall_s": "float64", "device": "string",
+    "scan": "string", "torch_version": "string", "ssmscope_version": "string",
+    "git_commit": "string", "hostname": "string", "schema_version": "int64",
+}
+"""One row per run: its keys, its outcome, its full config (config_json) and its provenance."""
+LOSS_COLUMNS: dict[str, str] = {
+    "run_id": "string", "step": "int64", "train_loss": "float64", "eval_loss": "float64", "lr": "float64",
+}
+"""One row per (run, logged step)."""
+PROBE_TABLE_COLUMNS: dict[str, str] = {"run_id": "string", **PROBE_COLUMNS}
+"""One row per probe record (probes.schema), keyed by its run."""
+TABLES: dict[str, dict[str, str]] = {"runs": RUN_COLUMNS, "probes": PROBE_TABLE_COLUMNS, "losses": LOSS_COLUMNS}
+
+DUCKDB_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "int32": "INTEGER", "float64": "DOUBLE", "bool": "BOOLEAN"}
+_PRIMARY_KEYS = {"runs": "run_id"}
+_RESERVED = {"group"}  # SQL keywords used as column names: quoted in DDL
+
+
+def _column_ddl(table: str, name: str, arrow_type: str) -> str:
+    quoted = f'"{name}"' if name in _RESERVED else name
+    key = " PRIMARY KEY" if _PRIMARY_KEYS.get(table) == name else ""
+    return f"{quoted} {DUCKDB_TYPES[arrow_type]}{key}"
+
+
+def ddl() -> str:
+    """CREATE TABLE IF NOT EXISTS for meta and every table above, in column order."""
+    parts = ["CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);"]
+    for table, columns in TABLES.items():
+        body = ", ".join(_column_ddl(table, c, t) for c, t in columns.items())
+        parts.append(f"CREATE TABLE IF NOT EXISTS {table} ({body});")
+    return "\n".join(parts)
+
+
+# --- what the analyses and queries see ---------------------------------------------------------
+FRAME_RUN_KEYS = ("run_id", "preset", "discretization", "optimizer", "lr", "seed", "n_u", "n_x", "status")
+"""Run keys every probe frame carries (joined onto each probe row)."""
+OPTIONAL_RUN_KEYS = ("spec", "task", "dt_max")
+"""Run keys the store adds to probe frames when present; they separate sweep configurations."""
+PROBE_FRAME_COLUMNS = (*FRAME_RUN_KEYS, *PROBE_COLUMNS)
+"""The columns an analysis may rely on in a probe frame (OPTIONAL_RUN_KEYS may come on top)."""
+FILTER_COLUMNS = ("run_id", "spec", "preset", "discretization", "optimizer", "lr", "seed", "n_u", "n_x",
+                  "status", "task", "dt_max", "n_layers")
+"""Run columns the store's loaders filter on in SQL (whitelisted: never user text in a query)."""
+WHERE_COLUMNS = (*PROBE_FRAME_COLUMNS, *OPTIONAL_RUN_KEYS)
+"""Columns a `--where` clause may name."""
+_ALL_TYPES = {**RUN_COLUMNS, **PROBE_COLUMNS}
+INT_FILTER_COLUMNS = frozenset(c for c in WHERE_COLUMNS if _ALL_TYPES.get(c, "").startswith("int"))
+FLOAT_FILTER_COLUMNS = frozenset(c for c in WHERE_COLUMNS if _ALL_TYPES.get(c) == "float64")
+assert set(FILTER_COLUMNS) <= set(RUN_COLUMNS), "FILTER_COLUMNS must name run columns"

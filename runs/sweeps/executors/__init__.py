@@ -1,0 +1,57 @@
+"""Where a sweep's runs execute: local worker processes, a Ray cluster, or Slurm through submitit.
+
+    base     the protocol (Executor, Task, Outcome), the task every backend runs (`execute`)
+    local    inline, or spawned worker processes on this machine
+    ray      one Ray task per run
+    slurm    submitit job arrays
+    faults   test-only fault injection
+`make_executor(name, options)` builds one from the sweep's flags; ray and slurm import their
+packages only when started.
+"""
+
+from __future__ import annotations
+
+from ssmscope.runs.sweeps.executors.base import (
+    PACKAGES,
+    Executor,
+    ExecutorOptions,
+    ExecutorUnavailable,
+    Outcome,
+    Task,
+    error_text,
+    execute,
+    make_task,
+    require,
+    resolve_device,
+    write_failed_shard,
+)
+from ssmscope.runs.sweeps.executors.faults import FAULT_MODES, FAULTS_ENV, injected_fault
+from ssmscope.ssm.errors import ConfigError
+
+EXECUTORS = ("local", "ray", "slurm")
+
+__all__ = ["EXECUTORS", "FAULTS_ENV", "FAULT_MODES", "PACKAGES", "Executor", "ExecutorOptions", "ExecutorUnavailable",
+           "Outcome", "Task", "error_text", "execute", "injected_fault", "make_executor", "make_task", "require",
+           "resolve_device", "write_failed_shard"]
+
+
+def make_executor(name: str, options: ExecutorOptions | None = None) -> Executor:
+    """An executor by name ("local", "ray", "slurm") from the sweep flags."""
+    o = options or ExecutorOptions()
+    if name == "local":
+        from ssmscope.runs.sweeps.executors.local import LocalExecutor
+
+        return LocalExecutor(workers=o.workers)
+    if name == "ray":
+        from ssmscope.runs.sweeps.executors.ray import RayExecutor
+
+        return RayExecutor(address=o.address, num_cpus=o.cpus_per_task, num_gpus=o.gpus_per_task)
+    if name == "slurm":
+        if o.gpus_per_task != int(o.gpus_per_task) or o.cpus_per_task != int(o.cpus_per_task):
+            raise ConfigError("--executor slurm: --cpus-per-task and --gpus-per-task must be whole numbers")
+        from ssmscope.runs.sweeps.executors.slurm import SlurmExecutor
+
+        return SlurmExecutor(cluster=o.cluster, partition=o.partition, time_min=o.time_min,
+                             cpus_per_task=int(o.cpus_per_task), gpus_per_task=int(o.gpus_per_task),
+                             array_parallelism=o.array_parallelism, params=o.slurm_params)
+    raise ConfigError(f"--executor={name!r}; allowed: {', '.join(EXECUTORS)}")
