@@ -107,6 +107,16 @@ def show_problem(problem: Problem) -> None:
                    "paper-figure, paper-table, hp-transfer, …).")
 
 
+def download_buttons(exports: dict[str, str | bytes], stem: str, key: str, *, prefix: str = "Download ") -> None:
+    """One download button per table format (tables.FORMATS), side by side; `exports` maps format → data."""
+    from ssmscope.app.tables import FORMATS
+
+    cols = st.columns(len(FORMATS))
+    for col, (fmt, (label, mime, suffix)) in zip(cols, FORMATS.items(), strict=True):
+        col.download_button(f"{prefix}{label}", data=exports[fmt], file_name=f"{stem}.{suffix}", mime=mime,
+                            key=f"{key}_{fmt}", on_click="ignore")
+
+
 def export_figure(fig: go.Figure, name: str, key: str) -> None:
     """Figure downloads: interactive HTML always; PNG and SVG when kaleido and a Chromium exist.
 

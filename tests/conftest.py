@@ -1,4 +1,4 @@
-"""Shared fixtures: deterministic random scan inputs."""
+"""Shared fixtures: deterministic random scan inputs, and the tiny sweep spec the sweep tests run."""
 
 from __future__ import annotations
 
@@ -25,3 +25,23 @@ def make_scan_inputs(batch: int, length: int, ed: int, n: int, dtype: torch.dtyp
 @pytest.fixture
 def scan_inputs():
     return make_scan_inputs
+
+
+def tiny_spec_toml(name: str = "tiny", seq_len: int = 8, widths: tuple[int, ...] = (16, 32)) -> str:
+    """A 4-run sweep spec (2 widths × sp, mup-ssm; ZOH, Adam, 2 steps, 2 layers) that trains in seconds."""
+    return f"""
+[sweep]
+name = "{name}"
+[grid]
+widths = [{", ".join(str(w) for w in widths)}]
+presets = ["sp", "mup-ssm"]
+discretizations = ["zoh"]
+optimizers = ["adam"]
+lrs = [0.01]
+seeds = [0]
+[train]
+steps = 2
+batch = 2
+seq_len = {seq_len}
+n_layers = 2
+"""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import tiny_spec_toml
 from typer.testing import CliRunner
 
 from ssmscope.runs.cli.main import app
@@ -26,23 +27,8 @@ from ssmscope.runs.sweeps.executors.ray import RayExecutor
 from ssmscope.runs.sweeps.spec import parse_spec
 from ssmscope.runs.sweeps.sweep import run_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
-SPEC = """
-[sweep]
-name = "exec"
-[grid]
-widths = [16, 32]
-presets = ["sp", "mup-ssm"]
-discretizations = ["zoh"]
-optimizers = ["adam"]
-lrs = [0.01]
-seeds = [0]
-[train]
-steps = 2
-batch = 2
-seq_len = 16
-n_layers = 2
-"""
+SPEC = tiny_spec_toml("exec", seq_len=16)
+HALF_SPEC = tiny_spec_toml("exec", seq_len=16, widths=(16,))
 KEYS = ("run_id", "step", "layer", "site", "quantity", '"group"')
 
 
@@ -57,18 +43,6 @@ def _has(module: str) -> bool:
 needs_ray = pytest.mark.skipif(not _has("ray"), reason="ray is not installed (pip install 'ray>=2.9')")
 needs_submitit = pytest.mark.skipif(not _has("submitit"),
                                     reason="submitit is not installed (pip install 'submitit>=1.5')")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _absolute_pythonpath():
-    """Ray workers and submitit jobs start in other directories: give them the checkout by absolute path."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *([old] if old else [])])
-    yield
-    if old is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = old
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +70,7 @@ def reference(spec, tmp_path_factory):
 def half(tmp_path_factory):
     """Half the grid (width 16: 2 runs), its spec file and its inline store: for the executor that
     starts a process per attempt (submitit)."""
-    text = SPEC.replace("widths = [16, 32]", "widths = [16]")
+    text = HALF_SPEC
     path = tmp_path_factory.mktemp("half") / "half.toml"
     path.write_text(text)
     spec = parse_spec(tomllib.loads(text), "exec")
@@ -204,7 +178,7 @@ def test_ray_matches_local_and_resume_crosses_executors(spec, spec_file, referen
     assert again.skipped == 4 and not again.statuses
     # local first (half the grid), then the CLI with --executor ray finishes the rest
     mixed = tmp_path / "mixed" / "store.duckdb"
-    half = parse_spec(tomllib.loads(SPEC.replace("widths = [16, 32]", "widths = [16]")), "exec")
+    half = parse_spec(tomllib.loads(HALF_SPEC), "exec")
     run_sweep(half, mixed, device="cpu", workers=1)
     result = CliRunner().invoke(app, ["sweep", str(spec_file), "--executor", "ray", "--db", str(mixed)])
     assert result.exit_code == 0, result.output

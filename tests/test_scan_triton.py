@@ -26,9 +26,9 @@ pytest.importorskip("triton", reason="triton is not installed: the Triton scan b
 import torch.nn.functional as F  # noqa: E402
 from conftest import make_scan_inputs  # noqa: E402
 
-from ssmscope.ssm.scan import triton as st  # noqa: E402
 from ssmscope.ssm.config import Discretization  # noqa: E402
 from ssmscope.ssm.scan import ScanInputs, StateProbe, get_backend, selective_scan  # noqa: E402
+from ssmscope.ssm.scan import triton as st  # noqa: E402
 from ssmscope.ssm.scan.reference import state_sequence  # noqa: E402
 
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_spec_toml
 from typer.testing import CliRunner
 
 from ssmscope.runs.cli.main import app
@@ -18,22 +19,7 @@ from ssmscope.runs.sweeps.spec import load_spec, parse_spec
 from ssmscope.runs.sweeps.sweep import run_sweep
 from ssmscope.ssm import ConfigError
 
-TINY = """
-[sweep]
-name = "tiny"
-[grid]
-widths = [16, 32]
-presets = ["sp", "mup-ssm"]
-discretizations = ["zoh"]
-optimizers = ["adam"]
-lrs = [0.01]
-seeds = [0]
-[train]
-steps = 2
-batch = 2
-seq_len = 8
-n_layers = 2
-"""
+TINY = tiny_spec_toml()
 
 
 def _spec(tmp_path: Path, text: str = TINY, name: str = "tiny.toml") -> Path:

@@ -7,85 +7,88 @@ import streamlit as st
 
 from ssmscope.app import controls, data, tables
 from ssmscope.app.frames import DISC_ORDER, PRESET_ORDER
-from ssmscope.app.widgets import UrlState
+from ssmscope.app.widgets import UrlState, download_buttons
 from ssmscope.runs.analysis.export import paper_caption, slope_caption, slope_display
 from ssmscope.runs.analysis.slopes import Design, LayerAgg
 
-state = UrlState("st")
-db = data.current_store()
-runs = data.runs_frame(db)
 
-st.title("Slope table")
-st.caption("Each cell: the measured exponent of a norm against width (log₂‖·‖ = a + s·log₂ width, ± half the 95 % "
-           "seed-bootstrap CI), its verdict (flat, grows, vanishes) and the exponent ssm.predictions expects; green = "
-           "agrees, red = disagrees. The downloads are what `ssmscope slopes` writes for the same options.")
+def main() -> None:
+    """Render the page (Streamlit runs this file as the page's script)."""
+    state = UrlState("st")
+    db = data.current_store()
+    runs = data.runs_frame(db)
 
-# --- selection -----------------------------------------------------------------------------------
-with st.sidebar:
-    st.header("Slope table")
-    sweep = controls.sweep_select(state, runs, allow_all=True)
-    pool = runs if sweep is None else runs.filter(pl.col("spec") == sweep)
-    presets = controls.multi_filter(state, "Presets", "presets", pool["preset"], order=PRESET_ORDER)
-    discs = controls.multi_filter(state, "Discretisations", "discs", pool["discretization"], order=DISC_ORDER)
-    optimizers = controls.multi_filter(state, "Optimizers", "optimizers", pool["optimizer"])
-    kind = state.select("Table", "table", ["paper", "full"], widget="radio",
-                        format_func={"paper": "paper (‖x‖ ‖y‖ ‖Δx‖ ‖Δy‖)", "full": "every cell"}.get)
-    convention = controls.convention_select(state)
-    design = state.select("Width", "width", [d.value for d in Design], "joint",
-                          format_func={"joint": "joint (N_u = N_x)", "n_u": "N_u (N_x fixed)",
-                                       "n_x": "N_x (N_u fixed)", "2d": "2-D (s_u and s_x)"}.get)
-    layers = state.select("Layers", "layers", [a.value for a in LayerAgg], "mean" if kind == "paper" else "each",
-                          format_func={"mean": "mean over layers", "each": "one fit per layer"}.get, widget="radio")
-    steps = sorted(data.probe_frame(db, sweep)["step"].unique().to_list())
-    step = state.select("Step", "step", ["last", *steps], "last",
-                        format_func=lambda s: "last (per configuration)" if s == "last" else str(s))
-    include_failed = state.toggle("Fit diverged and failed runs too", "failed", False)
+    st.title("Slope table")
+    st.caption("Each cell: the measured exponent of a norm against width (log₂‖·‖ = a + s·log₂ width, ± half the 95 % "
+               "seed-bootstrap CI), its verdict (flat, grows, vanishes) and the exponent the theory predicts; green = "
+               "agrees, red = disagrees. The downloads are what `ssmscope slopes` writes for the same options.")
 
-sel = data.where(preset=presets, discretization=discs, optimizer=optimizers)
-options = dict(convention=convention, design=design, layers=layers, step=step, include_failed=include_failed)
+    # --- selection -----------------------------------------------------------------------------------
+    with st.sidebar:
+        st.header("Slope table")
+        sweep = controls.sweep_select(state, runs, allow_all=True)
+        pool = runs if sweep is None else runs.filter(pl.col("spec") == sweep)
+        presets = controls.multi_filter(state, "Presets", "presets", pool["preset"], order=PRESET_ORDER)
+        discs = controls.multi_filter(state, "Discretisations", "discs", pool["discretization"], order=DISC_ORDER)
+        optimizers = controls.multi_filter(state, "Optimizers", "optimizers", pool["optimizer"])
+        kind = state.select("Table", "table", ["paper", "full"], widget="radio",
+                            format_func={"paper": "paper (‖x‖ ‖y‖ ‖Δx‖ ‖Δy‖)", "full": "every cell"}.get)
+        convention = controls.convention_select(state)
+        design = state.select("Width", "width", [d.value for d in Design], "joint",
+                              format_func={"joint": "joint (N_u = N_x)", "n_u": "N_u (N_x fixed)",
+                                           "n_x": "N_x (N_u fixed)", "2d": "2-D (s_u and s_x)"}.get)
+        layers = state.select("Layers", "layers", [a.value for a in LayerAgg], "mean" if kind == "paper" else "each",
+                              format_func={"mean": "mean over layers", "each": "one fit per layer"}.get, widget="radio")
+        steps = sorted(data.probe_frame(db, sweep)["step"].unique().to_list())
+        step = state.select("Step", "step", ["last", *steps], "last",
+                            format_func=lambda s: "last (per configuration)" if s == "last" else str(s))
+        include_failed = state.toggle("Fit diverged and failed runs too", "failed", False)
 
-# --- table ---------------------------------------------------------------------------------------
-if kind == "paper":
-    rows = data.paper(db, sweep, sel, **options)
-    if rows.is_empty():
-        st.info("Nothing to fit for this selection: the paper table needs x and y probes at 3 or more widths "
-                f"on the {design} axis.")
-        state.sync()
-        st.stop()
-    shown = tables.paper_display(rows)
-    mark_cols = [c for c in shown.columns if c.startswith("‖")]
-    st.dataframe(tables.styled(shown, cells=mark_cols), hide_index=True, key="st__table")
-    st.caption(paper_caption(rows))
-    exports = tables.paper_exports(rows)
-else:
-    rows = data.slopes(db, sweep, sel, **options)
-    if rows.is_empty():
-        st.info("Nothing to fit for this selection.")
-        state.sync()
-        st.stop()
-    shown = slope_display(rows)
-    st.dataframe(tables.styled(shown, cells=["agreement"], verdicts=["verdict"]), hide_index=True, key="st__table")
-    st.caption(slope_caption(rows))
-    exports = tables.full_exports(rows)
+    sel = data.where(preset=presets, discretization=discs, optimizer=optimizers)
+    options = dict(convention=convention, design=design, layers=layers, step=step, include_failed=include_failed)
 
-n_ok = rows.filter(pl.col("status") == "ok").height
-n_agree = rows.filter(pl.col("agreement") == "agrees").height
-n_dis = rows.filter(pl.col("agreement") == "disagrees").height
-st.write(f"{rows.height} fitted terms: {n_ok} fitted, {n_agree} agree with the prediction, {n_dis} disagree.")
+    # --- table ---------------------------------------------------------------------------------------
+    if kind == "paper":
+        rows = data.paper(db, sweep, sel, **options)
+        if rows.is_empty():
+            st.info("Nothing to fit for this selection: the paper table needs x and y probes at 3 or more widths "
+                    f"on the {design} axis.")
+            state.sync()
+            st.stop()
+        shown = tables.paper_display(rows)
+        mark_cols = [c for c in shown.columns if c.startswith("‖")]
+        st.dataframe(tables.styled(shown, cells=mark_cols), hide_index=True, key="st__table")
+        st.caption(paper_caption(rows))
+        exports = tables.paper_exports(rows)
+    else:
+        rows = data.slopes(db, sweep, sel, **options)
+        if rows.is_empty():
+            st.info("Nothing to fit for this selection.")
+            state.sync()
+            st.stop()
+        shown = slope_display(rows)
+        st.dataframe(tables.styled(shown, cells=["agreement"], verdicts=["verdict"]), hide_index=True, key="st__table")
+        st.caption(slope_caption(rows))
+        exports = tables.full_exports(rows)
 
-# --- downloads -----------------------------------------------------------------------------------
-cols = st.columns(len(tables.FORMATS))
-stem = f"slopes-{kind}-{sweep or 'all'}-{convention}-{design}"
-for col, (fmt, (label, mime, suffix)) in zip(cols, tables.FORMATS.items(), strict=True):
-    col.download_button(f"Download {label}", data=exports[fmt], file_name=f"{stem}.{suffix}", mime=mime,
-                        key=f"st__dl_{fmt}", on_click="ignore")
-with st.expander("The same from the command line"):
-    where = [f"--where 'spec={sweep}'"] if sweep is not None else []
-    for column, picked, offered in (("preset", presets, pool["preset"]), ("discretization", discs,
-                                    pool["discretization"]), ("optimizer", optimizers, pool["optimizer"])):
-        if set(picked) != set(offered.unique()):
-            where.append(f"--where '{column} in ({', '.join(picked)})'")
-    st.code(f"ssmscope slopes --db {db.path} --table {kind} --convention {convention} --width {design} "
-            f"--layers {layers} --step {step} {' '.join(where)} --format md", language="bash")
+    n_ok = rows.filter(pl.col("status") == "ok").height
+    n_agree = rows.filter(pl.col("agreement") == "agrees").height
+    n_dis = rows.filter(pl.col("agreement") == "disagrees").height
+    st.write(f"{rows.height} fitted terms: {n_ok} fitted, {n_agree} agree with the prediction, {n_dis} disagree.")
 
-state.sync()
+    # --- downloads -----------------------------------------------------------------------------------
+    download_buttons(exports, f"slopes-{kind}-{sweep or 'all'}-{convention}-{design}", "st__dl")
+    with st.expander("The same from the command line"):
+        where = [f"--where 'spec={sweep}'"] if sweep is not None else []
+        for column, picked, offered in (("preset", presets, pool["preset"]), ("discretization", discs,
+                                        pool["discretization"]), ("optimizer", optimizers, pool["optimizer"])):
+            if set(picked) != set(offered.unique()):
+                where.append(f"--where '{column} in ({', '.join(picked)})'")
+        st.code(f"ssmscope slopes --db {db.path} --table {kind} --convention {convention} --width {design} "
+                f"--layers {layers} --step {step} {' '.join(where)} --format md", language="bash")
+
+    state.sync()
+
+
+if __name__ == "__main__":
+    main()

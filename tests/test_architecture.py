@@ -1,0 +1,148 @@
+"""The package layout holds: no import circle (function-local imports included), one namespace.
+
+Installed, the repository's packages live only under `ssmscope` (ssmscope.ssm, ssmscope.runs, …),
+so a user's own `app.py` or `runs.py` never shadows them and no module named app, runs, ssm or
+probes reaches their environment.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"ssmscope": "ssmscope", "ssmscope.ssm": "ssm", "ssmscope.probes": "probes", "ssmscope.runs": "runs",
+            "ssmscope.app": "app"}
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the distribution: dotted name → file."""
+    out = {}
+    for package, folder in PACKAGES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            if package == "ssmscope" and path.parent != ROOT / "ssmscope":
+                continue
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join((package, *parts))] = path
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module → the modules it imports anywhere in its source (module level or inside functions)."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                           for a in node.names]
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_checker_finds_a_circle_closed_by_a_function_local_import():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
+
+
+def test_no_import_circle_between_modules():
+    graph = import_graph()
+    assert len(graph) > 60 and graph["ssmscope.runs.cli.main"]  # the walk saw the code
+    assert cycles(graph) == []
+
+
+def test_layers_point_one_way():
+    """ssm knows nothing of probes or runs; probes nothing of runs; app never imports the CLI; analysis
+    reads only the store's schema (column names), never the database."""
+    graph = import_graph()
+    for module, targets in graph.items():
+        if module.startswith("ssmscope.ssm"):
+            layers_above = ("ssmscope.probes", "ssmscope.runs", "ssmscope.app")
+            assert not {t for t in targets if t.startswith(layers_above)}, module
+        if module.startswith("ssmscope.probes"):
+            assert not {t for t in targets if t.startswith(("ssmscope.runs", "ssmscope.app"))}, module
+        if module.startswith("ssmscope.app"):
+            assert not {t for t in targets if t.startswith(("ssmscope.runs.cli", "ssmscope.runs.sweeps"))}, module
+        if module.startswith("ssmscope.runs.analysis"):
+            reads_store = {t for t in targets if t.startswith("ssmscope.runs.store") and t != "ssmscope.runs.store.schema"}
+            above = {t for t in targets if t.startswith(("ssmscope.runs.sweeps", "ssmscope.runs.cli", "ssmscope.app"))}
+            assert not reads_store and not above, module
+
+
+def _clean_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def test_a_folder_with_its_own_app_and_runs_modules_shadows_nothing(tmp_path):
+    (tmp_path / "app.py").write_text("WHO = 'the user app'\n")
+    (tmp_path / "runs.py").write_text("WHO = 'the user runs'\n")
+    code = ("import importlib.util as u, app, runs\n"
+            "from ssmscope.app import data, figures, frames, tables\n"
+            "from ssmscope.runs.analysis import slopes\n"
+            "import ssmscope.runs.cli.main\n"
+            "assert app.WHO == 'the user app' and runs.WHO == 'the user runs'\n"
+            "assert u.find_spec('ssm') is None and u.find_spec('probes') is None\n"
+            "print('ok', figures.__name__)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_clean_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok ssmscope.app.figures"
+    cli = Path(sys.executable).with_name("ssmscope")
+    shown = subprocess.run([str(cli), "--help"], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True,
+                           timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "sweep" in shown.stdout and "slopes" in shown.stdout
+
+
+def test_no_top_level_app_runs_ssm_or_probes_is_installed(tmp_path):
+    code = ("import importlib.util as u\n"
+            "print([m for m in ('app', 'runs', 'ssm', 'probes') if u.find_spec(m) is not None])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_clean_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
