@@ -12,7 +12,6 @@ A store that is missing, locked by a writer, of another schema version or empty 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -232,8 +231,3 @@ def lr_transfer(db: Store, sweep: str | None, use: str) -> Transfer | None:
     final = transfer.final_losses(losses, use=use)
     opt = transfer.optima(final)
     return Transfer(final, opt, transfer.drift(opt, final))
-
-
-def env_db() -> str | None:
-    """$SSMSCOPE_DB, if set (the default store of every ssmscope command)."""
-    return os.environ.get("SSMSCOPE_DB")

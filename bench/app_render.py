@@ -2,7 +2,7 @@
 
 Builds a synthetic store shaped like `paper-figure` run long (joint widths 32…512 × sp/mup/mup-ssm ×
 zoh/euler × 3 seeds = 90 runs, every step 0…120 logged, 3 layers, every probe site and per-parameter
-group rows), written as per-run shards in the runs.shards layout and loaded with runs.store.ingest.
+group rows), written as per-run shards in the runs.store.shards layout and loaded with runs.store.ingest.
 Then it times the coordinate-check page:
   - its data + figure path called directly (app.data cached reads, app.frames, app.figures), cold
     (empty caches) and warm (a second selection: another norm convention at another step);

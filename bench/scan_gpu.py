@@ -216,7 +216,7 @@ def report(rows: list[Row], copy_bw: float, has_pscan: bool) -> list[str]:
 
 
 def sweep(dtype, disc) -> list[str]:
-    """Triton launch knobs on one mid-size problem: what to set in ssm/scan_triton.py."""
+    """Triton launch knobs on one mid-size problem: what to set in ssm/scan/triton.py."""
     import ssmscope.ssm.scan.triton as st
     from ssmscope.ssm.scan import selective_scan
 

@@ -75,7 +75,6 @@ class Observer:
         self._first: dict[str, list] | None = None  # per layer: init references
         self._prev: dict[str, list] | None = None
         self._init_params: dict[str, Tensor] | None = None
-        self._states_wanted = True
 
     # ------------------------------------------------------------------ attach / detach
     def __enter__(self) -> Observer:

@@ -33,6 +33,9 @@ x_t − B̄u_t, which cancels once Ā_t ≈ 0, nor divided by Ā_t):
     both:               ∂x_t/∂u = κ B,  ∂x_t/∂B = κ u.
 On CPU the scan runs single-threaded by default (`THREADS`; see `_threads` for why). Works on
 any device; float16/bfloat16 inputs are computed in float32.
+
+The module is long because the forward, the backward and the buffer cache share one chunked
+layout and are easier to check side by side than apart.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Triton selective scan: fused forward and hand-written backward, with fused state probes.
 
-Same signature and maths as ssm.scan.selective_scan (see ssm/scan_fast.py for the derivation):
+Same signature and maths as ssm.scan.selective_scan (see ssm/scan/fast.py for the derivation):
     Δ_t = softplus(dt_t + dt_bias),  x_t = exp(Δ_t A) ⊙ x_{t−1} + κ ⊙ B_t u_t,  y_t = C_t·x_t + D u_t
 with κ = Δ (Euler) or expm1(ΔA)/A (ZOH). Design (docs/triton.md has the long version):
 
@@ -22,6 +22,9 @@ with κ = Δ (Euler) or expm1(ΔA)/A (ZOH). Design (docs/triton.md has the long 
 * Probes: Σ_n x², max_n |x| per step; one reference recurrence (ScanInputs of another scan) is
   run alongside x in the same loop for Σ_n (x − x_ref)², max_n |x − x_ref|; further
   references each get a probe-only pass of the same kernel; Σ_n g² comes from the backward.
+
+The module is long because the forward and backward kernels, their launch wrappers and the
+autograd Function only make sense together; the kernels are written out step by step.
 """
 
 from __future__ import annotations
