@@ -121,7 +121,7 @@ def test_kill_minus_9_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert _cli("sweep", str(spec), "--db", str(reference_db), "--device", "cpu", cwd=tmp_path).wait() == 0
     db = tmp_path / "killed" / "store.duckdb"
     proc = _cli("sweep", str(spec), "--db", str(db), "--device", "cpu", cwd=tmp_path)
-    shards = db.parent / "shards"
+    shards = db.parent / "store.duckdb.shards"
     deadline = time.time() + 120
     while time.time() < deadline and len([p for p in shards.glob("*") if not p.name.startswith(".")]) < 3:
         time.sleep(0.05)

@@ -1,8 +1,10 @@
-"""What every `ssmscope` command shares: the consoles, the one-line failure, the store path option."""
+"""What every `ssmscope` command shares: the consoles, one-line failures and warnings, the store path option."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -20,6 +22,34 @@ def fail(message: str, code: int = 2) -> None:
     """Print one line for a user error and exit."""
     err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """Print one line about something the command worked around (it goes on)."""
+    err_console.print(f"[bold yellow]warning:[/bold yellow] {message}", highlight=False, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """Print one informational line (never wrapped)."""
+    console.print(message, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def one_line_errors(path: Path | str = "") -> Iterator[None]:
+    """User mistakes (ConfigError, StoreError) and storage faults (ENOSPC, EACCES, EROFS, ... as OSError)
+    inside the block end the command with one line naming the file and the fix, exit code 2."""
+    from ssmscope.runs.store.errors import storage_error
+    from ssmscope.ssm.errors import ConfigError
+
+    try:
+        yield
+    except ConfigError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        mapped = storage_error(exc, path, "write")
+        if mapped is None:
+            raise
+        fail(str(mapped))
 
 
 def db_path(db: str | Path | None) -> Path:

@@ -1,4 +1,4 @@
-"""`ssmscope ingest`: load run shards written elsewhere into the store (idempotent)."""
+"""`ssmscope ingest`: load run shards into the store (idempotent), and clean up after killed writers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ssmscope.runs.cli.console import DB_HELP, console, db_path, fail
+from ssmscope.runs.cli.console import DB_HELP, db_path, fail, note, one_line_errors, warn
 
 
 def register(app: typer.Typer) -> None:
@@ -16,19 +16,46 @@ def register(app: typer.Typer) -> None:
 
 def ingest(
     db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
-    shards: Annotated[str | None, typer.Option(help="shard directory (default: <db dir>/shards)")] = None,
+    shards: Annotated[str | None, typer.Option(help="shard folder (default: $SSMSCOPE_SHARDS or <db dir>/<db name>"
+                                                    ".shards, the store's own)")] = None,
+    wait: Annotated[float, typer.Option(help="seconds to wait for a store another process holds")] = 60.0,
+    clean_stale: Annotated[bool, typer.Option("--clean-stale", help="first remove temporaries of writers that died "
+                                              "mid-write (older than --older-than, no live writer)")] = False,
+    older_than: Annotated[float, typer.Option(help="--clean-stale: minutes since a temporary last changed")] = 60.0,
 ) -> None:
-    """Load run shards into the store (idempotent: already loaded shards are skipped)."""
+    """Load run shards into the store (idempotent: already loaded shards are skipped; bad ones are quarantined)."""
     from pathlib import Path
 
-    from ssmscope.runs.store.db import StoreError, counts
+    from ssmscope.runs.store.db import IngestInterrupted, counts, shard_dir_for
     from ssmscope.runs.store.db import ingest as do_ingest
+    from ssmscope.runs.store.shard_maintenance import clean_stale as do_clean
+    from ssmscope.runs.store.shard_maintenance import stale_temporaries
 
+    if wait < 0:
+        fail(f"--wait={wait}; allowed: 0 or more seconds")
+    if older_than < 0:
+        fail(f"--older-than={older_than}; allowed: 0 or more minutes")
     path = db_path(db)
+    given = Path(shards) if shards else None
+    if given is not None and not given.is_dir():
+        fail(f"no shard folder {given}; check --shards (or leave it out for the store's own, {shard_dir_for(path)})")
+    root = given or shard_dir_for(path)
     try:
-        rep = do_ingest(path, Path(shards) if shards else None)
-        n = counts(path)
-    except StoreError as exc:
-        fail(str(exc))
-    console.print(f"ingested {rep.loaded} new, {rep.replaced} replaced, {rep.skipped} unchanged → {path}: "
-                  f"{n['runs']} runs, {n['probes']} probe rows, {n['losses']} loss rows")
+        with one_line_errors(root):
+            removed = do_clean(root, older_than * 60) if clean_stale else []
+            rep = do_ingest(path, given, wait_s=wait, on_wait=note)
+            n = counts(path)
+    except IngestInterrupted as exc:
+        fail(exc.describe(), code=130)
+    if rep.migration is not None:
+        note(rep.migration.describe())
+    if clean_stale:
+        note(f"removed {len(removed)} stale temporar{'y' if len(removed) == 1 else 'ies'} from {root}")
+    note(f"ingested {len(rep.loaded)} new, {len(rep.replaced)} replaced, {rep.skipped} unchanged → {path}: "
+         f"{n['runs']} runs, {n['probes']} probe rows, {n['losses']} loss rows")
+    if rep.problems():
+        warn(rep.problems())
+    stale = [] if clean_stale else stale_temporaries(root)
+    if stale:
+        note(f"{len(stale)} stale temporar{'y' if len(stale) == 1 else 'ies'} of writers that died mid-write in "
+             f"{root}: `ssmscope ingest --clean-stale` removes them")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ssmscope.runs.cli.console import DB_HELP, console, db_path, fail
+from ssmscope.runs.cli.console import DB_HELP, console, db_path, fail, note, one_line_errors, warn
 
 
 def register(app: typer.Typer) -> None:
@@ -23,8 +23,13 @@ def sweep(
     scan: Annotated[str, typer.Option(help="scan backend: auto, reference, fast or triton")] = "auto",
     retries: Annotated[int, typer.Option(help="retries of a failed run")] = 1,
     executor: Annotated[str, typer.Option(help="where runs execute: local, ray or slurm")] = "local",
-    shards: Annotated[str | None, typer.Option(help="shard directory, shared by all workers "
-                                                    "(default: $SSMSCOPE_SHARDS or <db dir>/shards)")] = None,
+    shards: Annotated[str | None, typer.Option(help="shard folder, shared by all workers (default: "
+                                                    "$SSMSCOPE_SHARDS or <db dir>/<db name>.shards)")] = None,
+    max_memory: Annotated[str, typer.Option(help="memory one run may use, e.g. 16G or 512M; auto: this machine's "
+                                                 "(local executor), none: no check")] = "auto",
+    ingest_every: Annotated[int, typer.Option(help="ingest while running after this many finished runs "
+                                                   "(0: only at the end)")] = 8,
+    ingest_interval: Annotated[float, typer.Option(help="... or after this many seconds, whichever comes first")] = 30,
     address: Annotated[str | None, typer.Option(help="ray: cluster address (default: start a local cluster; "
                                                      "auto: the one `ray start` runs here; ray://host:10001)")] = None,
     cpus_per_task: Annotated[float, typer.Option(help="ray/slurm: CPUs per run (torch threads)")] = 1,
@@ -41,11 +46,14 @@ def sweep(
 
     Runs execute here (--executor local), on a Ray cluster (ray) or on Slurm through submitit (slurm).
 
-    Each run writes its Parquet shard into the shard directory; the store is filled here, at the end."""
+    Each run writes its Parquet shard into the shard folder; finished runs are ingested into the store in
+    small batches while the sweep runs, and the rest at its end."""
     from pathlib import Path
 
     from ssmscope.runs.cli.progress import RichSweepProgress
     from ssmscope.runs.sweeps.executors import EXECUTORS, ExecutorOptions, make_executor, require
+    from ssmscope.runs.sweeps.memory import parse_size
+    from ssmscope.runs.sweeps.preflight import AUTO
     from ssmscope.runs.sweeps.spec import load_spec
     from ssmscope.runs.sweeps.sweep import run_sweep
     from ssmscope.ssm import ConfigError
@@ -64,6 +72,12 @@ def sweep(
         fail(f"--retries={retries}; allowed: 0 or more")
     if cpus_per_task <= 0 or gpus_per_task < 0:
         fail("--cpus-per-task must be > 0 and --gpus-per-task >= 0")
+    if ingest_every < 0 or ingest_interval < 0:
+        fail("--ingest-every and --ingest-interval must be 0 or more")
+    try:
+        memory = AUTO if max_memory.strip().lower() == AUTO else parse_size(max_memory)
+    except ValueError:
+        fail(f"--max-memory={max_memory!r}; allowed: auto, none, or a size such as 16G, 512M")
     if scan not in {b.value for b in ScanBackend}:
         fail(f"--scan={scan!r}; allowed: {', '.join(b.value for b in ScanBackend)}")
     only = {"address": ("ray", address is not None), "partition": ("slurm", partition is not None),
@@ -89,22 +103,30 @@ def sweep(
         fail(str(exc))
     path = db_path(db)
     console.print(f"[bold]{s.name}[/bold]: {s.description}\n{s.n_runs} runs → {path} (executor: {executor})")
-    try:
+    with one_line_errors(path):
         report = run_sweep(s, path, device=device, scan=scan, retries=retries, executor=ex,
-                           shard_root=Path(shards) if shards else None, progress=RichSweepProgress(console))
-    except ConfigError as exc:
-        fail(str(exc))
+                           shard_root=Path(shards) if shards else None, progress=RichSweepProgress(console),
+                           max_memory=memory, live_every=ingest_every, live_interval_s=ingest_interval, notify=note)
     st = report.statuses
+    others = f" (+{report.other_ingested} of other writers)" if report.other_ingested else ""
     console.print(
         f"[bold]summary[/bold]: {st.get('completed', 0)} completed, {st.get('diverged', 0)} diverged, "
         f"{st.get('failed', 0)} failed, {report.skipped} skipped (already finished), {report.retried} retried "
-        f"in {report.wall_s:.0f} s; ingested {report.ingest.loaded} new, {report.ingest.replaced} replaced"
+        f"in {report.wall_s:.0f} s; ingested {report.own_ingested} of this sweep's runs{others}"
     )
     for rid, errs in report.attempt_errors.items():  # attempts that failed and were retried
         for i, err in enumerate(errs[: len(errs) - (rid in report.failures)], 1):
             console.print(f"  [yellow]retried[/yellow] {rid} after attempt {i}: {err}", highlight=False)
     for rid, err in report.failures.items():
         console.print(f"  [red]failed[/red] {rid}: {err}", highlight=False)
+    if report.ingest_problems:
+        warn(report.ingest_problems)
+    if report.stopped_by:
+        fail(f"{report.stopped_by} (stopped scheduling; finished runs are stored, rerun the same command to resume)")
     if report.interrupted:
+        if report.ingest_error:
+            warn(report.ingest_error)
         console.print("[yellow]interrupted[/yellow]: finished runs are stored; rerun the same command to resume")
-        raise typer.Exit(130)
+        raise typer.Exit(report.exit_code)
+    if report.ingest_error:
+        fail(report.ingest_error)

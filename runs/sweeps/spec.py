@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,8 @@ def _list(path: str, value: Any, kind: type, *, positive: bool = False, allowed=
             v, ok = float(v), True
         if not ok:
             raise ConfigError(f"{path}[{i}]={v!r}; allowed: {kind.__name__}")
+        if kind is float and not math.isfinite(v):
+            raise ConfigError(f"{path}[{i}]={v!r}; allowed: a finite number")
         if positive and v <= 0:
             raise ConfigError(f"{path}[{i}]={v!r}; allowed: > 0")
         if allowed is not None and v not in allowed:
@@ -131,8 +134,8 @@ def _recipe(path: str, table: Any) -> dict[str, Any]:
             if isinstance(v, bool) or not isinstance(v, int) or (v <= 0 and key not in ("eval_every",)) or v < 0:
                 raise ConfigError(f"{path}.{key}={v!r}; allowed: a positive integer")
         elif t == "float":
-            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-                raise ConfigError(f"{path}.{key}={v!r}; allowed: a non-negative number")
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"{path}.{key}={v!r}; allowed: a finite non-negative number")
             v = float(v)
         elif key == "task" and v not in TASKS:
             raise ConfigError(f"{path}.{key}={v!r}; allowed: {', '.join(TASKS)}")
@@ -171,6 +174,8 @@ def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
     for i, p in enumerate(presets):
         if p not in builtin_names() and not p.endswith(".toml"):
             raise ConfigError(f"grid.presets[{i}]={p!r}; allowed: {', '.join(builtin_names())} or a .toml path")
+        if p not in builtin_names() and not Path(p).is_file():
+            raise ConfigError(f"grid.presets[{i}]={p!r}: no such file (a relative path is read from {Path.cwd()})")
     discs = _list("grid.discretizations", grid.get("discretizations", ["zoh", "euler"]), str,
                   allowed=[d.value for d in Discretization])
     opts = _list("grid.optimizers", grid.get("optimizers", ["adam"]), str,
@@ -196,5 +201,11 @@ def builtin_specs() -> list[str]:
 
 def load_spec(name_or_path: str | Path) -> SweepSpec:
     """A built-in spec by name or a spec TOML file."""
-    data, source = read_builtin_or_file("ssmscope.runs.sweeps", "specs", "spec", name_or_path)
+    try:
+        data, source = read_builtin_or_file("ssmscope.runs.sweeps", "specs", "spec", name_or_path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"spec file {name_or_path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"spec file {name_or_path}: cannot be read ({exc.strerror or exc})") from None
     return parse_spec(data, source)

@@ -1,9 +1,16 @@
-"""The local executor: runs inline in this process, or in spawned worker processes on this machine."""
+"""The local executor: runs inline in this process, or in spawned worker processes on this machine.
+
+Worker processes die with the sweep: Linux delivers them SIGTERM when their parent dies
+(prctl PR_SET_PDEATHSIG), and a worker waiting for its next task sees the pipe close. A worker
+writing a shard when SIGTERM comes finishes publishing it first (runs.store.shards).
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +36,24 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _local_worker_main(conn, env: dict[str, str], threads: int) -> None:
+PR_SET_PDEATHSIG = 1
+"""prctl option: the signal this process gets when its parent dies (linux/prctl.h)."""
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have Linux send this process SIGTERM when its parent dies; exit now if the parent is already gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the pipe's EOF is the only signal
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def _local_worker_main(conn, env: dict[str, str], threads: int, parent_pid: int) -> None:
     """A local worker process: receive Tasks over its pipe, send steps and outcomes back."""
+    die_with_parent(parent_pid)
     os.environ.update(env)  # before torch: CUDA_VISIBLE_DEVICES and thread counts
     try:
         import torch
@@ -115,7 +138,7 @@ class LocalExecutor(Executor):
 
     def _spawn(self, slot: _Slot) -> None:
         parent, child = self._ctx.Pipe(duplex=True)
-        slot.proc = self._ctx.Process(target=_local_worker_main, args=(child, slot.env, self._threads),
+        slot.proc = self._ctx.Process(target=_local_worker_main, args=(child, slot.env, self._threads, os.getpid()),
                                       name=f"ssmscope-worker-{slot.index}", daemon=True)
         slot.proc.start()
         child.close()

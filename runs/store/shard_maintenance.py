@@ -1,0 +1,108 @@
+"""Moving bad shards aside and removing stale temporaries: the only two ways files leave a shard folder.
+
+Quarantine: ingest moves a shard it cannot load to `<shards>/.quarantine/<run_id>-<UTC time>/`
+with a REASON.txt, under the run's publish lock; the run then has no shard, so the next sweep
+reruns it. Stale temporaries: what writers killed mid-write left (`.tmp-<run_id>-<token>` and
+its `.lock`, `.old` swaps, and the `.tmp-*`/`.old-*` names of ssmscope before this protocol)
+are removed only by an explicit `ssmscope ingest --clean-stale`, and only when older than a
+given age (default STALE_AFTER_S) and not locked by a live writer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ssmscope.runs.store.filelock import is_held
+from ssmscope.runs.store.shards import QUARANTINE_DIR, TMP_PREFIX
+
+STALE_AFTER_S = 3600.0
+"""Default age (1 hour) after which an unlocked temporary counts as left by a dead writer."""
+LEGACY_TMP_PREFIXES = (".old-",)
+"""Temporary names of ssmscope before the writer-token protocol (no lock file)."""
+
+
+def quarantine(shard_root: Path, run_id: str, reason: str) -> Path:
+    """Move `<shards>/<run_id>` to `.quarantine/<run_id>-<UTC time>/` with REASON.txt; returns the new path.
+
+    The caller holds the run's publish lock. Raises OSError when the folder cannot be moved."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = Path(shard_root) / QUARANTINE_DIR / f"{run_id}-{stamp}"
+    target.parent.mkdir(exist_ok=True)
+    os.rename(Path(shard_root) / run_id, target)
+    (target / "REASON.txt").write_text(
+        f"run {run_id} was quarantined by ssmscope ingest at {stamp} on {platform.node()} (pid {os.getpid()}):\n"
+        f"{reason}\nIts run has no shard now, so the next `ssmscope sweep` of its spec runs it again.\n")
+    return target
+
+
+@dataclass(frozen=True)
+class Temporary:
+    """One writer's leftovers: the temporary folder (and its `.old` swap), and the lock file naming its writer."""
+
+    paths: tuple[Path, ...]
+    lock: Path | None
+
+    @property
+    def name(self) -> str:
+        return self.paths[0].name if self.paths else (self.lock.name if self.lock else "")
+
+    def age_s(self, now: float) -> float:
+        """Seconds since anything in it last changed."""
+        latest = 0.0
+        for path in (*self.paths, *([self.lock] if self.lock else [])):
+            try:
+                latest = max(latest, path.lstat().st_mtime)
+                if path.is_dir():
+                    latest = max([latest, *(p.lstat().st_mtime for p in path.iterdir())])
+            except FileNotFoundError:
+                continue
+        return now - latest
+
+
+def temporaries(shard_root: Path) -> list[Temporary]:
+    """Every writer's leftovers in a shard folder, grouped by writer token."""
+    root = Path(shard_root)
+    if not root.is_dir():
+        return []
+    groups: dict[str, list[Path]] = {}
+    for path in root.iterdir():
+        name = path.name
+        if name.startswith(TMP_PREFIX):
+            groups.setdefault(name.removesuffix(".lock").removesuffix(".old"), []).append(path)
+        elif name.startswith(LEGACY_TMP_PREFIXES):
+            groups.setdefault(name, []).append(path)
+    out = []
+    for base, paths in sorted(groups.items()):
+        lock = root / f"{base}.lock" if base.startswith(TMP_PREFIX) else None
+        out.append(Temporary(tuple(sorted(p for p in paths if p.suffix != ".lock")), lock))
+    return out
+
+
+def stale_temporaries(shard_root: Path, older_than_s: float = STALE_AFTER_S) -> list[Temporary]:
+    """Temporaries older than `older_than_s` whose writer holds no lock (it is gone)."""
+    now = time.time()
+    return [t for t in temporaries(shard_root)
+            if t.age_s(now) > older_than_s and not (t.lock is not None and is_held(t.lock))]
+
+
+def clean_stale(shard_root: Path, older_than_s: float = STALE_AFTER_S) -> list[str]:
+    """Remove stale temporaries (see `stale_temporaries`); returns their names. Live writers' files stay."""
+    removed = []
+    for temp in stale_temporaries(shard_root, older_than_s):
+        if temp.lock is not None and is_held(temp.lock):  # its writer came back to life between the checks
+            continue
+        for path in temp.paths:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if temp.lock is not None:
+            temp.lock.unlink(missing_ok=True)
+        removed.append(temp.name)
+    return removed
