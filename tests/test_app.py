@@ -283,8 +283,9 @@ def test_lr_transfer_plots_a_curve_per_width_marks_divergence_and_optima(app_sto
 
 def test_lr_transfer_explains_which_sweep_fills_an_empty_grid(app_store, monkeypatch, tmp_path):  # noqa: F811
     shards = tmp_path / "shards"
-    for shard in (app_store.parent / "shards").iterdir():
-        if shard.is_dir() and pq.read_table(shard / "runs.parquet", columns=["spec"])["spec"][0].as_py() == "app-coord":
+    for shard in (app_store.parent / f"{app_store.name}.shards").iterdir():  # the store's own shard folder
+        if shard.is_dir() and not shard.name.startswith(".") and \
+                pq.read_table(shard / "runs.parquet", columns=["spec"])["spec"][0].as_py() == "app-coord":
             shutil.copytree(shard, shards / shard.name)
     db = tmp_path / "coord-only.duckdb"
     ingest(db, shards)

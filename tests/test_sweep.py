@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from ssmscope.runs.cli.main import app
 from ssmscope.runs.store.db import counts, load_runs
+from ssmscope.runs.sweeps.executors import FAULTS_ENV
 from ssmscope.runs.sweeps.spec import load_spec, parse_spec
 from ssmscope.runs.sweeps.sweep import run_sweep
 from ssmscope.ssm import ConfigError
@@ -39,6 +41,11 @@ def _spec(tmp_path: Path, text: str = TINY, name: str = "tiny.toml") -> Path:
         ("seeds = [0]", "seeds = []", "grid.seeds"),
         ('discretizations = ["zoh"]', 'discretizations = ["rk4"]', "grid.discretizations[0]"),
         ("batch = 2", "batch = 2\nlearning_rate = 3", "train.learning_rate: unknown key"),
+        ("lrs = [0.01]", "lrs = [nan]", "grid.lrs[0]=nan; allowed: a finite number"),
+        ("lrs = [0.01]", "lrs = [0.01, inf]", "grid.lrs[1]=inf; allowed: a finite number"),
+        ("lrs = [0.01]", "lrs = [-0.01]", "grid.lrs[0]=-0.01; allowed: > 0"),
+        ("batch = 2", "batch = 2\ndt_max = inf", "train.dt_max=inf"),
+        ('presets = ["sp", "mup-ssm"]', 'presets = ["sp", "no-such-preset.toml"]', "grid.presets[1]"),
     ],
 )
 def test_bad_specs_name_the_key(tmp_path, old, new, key):
@@ -96,16 +103,76 @@ def test_diverging_run_is_recorded_and_sweep_completes(tmp_path):
     assert len(runs) == 8
 
 
-def test_failing_run_is_marked_failed_with_its_error(tmp_path):
-    bad = tmp_path / "broken.toml"
-    bad.write_text("[preset]\nname = 'broken'\n")  # no [roles]
-    text = TINY.replace('presets = ["sp", "mup-ssm"]', f'presets = ["sp", "{bad}"]')
+def test_failing_run_is_marked_failed_with_its_error(tmp_path, monkeypatch):
+    spec = load_spec(_spec(tmp_path))
+    sp_runs = [cfg.run_id for cfg in spec.runs if cfg.preset == "sp"]
+    monkeypatch.setenv(FAULTS_ENV, json.dumps(dict.fromkeys(sp_runs, "raise")))
     db = tmp_path / "store.duckdb"
-    report = run_sweep(load_spec(_spec(tmp_path, text)), db, device="cpu", retries=1)
-    assert report.statuses["failed"] == 2 and report.statuses["completed"] == 2
-    assert all("missing table [roles]" in err for err in report.failures.values())
+    report = run_sweep(spec, db, device="cpu", retries=1)
+    assert report.statuses["failed"] == 2 and report.statuses["completed"] == 2 and report.retried == 2
+    assert sorted(report.failures) == sorted(sp_runs)
+    assert all(err.startswith("RuntimeError: injected test fault (raise)") for err in report.failures.values())
     runs = load_runs(db)
     assert set(runs["status"]) == {"completed", "failed"}
+
+
+def _one_line_exit_2(args: list[str]) -> str:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.output.strip().count("\n") == 0, result.output
+    return result.output
+
+
+def test_a_broken_preset_file_is_rejected_before_any_run(tmp_path):
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[preset]\nname = 'broken'\n")  # no [roles]
+    spec = _spec(tmp_path, TINY.replace('presets = ["sp", "mup-ssm"]', f'presets = ["sp", "{bad}"]'))
+    db = tmp_path / "store" / "x.duckdb"
+    assert "missing table [roles]" in _one_line_exit_2(["sweep", str(spec), "--db", str(db)])
+    assert not db.parent.exists()  # nothing ran, nothing was created
+
+
+def test_widths_beyond_this_machines_memory_are_one_line_with_estimate_and_limit(tmp_path):
+    huge = _spec(tmp_path, TINY.replace("widths = [16, 32]", "widths = [1000000000]"))
+    db = tmp_path / "store" / "x.duckdb"
+    out = " ".join(_one_line_exit_2(["sweep", str(huge), "--db", str(db)]).split())
+    assert "N_u=1000000000" in out and "needs about" in out and "EiB" in out and "MemAvailable" in out
+    assert "--max-memory" in out and not db.parent.exists()
+    tiny = _spec(tmp_path)
+    out = " ".join(_one_line_exit_2(["sweep", str(tiny), "--db", str(db), "--max-memory", "1M"]).split())
+    assert "more than the 1 MiB a run may use (--max-memory)" in out
+    assert "allowed: auto, none" in _one_line_exit_2(["sweep", str(tiny), "--db", str(db), "--max-memory", "lots"])
+
+
+def test_the_memory_estimate_grows_with_width_and_fits_the_builtin_cpu_specs():
+    from ssmscope.runs.sweeps.memory import run_bytes
+
+    widths = [run_bytes(cfg) for cfg in sorted(load_spec("paper-figure").runs, key=lambda c: c.n_u)]
+    assert widths == sorted(widths) and widths[-1] > widths[0]
+    assert max(widths) < 4 * 2**30  # the CPU paper figure needs well under the 24 GiB of these machines
+    assert max(run_bytes(cfg) for cfg in load_spec("paper-figure-gpu").runs) < 40 * 2**30  # fits an H100
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_on_a_machine_without_it_is_rejected_before_any_run(tmp_path):
+    db = tmp_path / "store" / "x.duckdb"
+    out = _one_line_exit_2(["sweep", str(_spec(tmp_path)), "--db", str(db), "--device", "cuda"])
+    assert "no CUDA device is visible here" in out and not db.parent.exists()
+
+
+def test_a_spec_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(TINY.replace('name = "tiny"', 'name = "café"').encode("latin-1"))
+    out = _one_line_exit_2(["sweep", str(path), "--db", str(tmp_path / "x.duckdb")])
+    assert "not UTF-8" in out and "0xe9" in out
+
+
+def test_ingest_into_a_missing_folder_is_an_error_not_an_empty_store(tmp_path):
+    db = tmp_path / "nowhere" / "store.duckdb"
+    assert "does not exist" in _one_line_exit_2(["ingest", "--db", str(db)])
+    assert "no shard folder" in _one_line_exit_2(["ingest", "--db", str(tmp_path / "x.duckdb"), "--shards",
+                                                  str(tmp_path / "missing")])
+    assert not db.parent.exists() and not (tmp_path / "x.duckdb").exists()
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.Popen:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
@@ -19,19 +20,19 @@ WHERE_HELP = ("filter, repeatable: key=value, key=v1,v2, key!=v, n_u>=64, \"pres
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print one line for a user error and exit."""
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    """Print one line for a user error and exit (the message is text: its brackets are not markup)."""
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def warn(message: str) -> None:
     """Print one line about something the command worked around (it goes on)."""
-    err_console.print(f"[bold yellow]warning:[/bold yellow] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold yellow]warning:[/bold yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
     """Print one informational line (never wrapped)."""
-    console.print(message, highlight=False, soft_wrap=True)
+    console.print(escape(message), highlight=False, soft_wrap=True)
 
 
 @contextmanager

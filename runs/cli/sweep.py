@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from ssmscope.runs.cli.console import DB_HELP, console, db_path, fail, note, one_line_errors, warn
 
@@ -53,7 +54,7 @@ def sweep(
     from ssmscope.runs.cli.progress import RichSweepProgress
     from ssmscope.runs.sweeps.executors import EXECUTORS, ExecutorOptions, make_executor, require
     from ssmscope.runs.sweeps.memory import parse_size
-    from ssmscope.runs.sweeps.preflight import AUTO
+    from ssmscope.runs.sweeps.preflight import AUTO, check_plan
     from ssmscope.runs.sweeps.spec import load_spec
     from ssmscope.runs.sweeps.sweep import run_sweep
     from ssmscope.ssm import ConfigError
@@ -99,6 +100,7 @@ def sweep(
             workers=workers, address=address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task,
             partition=partition, time_min=time_min, cluster=cluster, array_parallelism=array_parallelism,
             slurm_params=params))
+        check_plan(s, device, executor, workers, memory)  # before anything is printed or created
     except ConfigError as exc:
         fail(str(exc))
     path = db_path(db)
@@ -116,9 +118,9 @@ def sweep(
     )
     for rid, errs in report.attempt_errors.items():  # attempts that failed and were retried
         for i, err in enumerate(errs[: len(errs) - (rid in report.failures)], 1):
-            console.print(f"  [yellow]retried[/yellow] {rid} after attempt {i}: {err}", highlight=False)
+            console.print(f"  [yellow]retried[/yellow] {rid} after attempt {i}: {escape(err)}", highlight=False)
     for rid, err in report.failures.items():
-        console.print(f"  [red]failed[/red] {rid}: {err}", highlight=False)
+        console.print(f"  [red]failed[/red] {rid}: {escape(err)}", highlight=False)
     if report.ingest_problems:
         warn(report.ingest_problems)
     if report.stopped_by:

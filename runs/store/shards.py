@@ -167,15 +167,20 @@ def check_folder_writable(shard_root: Path) -> None:
     """Create the shard folder and write, fsync and remove one small file in it: OSError (ENOSPC, EACCES,
     EROFS, ...) now, before a sweep trains, rather than when its first run finishes."""
     root = Path(shard_root)
-    root.mkdir(parents=True, exist_ok=True)
     probe = root / f"{TMP_PREFIX}write-check-{writer_token()}"
     try:
+        root.mkdir(parents=True, exist_ok=True)
         with open(probe, "wb") as f:
             f.write(b"ssmscope write check\n" * 64)
             f.flush()
             os.fsync(f.fileno())
+    except OSError as exc:  # name the folder, not the probe file
+        raise OSError(exc.errno, exc.strerror, str(root)) from None
     finally:
-        probe.unlink(missing_ok=True)
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def list_shards(shard_root: Path) -> list[Path]:

@@ -91,3 +91,11 @@ def check_memory(spec: SweepSpec, device: str, executor: str, workers: int | Non
             f"grid: the run N_u={worst.n_u}, N_x={worst.n_x} (batch {worst.batch}, seq_len {worst.seq_len}, "
             f"{worst.n_layers} layers) needs about {human(need)}, more than the {human(limit)} a run may use "
             f"({source}); use smaller widths, fewer --workers, or override with --max-memory SIZE (or none)")
+
+
+def check_plan(spec: SweepSpec, device: str, executor: str, workers: int | None,
+               max_memory: int | str | None = AUTO) -> None:
+    """Every check above, in order (presets, device, memory): a ConfigError for the first problem."""
+    check_presets(spec)
+    check_device(device, executor)
+    check_memory(spec, device, executor, workers, max_memory)

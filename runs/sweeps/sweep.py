@@ -52,7 +52,7 @@ from ssmscope.runs.sweeps.executors import (
     write_failed_shard,
 )
 from ssmscope.runs.sweeps.live_ingest import LIVE_EVERY, LIVE_INTERVAL_S, LiveIngest
-from ssmscope.runs.sweeps.preflight import AUTO, check_device, check_memory, check_presets
+from ssmscope.runs.sweeps.preflight import AUTO, check_plan
 from ssmscope.runs.sweeps.record import now_iso
 from ssmscope.runs.sweeps.signals import stop_signals
 from ssmscope.runs.sweeps.spec import RunConfig, SweepSpec
@@ -135,9 +135,7 @@ def run_sweep(spec: SweepSpec, db_path: Path, *, device: str = "auto", workers: 
     db_path = Path(db_path)
     name = executor if isinstance(executor, str) else executor.name
     n_workers = workers if workers is not None or isinstance(executor, str) else getattr(executor, "workers", None)
-    check_presets(spec)
-    check_device(device, name)
-    check_memory(spec, device, name, n_workers, max_memory)
+    check_plan(spec, device, name, n_workers, max_memory)
     root, migration = _prepare_storage(db_path, shard_root, lock_wait_s, tell)
     if isinstance(executor, str):
         opts = replace(options or ExecutorOptions(), **({"workers": workers} if workers is not None else {}))
