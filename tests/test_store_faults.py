@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +182,60 @@ def test_a_failed_write_leaves_nothing_and_keeps_the_published_shard(clean, tmp_
     assert caught.value.errno == errno.ENOSPC
     assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]  # its temporary and lock are gone
     assert {f.name: f.read_bytes() for f in (folder / run_id).iterdir()} == before  # the published shard stands
+
+
+def test_without_locks_a_shard_swapped_while_read_is_read_again(clean, tmp_path, monkeypatch):
+    """On a filesystem without locks, a retried run's writer may swap its shard mid-read: ingest notices the
+    run row changed under it and reads again, loading the new shard whole (never a mix)."""
+    folder = copy_shards(clean, tmp_path / "shards")
+    run_id = next(iter(clean.per_run))
+    row = pq.read_table(folder / run_id / "runs.parquet").to_pylist()[0]
+    losses = pq.read_table(folder / run_id / "losses.parquet").to_pylist()
+
+    @contextmanager
+    def no_locks(*args, **kw):
+        yield False
+
+    real, reads = ingest_module.read_shard, []
+
+    def swapped_after_first_read(shard):
+        tables = real(shard)
+        reads.append(shard.name)
+        if shard.name == run_id and reads.count(run_id) == 1:  # the writer of a retry publishes right now
+            write_shard(folder, {**row, "finished_at": "retried"}, [], losses[:1])
+        return tables
+
+    monkeypatch.setattr(ingest_module, "publish_lock", no_locks)
+    monkeypatch.setattr(ingest_module, "read_shard", swapped_after_first_read)
+    db = tmp_path / "store.duckdb"
+    report = ingest(db, folder)
+    assert len(report.loaded) == 4 and reads.count(run_id) == 2
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT finished_at FROM runs WHERE run_id = ?", [run_id]).fetchone() == ("retried",)
+        assert con.execute("SELECT count(*) FROM probes WHERE run_id = ?", [run_id]).fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM losses WHERE run_id = ?", [run_id]).fetchone() == (1,)
+    finally:
+        con.close()
+
+
+def test_older_shards_load_and_newer_ones_are_left_in_place(clean, tmp_path):
+    folder = copy_shards(clean, tmp_path / "shards")
+    old, new = sorted(clean.per_run)[:2]
+    runs = pq.read_table(folder / old / "runs.parquet")
+    pq.write_table(runs.drop_columns(["hostname"]), folder / old / "runs.parquet")  # before a column existed
+    probes = pq.read_table(folder / new / "probes.parquet")
+    pq.write_table(probes.append_column("from_the_future", probes.column("step")), folder / new / "probes.parquet")
+    db = tmp_path / "store.duckdb"
+    report = ingest(db, folder)
+    assert sorted(report.loaded) == sorted(r for r in clean.per_run if r != new) and not report.quarantined
+    assert list(report.newer) == [new] and "from_the_future" in report.newer[new] and (folder / new).is_dir()
+    assert counts(db) == clean.without(new)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT hostname FROM runs WHERE run_id = ?", [old]).fetchone() == (None,)
+    finally:
+        con.close()
 
 
 @pytest.mark.slow

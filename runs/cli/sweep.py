@@ -123,12 +123,14 @@ def sweep(
         console.print(f"  [red]failed[/red] {rid}: {escape(err)}", highlight=False)
     if report.ingest_problems:
         warn(report.ingest_problems)
-    if report.stopped_by:
-        fail(f"{report.stopped_by} (stopped scheduling; finished runs are stored, rerun the same command to resume)")
     if report.interrupted:
         if report.ingest_error:
             warn(report.ingest_error)
         console.print("[yellow]interrupted[/yellow]: finished runs are stored; rerun the same command to resume")
         raise typer.Exit(report.exit_code)
+    if report.stopped_by:
+        if report.ingest_error:
+            warn(report.ingest_error)
+        fail(f"{report.stopped_by} (stopped scheduling; finished runs are stored, rerun the same command to resume)")
     if report.ingest_error:
         fail(report.ingest_error)

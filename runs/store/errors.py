@@ -49,15 +49,14 @@ CAUSES = (
           "free space within the quota, or use another folder (--db / --shards), then rerun"),
     Cause(errno.EROFS, "Read-only file system", "the filesystem is mounted read-only",
           "use a folder on a writable filesystem (--db / --shards)"),
-    Cause(errno.EACCES, "Permission denied", "this user may not write there",
-          "give this user write access to the folder (chmod / chown), or use another one (--db / --shards)"),
+    Cause(errno.EACCES, "Permission denied", "this user lacks the permission",
+          "give this user access to the folder (chmod / chown), or use another one (--db / --shards)"),
     Cause(errno.EPERM, "Operation not permitted", "the operation is not permitted there",
-          "give this user write access to the folder, or use another one (--db / --shards)"),
+          "give this user access to the folder, or use another one (--db / --shards)"),
     Cause(errno.EIO, "Input/output error", "the disk reported an I/O error",
           "check the disk or the network mount, then rerun"),
 )
 """The storage faults recognised, each with its fix."""
-STORAGE_ERRNOS = frozenset(c.errno for c in CAUSES)
 FOLDER_WIDE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 """Faults that hit every later write to the same folder, not one file: a sweep stops scheduling on them."""
 

@@ -40,6 +40,8 @@ from ssmscope.runs.store.shards import (
 
 HOLD_S = 2.0
 """Longest stretch one ingest holds the store before closing it for a moment (readers get in)."""
+UNLOCKED_READS, UNLOCKED_RETRY_S = 3, 0.2
+"""Reads of a shard, and the pause between them, where the filesystem has no locks (see `_read_unlocked`)."""
 
 
 @dataclass
@@ -161,10 +163,10 @@ def _ingest_one(store: _Store, root: Path, shard: Path, report: IngestReport) ->
     run_id = shard.name
     store.open()
     try:
-        with publish_lock(root, run_id):
+        with publish_lock(root, run_id) as locked:
             if not shard.is_dir():  # moved or replaced since listed: another ingest's business
                 return
-            tables = _read_if_new(store, shard, report)
+            tables = _read_if_new(store, shard, report, locked)
     except TimeoutError:
         report.busy.append(run_id)
         return
@@ -177,17 +179,32 @@ def _ingest_one(store: _Store, root: Path, shard: Path, report: IngestReport) ->
         _insert(store, run_id, tables, report)
 
 
-def _read_if_new(store: _Store, shard: Path, report: IngestReport) -> ShardTables | None:
+def _read_if_new(store: _Store, shard: Path, report: IngestReport, locked: bool) -> ShardTables | None:
     """The shard's tables when the store lacks them; None when skipped or quarantined (caller holds the lock)."""
     try:
         row = read_run_row(shard)
         if store.known.get(shard.name) == row["finished_at"] and row["finished_at"] is not None:
             report.skipped += 1
             return None
-        return read_shard(shard)
+        return read_shard(shard) if locked else _read_unlocked(shard)
     except BadShard as exc:
         _set_aside(shard, str(exc), report)
         return None
+
+
+def _read_unlocked(shard: Path) -> ShardTables:
+    """Without a publish lock (a filesystem without locks), a retried run's writer may swap the shard while it
+    is read: read it again until its run row is the same before and after (or it stays bad)."""
+    for attempt in range(UNLOCKED_READS):
+        try:
+            tables = read_shard(shard)
+            if read_run_row(shard)["finished_at"] == tables.runs.column("finished_at")[0].as_py():
+                return tables
+        except BadShard:
+            if attempt == UNLOCKED_READS - 1:
+                raise
+        time.sleep(UNLOCKED_RETRY_S)
+    raise BadShard(f"changed while being read, {UNLOCKED_READS} times")
 
 
 def _set_aside(shard: Path, reason: str, report: IngestReport) -> None:
