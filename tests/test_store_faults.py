@@ -443,9 +443,12 @@ def test_a_full_store_disk_is_one_line_and_ingest_finishes_once_space_is_freed(c
         subprocess.run(["umount", "-l", str(small)], check=False)
 
 
-def _nobody() -> list[str] | None:
-    """A command prefix that runs as the unprivileged user nobody, or None where that is impossible."""
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
+def _unprivileged() -> list[str] | None:
+    """A command prefix that runs without the power to ignore file modes: none for a non-root user, setpriv to
+    the user nobody for root; None where neither works (root without setpriv, or a venv nobody cannot read)."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
         return None
     prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
     done = subprocess.run([*prefix, sys.executable, "-c", "import ssmscope.runs.store.db"], capture_output=True,
@@ -454,29 +457,30 @@ def _nobody() -> list[str] | None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_nobody() is None, reason="needs root, setpriv and a venv the user nobody can read")
+@pytest.mark.skipif(_unprivileged() is None, reason="as root, needs setpriv and a venv the user nobody can read")
 def test_read_only_folders_fail_before_training_in_one_line(clean, tmp_path):
-    """As nobody: a store in a folder nobody may write (its write-ahead log cannot be created) and a shard
-    folder nobody may write each stop the sweep before any run, and ingest alike."""
+    """Run unprivileged (as nobody when we are root): a store in a folder it may not write (the write-ahead log
+    cannot be created) and a shard folder it may not write each stop the sweep before any run, and ingest alike."""
     base = Path(tempfile.mkdtemp(prefix="ssmscope-ro-"))
+    locked_dir, shards = base / "locked", base / "shards"
     try:
         os.chmod(base, 0o755)
-        locked_dir = base / "root-owned"
         locked_dir.mkdir()
         db = locked_dir / "store.duckdb"
-        ingest(db, copy_shards(clean, base / "shards", half_ids()))
+        ingest(db, copy_shards(clean, shards, half_ids()))
         os.chmod(db, 0o666)  # the file is writable, its folder is not
+        for folder in (locked_dir, shards):  # root-owned 755 for nobody; read-only for ourselves otherwise
+            os.chmod(folder, 0o755 if os.geteuid() == 0 else 0o555)
         open_dir = base / "open"
-        open_dir.mkdir(mode=0o777)
+        open_dir.mkdir()
         os.chmod(open_dir, 0o777)
         spec = base / "tiny.toml"
         spec.write_text(TINY)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(open_dir)}
-        cli = [*_nobody(), sys.executable, "-m", "ssmscope.runs.cli.main"]
+        cli = [*_unprivileged(), sys.executable, "-m", "ssmscope.runs.cli.main"]
         cases = [
             (["sweep", str(spec), "--db", str(db), "--shards", str(open_dir / "shards")], f"{db}.wal"),
-            (["sweep", str(spec), "--db", str(open_dir / "s.duckdb"), "--shards", str(base / "shards")],
-             str(base / "shards")),
+            (["sweep", str(spec), "--db", str(open_dir / "s.duckdb"), "--shards", str(shards)], str(shards)),
             (["ingest", "--db", str(db), "--shards", str(copy_shards(clean, base / "all"))], f"{db}.wal"),
         ]
         for args, named in cases:
@@ -486,6 +490,9 @@ def test_read_only_folders_fail_before_training_in_one_line(clean, tmp_path):
         assert not list((open_dir / "shards").glob("[0-9a-f]*"))  # nothing trained
         assert counts(db) == clean.only(*half_ids())
     finally:
+        for folder in (locked_dir, shards):
+            if folder.exists():
+                os.chmod(folder, 0o755)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -24,6 +24,8 @@ LIVE_WAIT_S = 2.0
 
 
 class LiveIngest:
+    """A sweep's ingests while it runs: told each final outcome (`finished`), asked after each poll (`tick`)."""
+
     def __init__(self, db_path: Path, shard_root: Path, every: int = LIVE_EVERY,
                  interval_s: float = LIVE_INTERVAL_S, wait_s: float = LIVE_WAIT_S):
         self.db_path, self.shard_root = db_path, shard_root
@@ -31,7 +33,6 @@ class LiveIngest:
         self.pending: list[str] = []
         self.last = time.monotonic()
         self.rounds = 0
-        self.skipped_rounds = 0
         self.reports: list[IngestReport] = []
         self.error: str | None = None
 
@@ -48,8 +49,7 @@ class LiveIngest:
         self.last = time.monotonic()
         try:
             report = ingest(self.db_path, self.shard_root, run_ids=self.pending, wait_s=self.wait_s)
-        except StoreLocked:
-            self.skipped_rounds += 1
+        except StoreLocked:  # a reader or another ingest has the store: these runs wait for the next round
             return
         except StoreError as exc:  # e.g. the store's disk is full: keep training, the shards are kept
             self.error = str(exc)
