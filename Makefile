@@ -9,16 +9,20 @@ TORCH ?= torch==2.13.0
 
 setup: $(VENV)/.installed
 
+# setuptools prints an information-only note ("Editable installation … be careful with folders named like
+# your package") on every editable install of a package-dir layout like ours (ssmscope.* ← ssm/, runs/, …);
+# tests/test_architecture.py checks that nothing shadows the namespace, so the note is filtered here.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[dev]"
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q "$(TORCH)" -e ".[dev]"
 	touch $@
 
-# The main job: a smoke sweep into the default store, its slope table, then the dashboard on it.
+# The main job: a smoke sweep into the default store, its slope table in the terminal, then the dashboard
+# on it (served on http://127.0.0.1:8501 until Ctrl-C).
 demo: setup
 	$(BIN)/ssmscope sweep smoke --workers 2
-	$(BIN)/ssmscope slopes --format md
+	$(BIN)/ssmscope slopes --format table
 	$(BIN)/ssmscope app
 
 test: setup

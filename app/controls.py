@@ -22,19 +22,25 @@ CONVENTION_HELP = ("How a probed tensor becomes one number (docs/store.md): RMS 
                    "Exponents differ between conventions; the y axes say which one is shown.")
 
 
+ALL_SWEEPS = "*"
+"""The "all sweeps" choice (a real value, not None: a selectbox showing None shows its placeholder)."""
+
+
 def sweep_select(state: UrlState, runs: pl.DataFrame, *, where: Any = st.sidebar,
                  allow_all: bool = False) -> str | None:
-    """The sweep (spec) to show, most runs first; None = all sweeps (when allowed)."""
+    """The sweep (spec) to show, most runs first; None = all sweeps (when allowed). Shared between pages."""
     n = dict(runs.group_by("spec").len().iter_rows())
     specs = sorted(n, key=lambda s: (-n[s], str(s)))
-    options: list[Any] = ([None] if allow_all else []) + specs
+    options: list[Any] = ([ALL_SWEEPS] if allow_all else []) + specs
 
-    def fmt(s: str | None) -> str:
-        return f"all sweeps ({runs.height} runs)" if s is None else f"{s or '(unnamed)'} ({n[s]} runs)"
+    def fmt(s: str) -> str:
+        return f"all sweeps ({runs.height} runs)" if s == ALL_SWEEPS else f"{s or '(unnamed)'} ({n[s]} runs)"
 
-    return state.select("Sweep", "sweep", options, format_func=fmt, url_format=lambda s: "" if s is None else s,
-                        where=where, help="The spec a run came from (`ssmscope sweep SPEC`). Runs of different "
-                        "sweeps are never fitted together.")
+    chosen = state.select("Sweep", "sweep", options, format_func=fmt,
+                          url_format=lambda s: "" if s == ALL_SWEEPS else s, where=where, share="sweep",
+                          help="The spec a run came from (`ssmscope sweep SPEC`). Runs of different "
+                          "sweeps are never fitted together.")
+    return None if chosen == ALL_SWEEPS else chosen
 
 
 def config_select(state: UrlState, runs: pl.DataFrame, *, where: Any = st.sidebar,
@@ -84,10 +90,10 @@ def step_select(state: UrlState, steps: Sequence[int], *, where: Any = st.sideba
 
 
 def multi_filter(state: UrlState, label: str, name: str, values: Sequence[Any], *, order: Sequence[Any] = (),
-                 where: Any = st.sidebar, fmt: Any = str) -> list[Any]:
-    """A multiselect over the distinct values of a run column, all selected by default."""
+                 where: Any = st.sidebar, fmt: Any = str, share: str | None = None) -> list[Any]:
+    """A multiselect over the distinct values of a run column, all selected by default (`share`: across pages)."""
     from ssmscope.app.frames import ordered
 
     options = ordered(values, order)
-    return state.multiselect(label, name, options, options, format_func=fmt,
+    return state.multiselect(label, name, options, options, format_func=fmt, share=share,
                              url_format=lambda v: f"{v:g}" if isinstance(v, float) else str(v), where=where)

@@ -6,12 +6,18 @@ DuckDB file and its WAL): a new ingest changes the version, so the next rerun re
 The app deliberately holds no open connection between reruns: DuckDB lets no writer in while a
 reader holds the file, and a dashboard left open must not block `ssmscope sweep` from ingesting.
 
+While a sweep ingests, a read can find the file locked. `store_problem` retries for about a second
+(LOCK_RETRIES × LOCK_WAIT_S); if the lock stays, app/main.py keeps showing the last version it read
+(its cached frames need no file access) and says "updating…" instead of an error.
+
 A store that is missing, locked by a writer, of another schema version or empty is reported by
 `store_problem` as a message with the command that fixes it; pages never see a traceback for it.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,15 +26,19 @@ import duckdb
 import polars as pl
 import streamlit as st
 
-from ssmscope.runs.analysis import transfer
-from ssmscope.runs.analysis.slopes import fit_slopes, paper_slopes
+from ssmscope.runs.analysis import export, transfer
+from ssmscope.runs.analysis.slope_tables import slope_table
 from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT
 from ssmscope.runs.store import db as store
 from ssmscope.runs.store import queries
 
 DB_STATE_KEY = "ssmscope_db"
-"""session_state key under which app/main.py leaves the store path for the pages."""
-"""Bootstrap resamples for the slopes the pages show (as `ssmscope slopes`)."""
+"""session_state key of the store path (set from --db at start-up, changed by the store picker)."""
+STORE_KEY = "ssmscope_store"
+"""session_state key under which app/main.py leaves the Store (path and version) this run shows."""
+LOCK_RETRIES = 5
+LOCK_WAIT_S = 0.2
+"""A read that finds the store locked by a writer is retried LOCK_RETRIES times, LOCK_WAIT_S apart."""
 FIRST_SWEEP = "ssmscope sweep smoke --db {db}"
 """The command that fills an empty store (~30 s on a laptop CPU)."""
 
@@ -52,10 +62,21 @@ def version_of(path: Path) -> tuple:
     return tuple(parts)
 
 
-def current_store() -> Store:
-    """The store chosen at start-up (app/main.py), with its version now."""
-    path = Path(st.session_state.get(DB_STATE_KEY) or store.default_db_path())
+def store_path() -> Path:
+    """The store the session looks at: the picker's choice, else --db, else the default."""
+    return Path(st.session_state.get(DB_STATE_KEY) or store.default_db_path())
+
+
+def store_now() -> Store:
+    """The session's store with its version as of now (a stat of the files, no DuckDB access)."""
+    path = store_path()
     return Store(str(path), version_of(path))
+
+
+def current_store() -> Store:
+    """The store this run shows: what app/main.py chose (the last readable version while a sweep writes)."""
+    chosen = st.session_state.get(STORE_KEY)
+    return chosen if isinstance(chosen, Store) and chosen.path == str(store_path()) else store_now()
 
 
 # --- health ------------------------------------------------------------------------------------
@@ -66,6 +87,7 @@ class Problem:
     title: str
     message: str
     command: str | None = None
+    locked: bool = False  # a writer holds the store: it passes when the sweep's ingest does
 
 
 def problem_from_error(exc: BaseException, path: str) -> Problem:
@@ -74,18 +96,39 @@ def problem_from_error(exc: BaseException, path: str) -> Problem:
         text = str(exc)
         if text.startswith("no store at"):
             return Problem("No store yet", text, FIRST_SWEEP.format(db=path))
-        if "being written" in text:
-            return Problem("The store is being written", text)
+        if is_locked(exc):
+            return Problem("The store is being written", text, locked=True)
         if "schema version" in text:
             return Problem("Old store", text, f"ssmscope ingest --db {path}")
         return Problem("Not an ssmscope store", text)
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if is_locked(exc):
+        return Problem("The store is being written", f"the store {path} is being written by another process "
+                       "(a sweep or ingest); try again when it finishes", locked=True)
     return Problem("Cannot read the store", f"cannot read the store {path}: {first}")
+
+
+def is_locked(exc: BaseException) -> bool:
+    """True for the error of a read that found the store held by a writer (a sweep ingesting)."""
+    text = str(exc).lower()
+    return "being written" in text or "could not set lock" in text or "conflicting lock" in text
+
+
+def retry_locked(read: Callable[[], Any], retries: int = LOCK_RETRIES, wait: float = LOCK_WAIT_S) -> Any:
+    """read(), tried again while the store is locked by a writer; the last error if it stays locked."""
+    for attempt in range(retries + 1):
+        try:
+            return read()
+        except (store.StoreError, duckdb.Error) as exc:
+            if not is_locked(exc) or attempt == retries:
+                raise
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _counts(db: Store) -> dict[str, int]:
-    return store.counts(Path(db.path))
+    return retry_locked(lambda: store.counts(Path(db.path)))
 
 
 def store_problem(db: Store) -> Problem | None:
@@ -188,24 +231,34 @@ def _axis_frame(frame: pl.DataFrame, design: str, fixed: int | None) -> pl.DataF
 def slopes(db: Store, sweep: str | None, sel: Where = (), *, convention: str = "rms", design: str = "joint",
            fixed: int | None = None, step: int | str | None = "last", layers: str = "each",
            include_failed: bool = False, n_boot: int = DEFAULT_N_BOOT) -> pl.DataFrame:
-    """ssmscope.runs.analysis.slopes.fit_slopes over the selected runs of a sweep (every cell; one width axis)."""
+    """Every cell's slope over the selected runs of a sweep (one width axis), with its linear-response regime
+    and the trend of its running exponents: `ssmscope slopes --table full` (runs.analysis.slope_tables)."""
     frame = _axis_frame(apply(probe_frame(db, sweep), sel), design, fixed)
     if frame.is_empty():
         return pl.DataFrame()
-    return fit_slopes(frame, convention=convention, design=design, layers=layers, step=step, n_boot=n_boot,
-                      include_failed=include_failed)
+    return slope_table(frame, table="full", convention=convention, design=design, layers=layers, step=step,
+                       n_boot=n_boot, include_failed=include_failed)
 
 
 @st.cache_data(show_spinner="Fitting the paper's table…", max_entries=32)
 def paper(db: Store, sweep: str | None, sel: Where = (), *, convention: str = "rms", design: str = "joint",
           layers: str = "mean", step: int | str | None = "last", include_failed: bool = False,
           n_boot: int = DEFAULT_N_BOOT) -> pl.DataFrame:
-    """ssmscope.runs.analysis.slopes.paper_slopes over the selected runs (the rows behind the paper's table)."""
+    """The rows behind the paper's table over the selected runs, with regime and trend, as `ssmscope slopes`
+    computes them (runs.analysis.slope_tables)."""
     frame = apply(probe_frame(db, sweep), sel)
     if frame.is_empty():
         return pl.DataFrame()
-    return paper_slopes(frame, convention=convention, design=design, layers=layers, step=step, n_boot=n_boot,
-                        include_failed=include_failed)
+    return slope_table(frame, table="paper", convention=convention, design=design, layers=layers, step=step,
+                       n_boot=n_boot, include_failed=include_failed)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def coincidence_notes(db: Store, sweep: str | None, sel: Where = (), *, design: str = "joint") -> list[str]:
+    """Notes on presets that are one parameterization for the selection (as `ssmscope slopes` captions them)."""
+    frame = apply(probe_frame(db, sweep), sel)
+    return export.coincidence_notes(frame.select("preset", "discretization", "optimizer", "n_u", "n_x").unique(),
+                                    design)
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,19 @@ static PNG/SVG (needs kaleido and a Chromium; `static_export_problem` says what 
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import plotly.graph_objects as go
+import plotly.io as pio
 import polars as pl
 from plotly.subplots import make_subplots
 
 from ssmscope.app.frames import Row
+from ssmscope.runs.analysis.export import exponent_text, verdict_text
 from ssmscope.runs.analysis.norms import norm_label
 
 LAYER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -48,7 +53,7 @@ def _frac(value: float) -> str:
 
 
 def slope_text(rec: dict | None) -> str:
-    """One slope as hover text: s = +0.51 [0.44, 0.58] · predicted +0.50 · flat, agrees."""
+    """One slope as hover text: s = +0.51 [0.44, 0.58] · predicted +½ · grows, as predicted."""
     if rec is None:
         return "slope: not fitted"
     if rec.get("status") != "ok":
@@ -56,11 +61,17 @@ def slope_text(rec: dict | None) -> str:
     ci = ""
     if rec.get("ci_low") is not None and rec.get("ci_high") is not None:
         ci = f" [{rec['ci_low']:.2f}, {rec['ci_high']:.2f}]"
-    pred = f" · predicted {_signed(rec['predicted'])}" if rec.get("predicted") is not None else " · no prediction"
-    return f"slope s = {_signed(rec['estimate'])}{ci}{pred} · {rec['verdict']}, {rec['agreement']}"
+    pred = (f" · predicted {exponent_text(rec['predicted'], rec.get('log_x'))}" if rec.get("predicted") is not None
+            else "")
+    words = verdict_text(rec.get("verdict"), rec.get("agreement"), rec.get("predicted"), rec.get("log_x"))
+    return f"slope s = {_signed(rec['estimate'])}{ci}{pred} · {words}"
 
 
 # --- the coordinate check ----------------------------------------------------------------------
+Y_RANGES = ("panel", "row")
+"""y axis per panel (each panel its own range) or per row (one range across a row, for comparing levels)."""
+
+
 class _Panels:
     """Traces and annotations of a subplot grid, collected as plain dicts.
 
@@ -82,28 +93,108 @@ class _Panels:
         x, y = self.axes(row, col)
         self.traces.append({"type": "scatter", **trace, "xaxis": x, "yaxis": y})
 
-    def note(self, row: int, col: int, text: str) -> None:
-        """Text in the top-left corner of subplot (row, col)."""
+    def corner(self, row: int, col: int, lines: Sequence[str]) -> None:
+        """Short lines, one under the other, in the top-left corner of subplot (row, col).
+
+        One line per layer ("L0 +0.05") keeps the label about 60 px wide whatever the number of layers,
+        so it stays inside its panel down to six panels across a 1280 px window.
+        """
         x, y = self.axes(row, col)
-        self.annotations.append(dict(text=text, xref=f"{x} domain", yref=f"{y} domain", x=0.02, y=0.98,
-                                     xanchor="left", yanchor="top", showarrow=False, font=dict(size=10),
-                                     bgcolor="rgba(255,255,255,0.7)"))
+        self.annotations.append(dict(text="<br>".join(lines), xref=f"{x} domain", yref=f"{y} domain", x=0.01, y=0.99,
+                                     xanchor="left", yanchor="top", align="left", showarrow=False,
+                                     font=dict(size=9), bgcolor="rgba(255,255,255,0.75)", borderpad=1,
+                                     name="slopes"))
+
+
+@dataclass(frozen=True)
+class _Span:
+    """The y extent of one panel: where the data lies, and where ✕ / ▼ markers sit above and below it."""
+
+    lo: float
+    hi: float
+
+    @property
+    def size(self) -> float:
+        return max(self.hi - self.lo, 1.0)
+
+    @property
+    def top(self) -> float:
+        return self.hi + 0.12 * self.size
+
+    @property
+    def bottom(self) -> float:
+        return self.lo - 0.12 * self.size
+
+    @property
+    def range(self) -> list[float]:
+        return [self.bottom - 0.05 * self.size, self.top + 0.08 * self.size]
+
+
+def _span(values: pl.Series) -> _Span:
+    finite = values.filter(values.is_finite())
+    return _Span(float(finite.min()), float(finite.max())) if len(finite) else _Span(0.0, 1.0)
+
+
+@functools.cache
+def _grid_json(n_rows: int, n_cols: int, per_row: bool, titles: tuple[str, ...]) -> str:
+    """The layout of a subplot grid as JSON (make_subplots validates every axis: ~0.5 s, so it is built once)."""
+    grid = make_subplots(rows=n_rows, cols=n_cols, shared_xaxes=True, shared_yaxes=per_row,
+                         column_titles=list(titles) or None,
+                         horizontal_spacing=(0.03 if per_row else 0.045) if n_cols > 1 else 0.1,
+                         vertical_spacing=min(0.06, 0.3 / n_rows))
+    return json.dumps(grid.layout.to_plotly_json())
+
+
+@functools.cache
+def _template_json() -> str:
+    return json.dumps(pio.templates["plotly_white"].to_plotly_json())
+
+
+def _axis(kind: str, row: int, col: int, n_cols: int) -> str:
+    """Layout key of the x or y axis of subplot (row, col): xaxis, xaxis2, …"""
+    n = (row - 1) * n_cols + col
+    return f"{kind}axis" if n == 1 else f"{kind}axis{n}"
+
+
+def _grid_layout(n_rows: int, n_cols: int, per_row: bool, titles: Sequence[str], *, x_range: list[float],
+                 widths: list[tuple[float, int]], x_title: str, y_titles: Sequence[str],
+                 y_ranges: dict[tuple[int, int], list[float]]) -> dict:
+    """A plain-dict layout for an n_rows × n_cols grid: axis ranges, ticks and titles set without plotly's
+    per-call validation (which costs about a second for a 6 × 4 grid)."""
+    layout = json.loads(_grid_json(n_rows, n_cols, per_row, tuple(titles)))
+    for i in range(1, n_rows + 1):
+        for j in range(1, n_cols + 1):
+            xa = layout.setdefault(_axis("x", i, j, n_cols), {})
+            xa.update(range=x_range, zeroline=False, tickvals=[lw for lw, _ in widths],
+                      ticktext=[f"{lw:g} ({w})" for lw, w in widths])
+            if i == n_rows:
+                xa["title"] = {"text": x_title}
+            ya = layout.setdefault(_axis("y", i, j, n_cols), {})
+            if (i, j) in y_ranges and not (per_row and j > 1):  # per row: the others match the first
+                ya["range"] = y_ranges[(i, j)]
+        layout[_axis("y", i, 1, n_cols)]["title"] = {"text": y_titles[i - 1], "font": {"size": 10}}
+    layout["template"] = json.loads(_template_json())
+    return layout
 
 
 def coord_figure(points: pl.DataFrame, bands: pl.DataFrame, flags: pl.DataFrame, slopes: pl.DataFrame, *,
-                 rows: Sequence[Row], panels: Sequence[str], convention: str, x_title: str, step: int,
-                 show_refs: bool = True, show_seeds: bool = True, title: str | None = None) -> go.Figure:
+                 rows: Sequence[Row], panels: Sequence[str], convention: str, x_title: str, step: int | str,
+                 show_refs: bool = True, show_seeds: bool = True, title: str | None = None,
+                 y_range: str = "panel", hover_runs: bool = False, fit_lines: bool = False,
+                 pred_lines: bool = False) -> go.Figure:
     """The paper's figure: log2‖·‖ against log2 width, rows = probed quantities, columns = panels.
 
     Colour = layer (legend in layer order); line = mean over seeds, band = min–max over seeds; small
-    markers = single runs (hover: run id and config); ✕ at the top of a panel = a diverged or failed
-    run at that width, ▼ at the bottom = a zero or non-finite norm; dashed grey = reference slopes.
-    The fitted slope of each (panel, row, layer) is in the hover and in the panel's corner.
+    markers = single runs (hovered only when `hover_runs`: by default the hover reads the mean); ✕ at the
+    top of a panel = a diverged or failed run at that width, ▼ at the bottom = a zero or non-finite norm;
+    dashed grey = reference slopes. `fit_lines`: the fitted line a + s·log2 width of each layer (dotted);
+    `pred_lines`: a line of the predicted slope through the layer's mean point (dash-dot). Each layer's
+    fitted slope is in the hover and in the panel's corner. `y_range`: "panel" (each its own) or "row".
     """
+    if y_range not in Y_RANGES:
+        raise ValueError(f"y_range={y_range!r}; allowed: {', '.join(Y_RANGES)}")
+    per_row = y_range == "row"
     n_rows, n_cols = max(len(rows), 1), max(len(panels), 1)
-    grid = make_subplots(rows=n_rows, cols=n_cols, shared_xaxes=True, shared_yaxes=True,
-                         column_titles=list(panels), horizontal_spacing=0.03 if n_cols > 1 else 0.1,
-                         vertical_spacing=min(0.06, 0.3 / n_rows))
     out = _Panels(n_cols)
     layers = sorted(points["layer"].unique().to_list()) if not points.is_empty() else []
     legend_done: set[str] = set()
@@ -111,27 +202,24 @@ def coord_figure(points: pl.DataFrame, bands: pl.DataFrame, flags: pl.DataFrame,
     x_all = points["log2_width"].unique().to_list() if not points.is_empty() else [0.0, 1.0]
     x_lo, x_hi = min(x_all), max(x_all)
     pad = max(0.25, 0.05 * (x_hi - x_lo))
-    y_ranges = []
     keys = ["panel", "site", "quantity", "layer"]
     band_parts = bands.partition_by(keys, as_dict=True) if not bands.is_empty() else {}
     seed_parts = (points.filter(pl.col("finite")).partition_by(keys, as_dict=True)
                   if show_seeds and not points.is_empty() else {})
     empty_band, empty_seeds = bands.clear(), points.clear()
+    spans: dict[tuple[int, int], _Span] = {}
 
     for i, row in enumerate(rows, start=1):
         row_pts = points.filter((pl.col("site") == row.site) & (pl.col("quantity") == row.quantity))
         row_bands = bands.filter((pl.col("site") == row.site) & (pl.col("quantity") == row.quantity))
-        finite = row_pts.filter(pl.col("finite"))["log2_norm"]
-        y_lo = float(finite.min()) if len(finite) else 0.0
-        y_hi = float(finite.max()) if len(finite) else 1.0
-        span = max(y_hi - y_lo, 1.0)
-        top, bottom = y_hi + 0.12 * span, y_lo - 0.12 * span
-        y_ranges.append([bottom - 0.05 * span, top + 0.08 * span])
+        row_span = _span(row_pts["log2_norm"])
         for j, panel in enumerate(panels, start=1):
+            span = row_span if per_row else _span(row_pts.filter(pl.col("panel") == panel)["log2_norm"])
+            spans[(i, j)] = span
             pb = row_bands.filter(pl.col("panel") == panel)
             if show_refs and not pb.is_empty():
                 _add_refs(out, pb, x_hi + pad / 2, i, j, legend_done)
-            slope_lines = []
+            corner = []
             for layer in layers:
                 colour = layer_colour(layer)
                 group = f"layer {layer}"
@@ -139,7 +227,7 @@ def coord_figure(points: pl.DataFrame, bands: pl.DataFrame, flags: pl.DataFrame,
                 rec = slope_map.get((panel, row.site, row.quantity, layer))
                 s_text = slope_text(rec)
                 if rec is not None and rec.get("status") == "ok":
-                    slope_lines.append(f"<span style='color:{colour}'>L{layer} {_signed(rec['estimate'])}</span>")
+                    corner.append(f"<span style='color:{colour}'>L{layer} {_signed(rec['estimate'])}</span>")
                 if not band.is_empty():
                     x, lo, hi = band["log2_width"].to_list(), band["lo"].to_list(), band["hi"].to_list()
                     out.add(i, j, x=x + x[::-1], y=hi + lo[::-1], mode="lines", fill="toself",
@@ -156,43 +244,76 @@ def coord_figure(points: pl.DataFrame, bands: pl.DataFrame, flags: pl.DataFrame,
                             hovertemplate=(f"<b>{group}</b> · {panel} · {row.title}<br>width %{{customdata[0]}}"
                                            f" (log₂ %{{x:.2f}}): mean log₂ = %{{y:.3f}} over %{{customdata[1]}} "
                                            "seed(s)<br>%{customdata[2]}<extra></extra>"))
+                    _add_slope_lines(out, band, rec, i, j, panel, row, layer, fit_lines, pred_lines, legend_done)
                 seeds = seed_parts.get((panel, row.site, row.quantity, layer), empty_seeds)
                 if not seeds.is_empty():
-                    custom = seeds.select("run_id", "seed", "status", "preset", "discretization", "optimizer", "lr",
-                                          "n_u", "n_x", "norm").rows()
-                    out.add(i, j, x=seeds["log2_width"].to_list(), y=seeds["log2_norm"].to_list(), mode="markers",
-                            name=f"{group} runs", legendgroup=group, showlegend=False,
-                            marker=dict(size=5, color=_rgba(colour, 0.55), line=dict(width=0)),
-                            customdata=[list(c) for c in custom],
-                            meta=dict(kind="runs", panel=panel, row=row.key, layer=int(layer)),
-                            hovertemplate=("run %{customdata[0]} · seed %{customdata[1]} · %{customdata[2]}<br>"
-                                           "%{customdata[3]} · %{customdata[4]} · %{customdata[5]} lr "
-                                           "%{customdata[6]}<br>N_u=%{customdata[7]} N_x=%{customdata[8]} · layer "
-                                           + str(layer) + f"<br>{row.title} = %{{customdata[9]:.4g}} "
-                                           "(log₂ %{y:.3f})<extra></extra>"))
-            _add_flags(out, flags, panel, row, top, bottom, i, j, legend_done)
-            if slope_lines:
-                out.note(i, j, "s: " + " ".join(slope_lines))
+                    _add_seeds(out, seeds, i, j, panel, row, layer, hover_runs)
+            _add_flags(out, flags, panel, row, span.top, span.bottom, i, j, legend_done)
+            if corner:
+                out.corner(i, j, corner)
 
-    for i, (row, y_range) in enumerate(zip(rows, y_ranges, strict=True), start=1):
-        grid.update_yaxes(title_text=f"log₂ {norm_label(convention, row.site, row.quantity)}",
-                          title_font=dict(size=10), range=y_range, row=i, col=1)
     widths = sorted(set(zip(points["log2_width"].to_list(), points["width"].to_list(), strict=True)))
-    grid.update_xaxes(range=[x_lo - pad, x_hi + pad], zeroline=False, tickvals=[lw for lw, _ in widths],
-                      ticktext=[f"{lw:g} ({w})" for lw, w in widths])
-    for j in range(1, n_cols + 1):
-        grid.update_xaxes(title_text=x_title, row=n_rows, col=j)
+    layout = _grid_layout(n_rows, n_cols, per_row, panels, x_range=[x_lo - pad, x_hi + pad], widths=widths,
+                          x_title=x_title, y_ranges={k: v.range for k, v in spans.items()},
+                          y_titles=[f"log₂ {norm_label(convention, r.site, r.quantity)}" for r in rows])
     height = ROW_HEIGHT * n_rows + 140
-    grid.update_layout(
-        height=height, font=FONT, hovermode="closest", template="plotly_white",
+    layout.update(
+        height=height, font=FONT, hovermode="closest",
         margin=dict(l=70, r=20, t=70 if title else 50, b=60),
         legend=dict(orientation="h", yanchor="bottom", y=1.0 + 40 / height, x=0, traceorder="normal",
                     groupclick="togglegroup"),
-        title=dict(text=title, x=0, y=0.995, yanchor="top", font=dict(size=14)) if title else None,
-        annotations=[*grid.layout.annotations, *out.annotations],
+        annotations=[*layout.get("annotations", []), *out.annotations],
         meta=dict(kind="coord_check", convention=convention, step=step, rows=[r.key for r in rows],
-                  panels=list(panels)))
-    return go.Figure(data=out.traces, layout=grid.layout, _validate=False)  # traces are built above, as plotly wants
+                  panels=list(panels), y_range=y_range))
+    if title:
+        layout["title"] = dict(text=title, x=0, y=0.995, yanchor="top", font=dict(size=14))
+    return go.Figure(data=out.traces, layout=layout, _validate=False)  # built above as plotly wants them
+
+
+def _add_seeds(out: _Panels, seeds: pl.DataFrame, i: int, j: int, panel: str, row: Row, layer: int,
+               hover: bool) -> None:
+    """Single runs as small dots (hover: run id and config when `hover`, else the hover reads the mean)."""
+    colour = layer_colour(layer)
+    custom = seeds.select("run_id", "seed", "status", "preset", "discretization", "optimizer", "lr", "n_u", "n_x",
+                          "norm").rows()
+    extra = (dict(hovertemplate=("run %{customdata[0]} · seed %{customdata[1]} · %{customdata[2]}<br>"
+                                 "%{customdata[3]} · %{customdata[4]} · %{customdata[5]} lr %{customdata[6]}<br>"
+                                 "N_u=%{customdata[7]} N_x=%{customdata[8]} · layer " + str(layer)
+                                 + f"<br>{row.title} = %{{customdata[9]:.4g}} (log₂ %{{y:.3f}})<extra></extra>"))
+             if hover else dict(hoverinfo="skip"))
+    out.add(i, j, x=seeds["log2_width"].to_list(), y=seeds["log2_norm"].to_list(), mode="markers",
+            name=f"layer {layer} runs", legendgroup=f"layer {layer}", showlegend=False,
+            marker=dict(size=5, color=_rgba(colour, 0.55), line=dict(width=0)), customdata=[list(c) for c in custom],
+            meta=dict(kind="runs", panel=panel, row=row.key, layer=int(layer)), **extra)
+
+
+SLOPE_LINES = {"fit": ("fitted slope", "dot"), "pred": ("predicted slope", "dashdot")}
+"""Per-layer slope lines: legend name and dash."""
+
+
+def _add_slope_lines(out: _Panels, band: pl.DataFrame, rec: dict | None, i: int, j: int, panel: str, row: Row,
+                     layer: int, fit: bool, pred: bool, legend_done: set[str]) -> None:
+    """The fitted line a + s·x over the layer's widths, and a line of the predicted slope through its mean point."""
+    if rec is None or rec.get("status") != "ok":
+        return
+    x = band["log2_width"].to_list()
+    x0, x1 = min(x), max(x)
+    lines = []
+    if fit and rec.get("intercept") is not None and math.isfinite(rec["intercept"]):
+        a, s = rec["intercept"], rec["estimate"]
+        lines.append(("fit", [a + s * x0, a + s * x1], f"fitted s = {_signed(s)}"))
+    if pred and rec.get("predicted") is not None:
+        xm, ym, p = sum(x) / len(x), float(band["mean"].mean()), rec["predicted"]
+        lines.append(("pred", [ym + p * (x0 - xm), ym + p * (x1 - xm)],
+                      f"predicted s = {exponent_text(p, rec.get('log_x'))}"))
+    for kind, ys, text in lines:
+        name, dash = SLOPE_LINES[kind]
+        show = name not in legend_done
+        legend_done.add(name)
+        out.add(i, j, x=[x0, x1], y=ys, mode="lines", name=name, legendgroup=name, legendrank=800,
+                showlegend=show, line=dict(color=layer_colour(layer), width=1.5, dash=dash),
+                meta=dict(kind=f"{kind}_line", panel=panel, row=row.key, layer=int(layer)),
+                hovertemplate=f"layer {layer} · {panel} · {row.title}<br>{text}<extra></extra>")
 
 
 def _add_refs(out: _Panels, band: pl.DataFrame, x1: float, row: int, col: int, legend_done: set[str]) -> None:
@@ -239,7 +360,85 @@ def _add_flags(out: _Panels, flags: pl.DataFrame, panel: str, row: Row, top: flo
                                "<extra>" + name + "</extra>"))
 
 
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "star")
+"""Line style and marker per overlaid series (the first series solid with circles)."""
+
+
+def overlay_figure(points: pl.DataFrame, bands: pl.DataFrame, flags: pl.DataFrame, slopes: pl.DataFrame, *,
+                   rows: Sequence[Row], series: Sequence[str], convention: str, x_title: str, step: int,
+                   show_refs: bool = True, show_bands: bool = False, title: str | None = None) -> go.Figure:
+    """Several selections (presets, discretisations, …) in one panel per row: colour = layer, line style and
+    marker = selection (series, taken from the frames' `panel` column). Hover: the mean and its fitted slope."""
+    n_rows = max(len(rows), 1)
+    spans: dict[tuple[int, int], list[float]] = {}
+    out = _Panels(1)
+    layers = sorted(points["layer"].unique().to_list()) if not points.is_empty() else []
+    slope_map = {(r["panel"], r["site"], r["quantity"], r["layer"]): r for r in slopes.iter_rows(named=True)}
+    x_all = points["log2_width"].unique().to_list() if not points.is_empty() else [0.0, 1.0]
+    x_lo, x_hi = min(x_all), max(x_all)
+    pad = max(0.25, 0.05 * (x_hi - x_lo))
+    legend_done: set[str] = set()
+    for i, row in enumerate(rows, start=1):
+        in_row = (pl.col("site") == row.site) & (pl.col("quantity") == row.quantity)
+        row_bands = bands.filter(in_row)
+        span = _span(points.filter(in_row)["log2_norm"])
+        if show_refs and not row_bands.is_empty():
+            _add_refs(out, row_bands, x_hi + pad / 2, i, 1, legend_done)
+        for k, name in enumerate(series):
+            dash, symbol = DASHES[k % len(DASHES)], SYMBOLS[k % len(SYMBOLS)]
+            for layer in layers:
+                colour = layer_colour(layer)
+                band = row_bands.filter((pl.col("panel") == name) & (pl.col("layer") == layer))
+                if band.is_empty():
+                    continue
+                x = band["log2_width"].to_list()
+                label = f"{name} · layer {layer}"
+                if show_bands:
+                    lo, hi = band["lo"].to_list(), band["hi"].to_list()
+                    out.add(i, 1, x=x + x[::-1], y=hi + lo[::-1], mode="lines", fill="toself",
+                            fillcolor=_rgba(colour, 0.12), line=dict(width=0), hoverinfo="skip", showlegend=False,
+                            legendgroup=label, name=f"{label} band")
+                s_text = slope_text(slope_map.get((name, row.site, row.quantity, layer)))
+                custom = [[w, n, s_text] for w, n in zip(band["width"].to_list(), band["n_seeds"].to_list(),
+                                                          strict=True)]
+                out.add(i, 1, x=x, y=band["mean"].to_list(), mode="lines+markers", name=label, legendgroup=label,
+                        legendrank=100 + 10 * k + int(layer), showlegend=label not in legend_done,
+                        line=dict(color=colour, width=2, dash=dash), marker=dict(size=7, color=colour, symbol=symbol),
+                        customdata=custom, meta=dict(kind="mean", panel=name, row=row.key, layer=int(layer),
+                                                     dash=dash),
+                        hovertemplate=(f"<b>{label}</b> · {row.title}<br>width %{{customdata[0]}} (log₂ %{{x:.2f}}): "
+                                       "mean log₂ = %{y:.3f} over %{customdata[1]} seed(s)<br>%{customdata[2]}"
+                                       "<extra></extra>"))
+                legend_done.add(label)
+            _add_flags(out, flags, name, row, span.top, span.bottom, i, 1, legend_done)
+        spans[(i, 1)] = span.range
+    widths = sorted(set(zip(points["log2_width"].to_list(), points["width"].to_list(), strict=True)))
+    layout = _grid_layout(n_rows, 1, False, [], x_range=[x_lo - pad, x_hi + pad], widths=widths, x_title=x_title,
+                          y_ranges=spans, y_titles=[f"log₂ {norm_label(convention, r.site, r.quantity)}" for r in rows])
+    layout.update(
+        height=ROW_HEIGHT * n_rows + 140, font=FONT, hovermode="closest",
+        margin=dict(l=70, r=20, t=70 if title else 50, b=60),
+        legend=dict(orientation="v", x=1.01, y=1, traceorder="normal", groupclick="togglegroup"),
+        annotations=[*layout.get("annotations", []), *out.annotations],
+        meta=dict(kind="overlay", convention=convention, step=step, rows=[r.key for r in rows], series=list(series)))
+    if title:
+        layout["title"] = dict(text=title, x=0, y=0.995, yanchor="top", font=dict(size=14))
+    return go.Figure(data=out.traces, layout=layout, _validate=False)
+
+
 # --- one run -----------------------------------------------------------------------------------
+def step_ticks(steps: Sequence[int], most: int = 8) -> dict:
+    """x-axis settings that label optimizer steps with integers only: a whole-number tick spacing (1, 2, 5, 10,
+    20, … so that at most `most` ticks show), starting at 0."""
+    span = (max(steps) - min(steps)) if len(steps) else 1
+    nice = (1, 2, 5)
+    k = 0
+    while span / (nice[k % 3] * 10 ** (k // 3)) > most:
+        k += 1
+    return dict(tickmode="linear", tick0=0, dtick=nice[k % 3] * 10 ** (k // 3), tickformat="d")
+
+
 def loss_figure(losses: pl.DataFrame, title: str | None = None) -> go.Figure:
     """Train (and held-out, when logged) loss against step."""
     fig = go.Figure()
@@ -251,6 +450,7 @@ def loss_figure(losses: pl.DataFrame, title: str | None = None) -> go.Figure:
                                  line=dict(dash=dash), meta=dict(kind="loss", series=col)))
     fig.update_layout(title=title, xaxis_title="step", yaxis_title="loss", height=320, template="plotly_white",
                       font=FONT, margin=dict(l=60, r=20, t=50 if title else 20, b=50))
+    fig.update_xaxes(**step_ticks(losses["step"].to_list() if "step" in losses.columns else []))
     return fig
 
 
@@ -271,7 +471,7 @@ def run_curves_figure(curves: pl.DataFrame, *, rows: Sequence[Row], convention: 
                 row=1, col=j)
             shown.add(layer)
         fig.update_yaxes(type="log", exponentformat="power", row=1, col=j)
-        fig.update_xaxes(title_text="step", row=1, col=j)
+        fig.update_xaxes(title_text="step", row=1, col=j, **step_ticks(curves["step"].to_list()))
     fig.update_yaxes(title_text=norm_label(convention, "·"), row=1, col=1)
     fig.update_layout(height=330, template="plotly_white", font=FONT, margin=dict(l=60, r=20, t=40, b=50))
     return fig

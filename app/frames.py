@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from ssmscope.runs.analysis import export
+from ssmscope.runs.analysis.export import exponent_text, verdict_text
 from ssmscope.runs.analysis.norms import norm_expr
 from ssmscope.ssm.predictions import Convention
 
 # --- orders and labels -------------------------------------------------------------------------
-PRESET_ORDER = ("sp", "mup", "mup-ssm")
-"""The paper's order of parameterizations; presets not listed follow alphabetically."""
+PRESET_ORDER = export.PRESET_ORDER
+"""The paper's order of parameterizations, SP → µP → µP-SSM (as the tables); presets not listed follow by name."""
 DISC_ORDER = ("zoh", "euler")
 FLAGGED_STATUSES = ("diverged", "failed")
 """Run statuses left out of the seed summaries and marked on the figures (as in runs.slopes)."""
@@ -161,13 +163,13 @@ POINT_COLUMNS = ["panel", "site", "quantity", "layer", "width", "log2_width", "r
                  "preset", "discretization", "optimizer", "lr", "n_u", "n_x", "norm", "log2_norm", "finite"]
 
 
-def coord_points(frame: pl.DataFrame, *, convention: Convention | str, step: int, axis: WidthAxis,
+def coord_points(frame: pl.DataFrame, *, convention: Convention | str, step: int | Sequence[int], axis: WidthAxis,
                  panel_by: Panels, rows: Sequence[Row]) -> pl.DataFrame:
-    """One point per (run, layer, row) at `step`: log2 of the norm in `convention` against log2 width.
-
-    `finite` is False where the norm is zero or not finite (its log has no place on the axis).
-    """
-    sel = axis.select(frame.filter((pl.col("step") == step) & (pl.col("group") == "") & in_rows(rows)))
+    """One point per (run, layer, row, step) at `step` (one or several): log2 of the norm in `convention` against
+    log2 width. `finite` is False where the norm is zero or not finite (its log has no place on the axis).
+    Several steps need a `panel_by` that tells them apart (e.g. pl.format("step {}", pl.col("step")))."""
+    steps = [step] if isinstance(step, int) else list(step)
+    sel = axis.select(frame.filter(pl.col("step").is_in(steps) & (pl.col("group") == "") & in_rows(rows)))
     norm = norm_expr(convention)
     return (sel.with_columns(panel_expr(panel_by), norm)
             .with_columns(pl.col("width").cast(pl.Float64).log(2).alias("log2_width"),
@@ -218,8 +220,8 @@ def flagged_points(runs: pl.DataFrame, points: pl.DataFrame, *, axis: WidthAxis,
     return pl.concat(parts) if parts else pl.DataFrame(schema=schema)
 
 
-SLOPE_COLUMNS = ["panel", "site", "quantity", "layer", "estimate", "ci_low", "ci_high", "predicted", "verdict",
-                 "agreement", "status", "n_points", "n_seeds", "n_widths", "n_diverged"]
+SLOPE_COLUMNS = ["panel", "site", "quantity", "layer", "estimate", "ci_low", "ci_high", "intercept", "predicted",
+                 "log_x", "verdict", "agreement", "status", "n_points", "n_seeds", "n_widths", "n_diverged"]
 
 
 def panel_slopes(slopes: pl.DataFrame, panel_by: Panels) -> pl.DataFrame:
@@ -229,25 +231,71 @@ def panel_slopes(slopes: pl.DataFrame, panel_by: Panels) -> pl.DataFrame:
     return slopes.filter(pl.col("group") == "").with_columns(panel_expr(panel_by)).select(SLOPE_COLUMNS)
 
 
-def slope_differences(a: pl.DataFrame, b: pl.DataFrame, label_a: str, label_b: str) -> pl.DataFrame:
-    """Measured exponents of two selections side by side, joined on (site, quantity, layer), and b − a.
+ROW_TITLES = {(r.site, r.quantity): r.title for r in ROWS}
+"""(site, quantity) → the row's title (‖Δx‖ …)."""
 
-    Inputs are runs.slopes frames (one term each); the predicted exponents are shown for both.
+
+def figure_slopes(slopes: pl.DataFrame, rows: Sequence[Row], panels: Sequence[str]) -> pl.DataFrame:
+    """The fitted slopes of exactly what a figure plots (its rows and panels), for reading beside it.
+
+    Quantities by their titles (‖Δx‖), the predicted exponent as people write it (+½, −1·log) or "no
+    prediction", the verdict in words that carry the agreement; rows in the figure's order.
+    """
+    schema = {"panel": pl.String, "quantity": pl.String, "layer": pl.Int32, "estimate": pl.Float64,
+              "ci_low": pl.Float64, "ci_high": pl.Float64, "predicted": pl.String, "verdict": pl.String,
+              "n_seeds": pl.Int64, "n_widths": pl.Int64, "status": pl.String}
+    if slopes.is_empty():
+        return pl.DataFrame(schema=schema)
+    shown = slopes.filter(in_rows(rows) & pl.col("panel").is_in(list(panels)))
+    row_rank = {(r.site, r.quantity): i for i, r in enumerate(rows)}
+    panel_rank = {p: i for i, p in enumerate(panels)}
+    records = []
+    for r in shown.iter_rows(named=True):
+        records.append({"panel": r["panel"], "quantity": ROW_TITLES[(r["site"], r["quantity"])], "layer": r["layer"],
+                        "estimate": r["estimate"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                        "predicted": "no prediction" if r["predicted"] is None else
+                        exponent_text(r["predicted"], r.get("log_x")),
+                        "verdict": verdict_text(r["verdict"], r["agreement"], r["predicted"], r.get("log_x")),
+                        "n_seeds": r["n_seeds"], "n_widths": r["n_widths"], "status": r["status"].replace("_", " "),
+                        "_rank": (panel_rank[r["panel"]], row_rank[(r["site"], r["quantity"])], r["layer"])})
+    records.sort(key=lambda rec: rec.pop("_rank"))
+    return pl.DataFrame(records, schema=schema)
+
+
+def slope_comparison(fits: pl.DataFrame, labels: Sequence[str], rows: Sequence[Row]) -> pl.DataFrame:
+    """Measured exponents of several selections side by side, and each one's difference from the first.
+
+    `fits` is a panel_slopes frame whose `panel` names the selection of each row (one of `labels`); the result
+    has a row per (quantity, layer): the difference "B − A" of each later selection from the first, then s, its
+    CI and the verdict per selection.
     """
     keys = ["site", "quantity", "layer"]
-    cols = ["estimate", "ci_low", "ci_high", "predicted", "verdict", "agreement"]
-
-    def side(frame: pl.DataFrame, label: str) -> pl.DataFrame:
-        return frame.filter(pl.col("group") == "").select(
-            *keys, *(pl.col(c).alias(f"{c} [{label}]") for c in cols))
-
-    joined = side(a, label_a).join(side(b, label_b), on=keys, how="full", coalesce=True, nulls_equal=True)
-    diff = (pl.col(f"estimate [{label_b}]") - pl.col(f"estimate [{label_a}]")).alias(f"{label_b} − {label_a}")
-    row_order = {(r.site, r.quantity): i for i, r in enumerate(ROWS)}
-    rank = pl.struct("site", "quantity").map_elements(lambda s: row_order.get((s["site"], s["quantity"]), 99),
-                                                      return_dtype=pl.Int64)
-    return (joined.with_columns(diff, rank.alias("_rank")).sort("_rank", "layer").drop("_rank")
-            .select(*keys, f"{label_b} − {label_a}", *(c for c in joined.columns if c not in keys)))
+    if fits.is_empty():
+        return pl.DataFrame()
+    shown = fits.filter(in_rows(rows) & pl.col("panel").is_in(list(labels)))
+    words = [verdict_text(v, a, p, lx) for v, a, p, lx in
+             shown.select("verdict", "agreement", "predicted", "log_x").iter_rows()]
+    shown = shown.with_columns(pl.Series("words", words, pl.String))
+    joined = None
+    for label in labels:
+        side = shown.filter(pl.col("panel") == label).select(
+            *keys, pl.col("estimate").alias(f"s [{label}]"), pl.col("ci_low").alias(f"CI low [{label}]"),
+            pl.col("ci_high").alias(f"CI high [{label}]"), pl.col("words").alias(f"verdict [{label}]"))
+        joined = side if joined is None else joined.join(side, on=keys, how="full", coalesce=True, nulls_equal=True)
+    if joined is None or joined.is_empty():
+        return pl.DataFrame()
+    first = labels[0]
+    diffs = [(pl.col(f"s [{b}]") - pl.col(f"s [{first}]")).alias(f"{b} − {first}") for b in labels[1:]]
+    rank = {(r.site, r.quantity): i for i, r in enumerate(rows)}
+    order = pl.struct("site", "quantity").map_elements(lambda s: rank.get((s["site"], s["quantity"]), 99),
+                                                       return_dtype=pl.Int64)
+    titled = pl.struct("site", "quantity").map_elements(lambda s: ROW_TITLES.get((s["site"], s["quantity"]),
+                                                                                 f"{s['site']} {s['quantity']}"),
+                                                        return_dtype=pl.String)
+    out = joined.with_columns(*diffs, order.alias("_rank"), titled.alias("quantity_title"))
+    return (out.sort("_rank", "layer").drop("_rank", "site", "quantity").rename({"quantity_title": "quantity"})
+            .select("quantity", "layer", *(d.meta.output_name() for d in diffs),
+                    *(c for c in out.columns if c.startswith(("s [", "CI ", "verdict [")))))
 
 
 # --- per-run curves ----------------------------------------------------------------------------

@@ -1,18 +1,24 @@
-"""Tables for the dashboard: verdict colours for display, and the text of every table download.
+"""Tables for the dashboard: the slope table's layouts with their colours, and the text of every download.
 
-Downloads are produced by runs.export exactly as `ssmscope slopes` produces them (the same frame,
-caption and raw columns for each format), so a table saved from the app equals the CLI's output
-for the same options.
+Downloads are produced by runs.analysis.export exactly as `ssmscope slopes` produces them
+(`paper_output` / `full_output`: the same frame, caption and raw columns for each format), so a table
+saved from the app equals the CLI's output for the same options.
+
+On screen the paper's table has two layouts. "compact": a row per configuration and one cell per
+quantity, a number (so the column sorts by the measured exponent) shown as "−0.48±0.05 (−½) ✓" and
+coloured by agreement; narrow enough that all four quantities fit a 1280-px window beside the sidebar.
+"numeric": a row per fitted exponent with estimate, CI, prediction and verdict each in its own column.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 import polars as pl
+import streamlit as st
 
 from ssmscope.runs.analysis import export
-from ssmscope.runs.analysis.slopes import PAPER_COLUMNS
 
 FORMATS = {"csv": ("CSV", "text/csv", "csv"), "md": ("Markdown", "text/markdown", "md"),
            "latex": ("LaTeX", "application/x-tex", "tex")}
@@ -22,28 +28,37 @@ AGREEMENT_COLOURS = {"agrees": "#d5f0dc", "disagrees": "#f8d3d3", "no prediction
                      "not fitted": "#eeeeee"}
 VERDICT_COLOURS = {"flat": "#1e7b34", "grows": "#b35900", "vanishes": "#1f5fa8"}
 STATUS_COLOURS = {"diverged": "#fde2c8", "failed": "#f8d3d3"}
+SHORT_HEADERS = {"discretization": "disc", "optimizer": "optim", "fixed_width": "fixed"}
+"""Row-key headers of the compact table, shortened so that its four quantities fit a 1280-px window."""
+NUMBER = st.column_config.NumberColumn
+SLOPE_COLUMN_CONFIG = {
+    "estimate": NUMBER("s", help="measured exponent: log₂‖·‖ = a + s·log₂ width", format="%+.3f"),
+    "ci_low": NUMBER("CI low", help="95 % CI (seed bootstrap ∪ OLS)", format="%+.3f"),
+    "ci_high": NUMBER("CI high", help="95 % CI (seed bootstrap ∪ OLS)", format="%+.3f"),
+    "predicted": st.column_config.Column("predicted", help="the exponent the theory predicts (docs/theory.md); "
+                                         "sorts by its value"),
+    "n_seeds": NUMBER("seeds"), "n_widths": NUMBER("widths"),
+}
+"""Column headers and formats of tables that list fits."""
 
 
 # --- downloads --------------------------------------------------------------------------------------
-def paper_exports(paper: pl.DataFrame) -> dict[str, str]:
-    """The paper table (runs.slopes.paper_slopes rows) as `ssmscope slopes --table paper --format …` writes it."""
-    caption = export.paper_caption(paper)
-    out = {"csv": export.export(paper, "csv", caption=caption)}
-    for fmt, style in (("md", "markdown"), ("latex", "latex")):
-        if paper.is_empty():
-            out[fmt] = export.export(paper, fmt, caption=caption)
-            continue
-        raw = [export.paper_header(c, style) for c in PAPER_COLUMNS]
-        out[fmt] = export.export(export.format_paper_table(paper, style), fmt, caption=caption, raw_columns=raw)
+def paper_exports(paper: pl.DataFrame, notes: list[str] = ()) -> dict[str, str]:
+    """The paper table (paper_slopes rows) as `ssmscope slopes --table paper --format …` writes it."""
+    out = {}
+    for fmt in FORMATS:
+        frame, raw, caption = export.paper_output(paper, fmt, notes)
+        out[fmt] = export.export(frame, fmt, caption=caption, raw_columns=raw)
     return out
 
 
-def full_exports(slopes: pl.DataFrame) -> dict[str, str]:
+def full_exports(slopes: pl.DataFrame, notes: list[str] = ()) -> dict[str, str]:
     """Every fitted cell as `ssmscope slopes --table full --format …` writes it."""
-    caption = export.slope_caption(slopes)
-    return {"csv": export.export(slopes, "csv", caption=caption),
-            "md": export.export(export.slope_display(slopes), "md", caption=caption),
-            "latex": export.export(export.slope_display(slopes), "latex", caption=caption)}
+    out = {}
+    for fmt in FORMATS:
+        frame, raw, caption = export.full_output(slopes, fmt, notes)
+        out[fmt] = export.export(frame, fmt, caption=caption, raw_columns=raw)
+    return out
 
 
 def frame_exports(frame: pl.DataFrame, caption: str) -> dict[str, str]:
@@ -51,23 +66,46 @@ def frame_exports(frame: pl.DataFrame, caption: str) -> dict[str, str]:
     return {fmt: export.export(frame, fmt, caption=caption) for fmt in FORMATS}
 
 
-# --- display ----------------------------------------------------------------------------------------
-def paper_display(paper: pl.DataFrame) -> pl.DataFrame:
-    """The paper's table as plain text cells (✓ agrees, ✗ disagrees) for the screen."""
-    return export.format_paper_table(paper, "text")
+# --- the slope table on screen ------------------------------------------------------------------------
+def compact_styled(paper: pl.DataFrame) -> tuple[Any, dict[str, Any]]:
+    """The compact paper table as (Styler, column_config) for st.dataframe.
+
+    Each quantity column holds the measured exponent (sorting orders by it) and shows the compact cell text;
+    the background says whether it agrees with the prediction. Row keys get short headers.
+    """
+    compact = export.compact_paper(paper)
+    pdf = compact.values.to_pandas()
+    style = pdf.style
+    for title, labels in compact.labels.items():
+        col = pdf.columns.get_loc(title)
+        for i, label in enumerate(labels):
+            style = style.format(lambda _v, text=label: text, subset=pd.IndexSlice[pdf.index[i], pdf.columns[col]])
+        colours = [f"background-color: {AGREEMENT_COLOURS.get(a, '')}" for a in compact.agreements[title]]
+        style = style.apply(lambda _s, c=colours: c, subset=[title], axis=0)
+    config: dict[str, Any] = {k: st.column_config.Column(SHORT_HEADERS.get(k, k)) for k in compact.keys}
+    config |= {t: NUMBER(t, help=f"{t}: measured exponent ± half its 95 % CI (predicted exponent); ✓ agrees, "
+                         "✗ disagrees; sorts by the measured exponent") for t in compact.labels}
+    return style, config
 
 
-def _cell_colour(value: Any) -> str:
-    """Background of a paper-table cell from its mark, or of an agreement cell from its value."""
-    if not isinstance(value, str):
-        return ""
-    if value in AGREEMENT_COLOURS:
-        return f"background-color: {AGREEMENT_COLOURS[value]}"
-    if value.endswith("✓"):
-        return f"background-color: {AGREEMENT_COLOURS['agrees']}"
-    if value.endswith("✗"):
-        return f"background-color: {AGREEMENT_COLOURS['disagrees']}"
-    return ""
+def numeric_styled(paper: pl.DataFrame) -> tuple[Any, dict[str, Any]]:
+    """The numeric paper table (one row per fitted exponent) as (Styler, column_config)."""
+    frame = export.numeric_paper(paper)
+    pdf = frame.to_pandas()
+    style = pdf.style.map(_agreement_colour, subset=["agreement"]).format(_predicted, subset=["predicted"])
+    config: dict[str, Any] = dict(SLOPE_COLUMN_CONFIG) | {k: st.column_config.Column(SHORT_HEADERS.get(k, k))
+                                                          for k in ("discretization", "optimizer")}
+    return style, config
+
+
+def _predicted(value: Any) -> str:
+    """A predicted exponent in a table cell, +½ or −1 (the number stays underneath, so the column sorts by it;
+    a missing one shows as Streamlit shows every missing value, and the verdict says "no prediction")."""
+    return export.exponent_text(value)
+
+
+def _agreement_colour(value: Any) -> str:
+    return f"background-color: {AGREEMENT_COLOURS[value]}" if value in AGREEMENT_COLOURS else ""
 
 
 def _verdict_colour(value: Any) -> str:
@@ -81,7 +119,7 @@ def styled(frame: pl.DataFrame, *, cells: list[str] = (), verdicts: list[str] = 
     cells = [c for c in cells if c in pdf.columns]
     verdicts = [c for c in verdicts if c in pdf.columns]
     if cells:
-        style = style.map(_cell_colour, subset=cells)
+        style = style.map(_agreement_colour, subset=cells)
     if verdicts:
         style = style.map(_verdict_colour, subset=verdicts)
     floats = [c for c, t in zip(frame.columns, frame.dtypes, strict=True) if t.is_float()]

@@ -3,7 +3,8 @@
 Builds a synthetic store shaped like `paper-figure` run long (joint widths 32…512 × sp/mup/mup-ssm ×
 zoh/euler × 3 seeds = 90 runs, every step 0…120 logged, 3 layers, every probe site and per-parameter
 group rows), written as per-run shards in the runs.store.shards layout and loaded with runs.store.ingest.
-Then it times the coordinate-check page:
+Then it times the coordinate-check page in its default view (6 panels × 4 rows, per-panel y ranges,
+predicted slope lines):
   - its data + figure path called directly (app.data cached reads, app.frames, app.figures), cold
     (empty caches) and warm (a second selection: another norm convention at another step);
   - the whole page under Streamlit's AppTest, cold and warm (includes serialising the figure).
@@ -23,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ssmscope.probes.schema import PROBE_COLUMNS
 from ssmscope.runs.store.db import counts, ingest
-from ssmscope.runs.store.shards import LOSS_COLUMNS, RUN_COLUMNS
+from ssmscope.runs.store.schema import LOSS_COLUMNS, PROBE_TABLE_COLUMNS, RUN_COLUMNS
+from ssmscope.runs.store.shards import arrow_schema
 
 WIDTHS = (32, 64, 128, 256, 512)
 PRESETS = ("sp", "mup", "mup-ssm")
@@ -39,10 +40,6 @@ PARAM_GROUPS = [f"{role}:layers.{i}.mixer.{role}" for role in ("A_log", "D", "in
                 for i in range(LAYERS)]
 
 
-def _schema(columns: dict[str, str], keys: tuple[str, ...] = ()) -> pa.Schema:
-    return pa.schema([(k, pa.string()) for k in keys] + [(c, pa.type_for_alias(t)) for c, t in columns.items()])
-
-
 def write_run(root: Path, run_id: str, preset: str, disc: str, width: int, seed: int, steps: int,
               rng: np.random.Generator) -> int:
     """One run's shard (runs.parquet, probes.parquet, losses.parquet); returns its probe row count."""
@@ -54,7 +51,7 @@ def write_run(root: Path, run_id: str, preset: str, disc: str, width: int, seed:
         "n_x": width, "d_model": width // 2, "n_layers": LAYERS, "steps": steps - 1, "batch": 8, "seq_len": 64,
         "task": "pydoc", "fixed_batch": True, "dt_min": 1e-3, "dt_max": 0.1, "config_json": "{}",
         "finished_at": "2026-01-01T00:00:00", "wall_s": 1.0, "schema_version": 1}
-    pq.write_table(pa.Table.from_pylist([run], schema=_schema(RUN_COLUMNS)), shard / "runs.parquet")
+    pq.write_table(pa.Table.from_pylist([run], schema=arrow_schema(RUN_COLUMNS)), shard / "runs.parquet")
     cells = [(layer, s, q, "") for layer in range(LAYERS) for s, q in TOTAL_CELLS]
     cells += [(-1, "param", q, g) for g in PARAM_GROUPS for q in ("value", "delta_init")]
     n_cells = len(cells)
@@ -67,10 +64,10 @@ def write_run(root: Path, run_id: str, preset: str, disc: str, width: int, seed:
               "quantity": quantity, "group": group, "sumsq": rms**2 * count, "count": count, "maxabs": 4 * rms,
               "token_norm_sum": 512 * rms * np.sqrt(width), "n_tokens": np.full(len(step), 512, np.int64),
               "channel_norm_sum": count * rms, "n_channels": count}
-    pq.write_table(pa.table(probes, schema=_schema(PROBE_COLUMNS, ("run_id",))), shard / "probes.parquet")
+    pq.write_table(pa.table(probes, schema=arrow_schema(PROBE_TABLE_COLUMNS)), shard / "probes.parquet")
     losses = {"run_id": [run_id] * steps, "step": list(range(steps)), "train_loss": list(5 - np.arange(steps) / steps),
               "eval_loss": [None] * steps, "lr": [0.01] * steps}
-    pq.write_table(pa.table(losses, schema=_schema(LOSS_COLUMNS, ("run_id",))), shard / "losses.parquet")
+    pq.write_table(pa.table(losses, schema=arrow_schema(LOSS_COLUMNS)), shard / "losses.parquet")
     return len(step)
 
 
@@ -121,7 +118,7 @@ def page_path(db: Path, convention: str, step: int) -> dict[str, float]:
     t3 = time.perf_counter()
     panels = [f"{p} · {d}" for p in PRESETS for d in DISCS]
     fig = figures.coord_figure(points, bands, flags, panel_slopes(fits, panel_by), rows=rows, panels=panels,
-                               convention=convention, x_title=axis.axis_title, step=step)
+                               convention=convention, x_title=axis.axis_title, step=step, pred_lines=True)
     fig.to_json()  # what st.plotly_chart serialises
     t["figure"] = time.perf_counter() - t3
     t["total"] = time.perf_counter() - t0

@@ -1,14 +1,19 @@
-"""CPU timings of the fast selective scan against the reference loop, side by side in one process.
+"""CPU timings of the compiled and fast selective scans against the reference loop, side by side.
 
 For B=8, N_u (ED)=256, N_x (N)=16, L in {64, 256, 1024} and both discretisations, times
   fwd      the forward pass alone, under torch.no_grad() (nothing kept for a backward), and
   fwd+bwd  the forward with autograd on plus the backward of a fixed random projection of y,
-with `ssm.scan.selective_scan(..., backend="reference" | "fast")` on the same inputs: after one
-warm-up call each, the two backends alternate `--repeats` times and the median is reported,
-with the ratio reference / fast. Inputs: float32, dt = randn − 4 so that Δ = softplus(dt) lies
-roughly in [1e-3, 0.1], A = −(1..N) per channel (S4D-real), B, C, u standard normal.
+with `ssm.scan.selective_scan(..., backend="reference" | "fast" | "compiled")` on the same inputs,
+and the roofline: one pass of x ← exp(ΔA)·x + B over the B·L·ED·N elements, with the compiled
+library's own exp, threads and layout (ssm.scan.compiled.roofline) — the least any scan of these
+shapes can cost on this machine. After one warm-up call each, the variants alternate
+`--repeats` times and the median is reported, with the ratios reference / compiled,
+fast / compiled and compiled / roofline (the scan's distance to the roofline; a forward does
+that pass plus the readout and probe sums, a fwd+bwd about three passes: forward, the backward's
+recompute of the states, the adjoint). Inputs: float32, dt = randn − 4 so that Δ = softplus(dt)
+lies roughly in [1e-3, 0.1], A = −(1..N) per channel (S4D-real), B, C, u standard normal.
 
-    python bench/scan_cpu.py [--repeats 5] [--threads 2]
+    python bench/scan_cpu.py [--repeats 5] [--threads 2] [--lengths 256]
 
 The numbers are wall-clock times and move with whatever else the machine runs; the load
 average at the start and at the end is printed alongside.
@@ -29,13 +34,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import ssmscope.ssm.scan.compiled as scan_compiled
 import ssmscope.ssm.scan.fast as scan_fast
-from ssmscope.ssm.scan import selective_scan
+from ssmscope.ssm.scan import selective_scan, softplus_delta
 
 BATCH, ED, N = 8, 256, 16
 LENGTHS = (64, 256, 1024)
 DISCRETIZATIONS = ("zoh", "euler")
-BACKENDS = ("reference", "fast")
+BACKENDS = ("reference", "fast", "compiled")
 
 
 def cpu_model() -> str:
@@ -89,6 +95,16 @@ def forward_backward_fn(inputs: list[torch.Tensor], disc: str, backend: str) -> 
     return run
 
 
+def roofline_fn(inputs: list[torch.Tensor]) -> Callable[[], None]:
+    _, dt, A, B, _, _, dt_bias = inputs
+    delta = softplus_delta(dt, dt_bias)
+
+    def run() -> None:
+        scan_compiled.roofline(delta, A, B)
+
+    return run
+
+
 def time_side_by_side(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
     """Median wall time (ms) per backend; one warm-up call each, then the backends alternate."""
     for fn in fns.values():
@@ -108,27 +124,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's); the fast scan runs with "
                              "ssmscope.ssm.scan.fast.THREADS inside")
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS), help="sequence lengths L")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    lib = scan_compiled.load_library()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu_model()} "
           f"({os.cpu_count()} logical cores)")
     print(f"B={BATCH}, ED={ED}, N={N}, float32; fast scan: CHUNK={scan_fast.CHUNK}, "
           f"SAVE_BUDGET_BYTES={scan_fast.SAVE_BUDGET_BYTES / 2**20:g} MiB, THREADS={scan_fast.THREADS}; "
+          f"compiled scan: {lib.path.name}, threads {scan_compiled.threads_for(BATCH * 256 * ED * N)} at L=256; "
           f"median of {args.repeats} after 1 warm-up; load average at start: {load_average()}")
-    header = f"{'L':>5}  {'disc':<5}  {'pass':<7}  {'reference ms':>12}  {'fast ms':>8}  {'ref/fast':>8}"
+    header = (f"{'L':>5}  {'disc':<5}  {'pass':<7}  {'reference ms':>12}  {'fast ms':>8}  {'compiled ms':>11}  "
+              f"{'roofline ms':>11}  {'ref/comp':>8}  {'fast/comp':>9}  {'comp/roof':>9}")
     print(header)
     print("-" * len(header))
-    for length in LENGTHS:
+    for length in args.lengths:
         inputs = make_inputs(length)
         for disc in DISCRETIZATIONS:
             for label, make in (("fwd", forward_fn), ("fwd+bwd", forward_backward_fn)):
                 fns = {backend: make(inputs, disc, backend) for backend in BACKENDS}
+                fns["roofline"] = roofline_fn(inputs)
                 ms = time_side_by_side(fns, args.repeats)
-                ratio = ms["reference"] / ms["fast"]
                 print(f"{length:>5}  {disc:<5}  {label:<7}  {ms['reference']:>12.1f}  {ms['fast']:>8.1f}  "
-                      f"{ratio:>8.2f}", flush=True)
+                      f"{ms['compiled']:>11.2f}  {ms['roofline']:>11.2f}  {ms['reference'] / ms['compiled']:>8.1f}  "
+                      f"{ms['fast'] / ms['compiled']:>9.1f}  {ms['compiled'] / ms['roofline']:>9.2f}", flush=True)
     print(f"load average at end: {load_average()}")
 
 

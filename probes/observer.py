@@ -19,10 +19,18 @@ y (before the gate), the readout C·x = y − D⊙u, the block output, and after
 previous armed step ("prev"); and per parameter ‖W‖ and ‖W − W_init‖. Only the probe batch's
 (B, L, ED) tensors and the scan's inputs are kept, never (B, L, ED, N) states. Hooks only
 read: the model's numbers are unchanged.
+
+Cost. The latent-state sums come from inside the scan (with the compiled scan, in the same
+pass over the state as the forward and backward). Every other reduction of a logged step stays
+on the device until collect() stacks them all and reads them with one `.tolist()`: one
+synchronisation per logged step. Parameter norms (two reductions per parameter tensor) are
+recorded on every logged step by default; `param_every=k` records them on every k-th logged
+step only (the first logged step always), for long runs where they dominate the probe cost.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,7 +40,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ssmscope.probes.schema import Quantity, Site
-from ssmscope.probes.stats import summarize, summarize_channels, summarize_param
+from ssmscope.probes.stats import (
+    PARAM_BATCH,
+    ManyParamSums,
+    as_record,
+    many_activation_sums,
+    many_channel_sums,
+    param_sums,
+)
 from ssmscope.ssm.model import MambaLM, MambaMixer
 from ssmscope.ssm.roles import role_of, split_name
 from ssmscope.ssm.scan import ScanInputs, StateProbe
@@ -54,20 +69,70 @@ class _LayerTap:
         self.u: Tensor | None = None
         self.y: Tensor | None = None
         self.block_out: Tensor | None = None
-        self.grad_y: dict[str, float] | None = None
+        self.grad_y: Tensor | None = None  # ∂L/∂y
+
+
+def _zero_record(shape: torch.Size, per_channel: int) -> tuple[dict[str, int], list[float]]:
+    """Counts and sums of an all-zero (B, L, C) tensor (Δ at the reference step itself)."""
+    n = math.prod(shape)
+    return {"count": n * per_channel, "n_tokens": n // shape[-1], "n_channels": n}, [0.0, 0.0, 0.0, 0.0]
+
+
+class _Pending:
+    """Records of one logged step whose sums are still tensors on the device. Activations and
+    per-channel sums of squares of one shape are reduced together (one stacked reduction per
+    shape), and finish() reads every float with one `.tolist()`: one synchronisation."""
+
+    def __init__(self) -> None:
+        self.records: list[list] = []  # [base, counts, sums (Tensor (4,) | list | None until grouped)]
+        self.groups: dict[tuple, list[tuple[int, Tensor, Tensor | None]]] = {}
+
+    def add(self, base: dict[str, Any], sums: tuple[dict[str, int], Tensor | list[float]]) -> None:
+        self.records.append([base, *sums])
+
+    def add_activation(self, base: dict[str, Any], v: Tensor) -> None:
+        self._defer(("act", tuple(v.shape), v.dtype, v.device, 1), base, v, None)
+
+    def add_channels(self, base: dict[str, Any], csq: Tensor, per_channel: int, maxabs: Tensor) -> None:
+        self._defer(("chan", tuple(csq.shape), csq.dtype, csq.device, per_channel), base, csq, maxabs)
+
+    def _defer(self, key: tuple, base: dict[str, Any], t: Tensor, maxabs: Tensor | None) -> None:
+        self.records.append([base, None, None])
+        self.groups.setdefault(key, []).append((len(self.records) - 1, t, maxabs))
+
+    def finish(self) -> list[dict[str, Any]]:
+        for key, items in self.groups.items():
+            tensors = [t for _, t, _ in items]
+            if key[0] == "act":
+                done = many_activation_sums(tensors)
+            else:
+                done = many_channel_sums(tensors, key[4], [m for _, _, m in items])
+            for (i, _, _), (counts, sums) in zip(items, done, strict=True):
+                self.records[i][1:] = [counts, sums]
+        tensors = [s for _, _, s in self.records if isinstance(s, Tensor)]
+        values = iter(torch.stack(tensors).tolist() if tensors else [])  # the one synchronisation
+        return [{**base, **as_record(counts, next(values) if isinstance(s, Tensor) else s)}
+                for base, counts, s in self.records]
 
 
 class Observer:
     """Attach to a MambaLM, arm on logged steps, collect records (see module docstring)."""
 
-    def __init__(self, model: MambaLM, *, grads: bool = True, params: bool = True, state_prev: bool = False):
+    def __init__(self, model: MambaLM, *, grads: bool = True, params: bool = True, state_prev: bool = False,
+                 param_every: int = 1):
         """`state_prev` adds Δx against the previous armed step: a third state recurrence per layer
         (the scan reruns the reference's), so it is off by default; Δ of y, C·x and the block
-        output against the previous step cost nothing and are always recorded."""
+        output against the previous step cost nothing and are always recorded. `param_every`:
+        parameter records on every k-th collected step (the first one always); default 1, every one."""
+        if isinstance(param_every, bool) or not isinstance(param_every, int) or param_every < 1:
+            raise ValueError(f"param_every={param_every!r}; allowed: a positive integer")
         self.model = model
         self.grads = grads
         self.params = params
         self.state_prev = state_prev
+        self.param_every = param_every
+        self._n_collected = 0
+        self._param_plan: tuple | None = None  # parameters, record keys, the batched reduction (first use)
         self.mixers: list[MambaMixer] = model.mixers
         self._handles: list[Any] = []
         self._taps = [_LayerTap() for _ in self.mixers]
@@ -100,7 +165,7 @@ class Observer:
             setattr(tap, what, output.detach())
             if what == "y" and self.grads and output.requires_grad:
                 def grad_hook(g: Tensor) -> None:
-                    tap.grad_y = summarize(g)
+                    tap.grad_y = g.detach()
 
                 output.register_hook(grad_hook)
 
@@ -127,7 +192,7 @@ class Observer:
         step = self._armed_step
         if step is None:
             raise RuntimeError("Observer.collect() called without arm(step) before the forward")
-        records: list[dict[str, Any]] = []
+        pending = _Pending()
         current: dict[str, list] = {"inputs": [], "y": [], "cx": [], "block_out": []}
         for layer, mixer in enumerate(self.mixers):
             probe, tap = mixer.probe, self._taps[layer]
@@ -138,56 +203,70 @@ class Observer:
             cx = tap.y - tap.u * mixer.D.detach()
             acts = {"y": tap.y, "cx": cx, "block_out": tap.block_out}
 
-            def add(site: Site, quantity: Quantity, rec: dict[str, float], layer=layer) -> None:
-                records.append({"step": step, "layer": layer, "site": str(site),
-                                "quantity": str(quantity), "group": "", **rec})
+            def key(site: Site, quantity: Quantity, layer=layer) -> dict[str, Any]:
+                return {"step": step, "layer": layer, "site": str(site), "quantity": str(quantity), "group": ""}
 
-            add(Site.X, Quantity.VALUE, summarize_channels(probe.state_sumsq, n_state, probe.state_maxabs))
+            pending.add_channels(key(Site.X, Quantity.VALUE), probe.state_sumsq, n_state, probe.state_maxabs)
             for name, v in acts.items():
-                add(Site(name), Quantity.VALUE, summarize(v))
+                pending.add_activation(key(Site(name), Quantity.VALUE), v)
             for ref_name, quantity in (("init", Quantity.DELTA_INIT), ("prev", Quantity.DELTA_PREV)):
                 if self._first is None:  # the first armed step is the reference itself: Δ = 0
-                    zero = torch.zeros_like(probe.state_sumsq)
                     if quantity == Quantity.DELTA_INIT or self.state_prev:
-                        add(Site.X, quantity, summarize_channels(zero, n_state, 0.0))
+                        pending.add(key(Site.X, quantity), _zero_record(probe.state_sumsq.shape, n_state))
                     for name, v in acts.items():
-                        add(Site(name), quantity, summarize(torch.zeros_like(v)))
+                        pending.add(key(Site(name), quantity), _zero_record(v.shape, 1))
                     continue
                 if ref_name in probe.delta_sumsq:
-                    add(Site.X, quantity, summarize_channels(
-                        probe.delta_sumsq[ref_name], n_state, probe.delta_maxabs[ref_name]))
+                    pending.add_channels(key(Site.X, quantity), probe.delta_sumsq[ref_name], n_state,
+                                         probe.delta_maxabs[ref_name])
                 source = self._first if ref_name == "init" else self._prev
                 for name, v in acts.items():
-                    add(Site(name), quantity, summarize(v - source[name][layer]))
+                    pending.add_activation(key(Site(name), quantity), v - source[name][layer])
             if self.grads and tap.grad_y is not None:
-                add(Site.GRAD_Y, Quantity.VALUE, tap.grad_y)
+                pending.add_activation(key(Site.GRAD_Y, Quantity.VALUE), tap.grad_y)
             if self.grads and probe.grad_sumsq is not None:
-                add(Site.GRAD_X, Quantity.VALUE, summarize_channels(
-                    probe.grad_sumsq, n_state, probe.grad_sumsq.max().sqrt()))
+                pending.add_channels(key(Site.GRAD_X, Quantity.VALUE), probe.grad_sumsq, n_state,
+                                     probe.grad_sumsq.max().sqrt())
             current["inputs"].append(probe.inputs)
             for name, v in acts.items():
                 current[name].append(v)
             mixer.probe = None
-        if self.params:
-            records.extend(self._param_records(step))
+        if self.params and self._n_collected % self.param_every == 0:
+            self._param_records(step, pending)
+        records = pending.finish()
+        self._n_collected += 1
         if self._first is None:
             self._first = current
         self._prev = current
         self._armed_step = None
         return records
 
-    def _param_records(self, step: int) -> list[dict[str, Any]]:
+    def _param_records(self, step: int, pending: _Pending) -> None:
+        """‖W‖ and ‖W − W_init‖ per parameter: tensors up to stats.PARAM_BATCH elements batched
+        (a few ops for all of them), larger ones one by one (one float64-accumulating pass each)."""
         assert self._init_params is not None
-        out = []
-        for name, p in self.model.named_parameters():
-            layer, _ = split_name(name)
-            role = str(role_of(name))
-            base = {"step": step, "layer": -1 if layer is None else layer, "site": str(Site.PARAM),
-                    "group": f"{role}:{name}"}
-            out.append({**base, "quantity": str(Quantity.VALUE), **summarize_param(p)})
-            out.append({**base, "quantity": str(Quantity.DELTA_INIT),
-                        **summarize_param(p.detach() - self._init_params[name])})
-        return out
+        if self._param_plan is None:
+            named = list(self.model.named_parameters())
+            bases = []
+            for name, _ in named:
+                layer, _ = split_name(name)
+                bases.append({"layer": -1 if layer is None else layer, "site": str(Site.PARAM),
+                              "group": f"{role_of(name)}:{name}"})
+            small = [i for i, (_, p) in enumerate(named) if 0 < p.numel() <= PARAM_BATCH]
+            device = named[0][1].device if named else "cpu"
+            self._param_plan = (named, bases, small, ManyParamSums([named[i][1].shape for i in small], device))
+        named, bases, small, batched = self._param_plan
+        params = [named[i][1].detach() for i in small]
+        with torch.no_grad():
+            deltas = torch._foreach_sub(params, [self._init_params[named[i][0]] for i in small])
+        sums = dict(zip(small, zip(batched(params), batched(deltas), strict=True), strict=True))
+        for i, (name, p) in enumerate(named):
+            if i in sums:
+                value, delta = sums[i]
+            else:
+                value, delta = param_sums(p), param_sums(p.detach() - self._init_params[name])
+            pending.add({"step": step, **bases[i], "quantity": str(Quantity.VALUE)}, value)
+            pending.add({"step": step, **bases[i], "quantity": str(Quantity.DELTA_INIT)}, delta)
 
     # ------------------------------------------------------------------ per-group updates
     def group_update_records(self, step: int, inputs: Tensor) -> list[dict[str, Any]]:
@@ -200,7 +279,7 @@ class Observer:
         if self._first is None or self._init_params is None:
             raise RuntimeError("group updates need the init step collected first")
         current = {n: p.detach() for n, p in self.model.named_parameters()}
-        records: list[dict[str, Any]] = []
+        pending = _Pending()
         for group, roles in UPDATE_GROUPS.items():
             mixed = {n: (current[n] if str(role_of(n)) in roles else self._init_params[n]) for n in current}
             with self._armed_for_group(), torch.no_grad():
@@ -211,11 +290,11 @@ class Observer:
                     cx = tap.y - tap.u * mixed[f"layers.{layer}.mixer.D"]
                     base = {"step": step, "layer": layer, "quantity": str(Quantity.DELTA_INIT),
                             "group": group}
-                    records.append({**base, "site": str(Site.X), **summarize_channels(
-                        probe.delta_sumsq["init"], n_state, probe.delta_maxabs["init"])})
+                    pending.add_channels({**base, "site": str(Site.X)}, probe.delta_sumsq["init"], n_state,
+                                         probe.delta_maxabs["init"])
                     for name, v in (("y", tap.y), ("cx", cx), ("block_out", tap.block_out)):
-                        records.append({**base, "site": name, **summarize(v - self._first[name][layer])})
-        return records
+                        pending.add_activation({**base, "site": name}, v - self._first[name][layer])
+        return pending.finish()
 
     @contextmanager
     def _armed_for_group(self) -> Iterator[None]:

@@ -1,12 +1,24 @@
-"""Reductions from tensors (or per-channel sums of squares) to one probe record's raw sums."""
+"""Reductions from tensors (or per-channel sums of squares) to one probe record's raw sums.
+
+Two forms of each reduction:
+  *_sums(...)   → (counts, sums): the integer counts, known from shapes (no synchronisation),
+                  and a (4,) float64 tensor on the input's device with the float sums in the
+                  order of SUM_KEYS. The Observer stacks the sums of a whole logged step and
+                  reads them with one `.tolist()` (one device synchronisation per logged step).
+  summarize*(…) → the record's dict at once (one synchronisation per call), the same numbers.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
+SUM_KEYS = ("sumsq", "maxabs", "token_norm_sum", "channel_norm_sum")
 
-def summarize_channels(channel_sumsq: Tensor, per_channel: int, maxabs: Tensor | float) -> dict[str, float]:
+
+def channel_sums(channel_sumsq: Tensor, per_channel: int, maxabs: Tensor | float) -> tuple[dict[str, int], Tensor]:
     """Raw sums of a (B, L, C) tensor of per-channel sums of squares.
 
     `per_channel` is how many elements each channel sum covers (N for the state, 1 for a
@@ -14,41 +26,125 @@ def summarize_channels(channel_sumsq: Tensor, per_channel: int, maxabs: Tensor |
     """
     c = channel_sumsq.detach().double()  # (B, L, C)
     token = c.sum(-1).sqrt()  # (B, L)
-    mx = maxabs.detach().max().item() if isinstance(maxabs, Tensor) else float(maxabs)
-    return {
-        "sumsq": c.sum().item(),
-        "count": c.numel() * per_channel,
-        "maxabs": mx,
-        "token_norm_sum": token.sum().item(),
-        "n_tokens": token.numel(),
-        "channel_norm_sum": c.sqrt().sum().item(),
-        "n_channels": c.numel(),
-    }
+    mx = maxabs.detach().max().double() if isinstance(maxabs, Tensor) else c.new_tensor(float(maxabs))
+    counts = {"count": c.numel() * per_channel, "n_tokens": token.numel(), "n_channels": c.numel()}
+    return counts, torch.stack([c.sum(), mx, token.sum(), c.sqrt().sum()])
+
+
+def activation_sums(v: Tensor) -> tuple[dict[str, int], Tensor]:
+    """Raw sums of a plain (B, L, C) activation."""
+    v = v.detach()
+    return channel_sums(v.double().square(), 1, v.abs().max())
+
+
+def _counts(shape: torch.Size, per_channel: int) -> dict[str, int]:
+    n = math.prod(shape)
+    return {"count": n * per_channel, "n_tokens": n // shape[-1] if n else 0, "n_channels": n}
+
+
+def many_channel_sums(channel_sumsq: list[Tensor], per_channel: int,
+                      maxabs: list[Tensor]) -> list[tuple[dict[str, int], Tensor]]:
+    """channel_sums of several same-shape (B, L, C) tensors at once (one stacked reduction); the
+    same numbers up to the order of additions (≤ 1e-15 relative)."""
+    c = torch.stack([t.detach() for t in channel_sumsq]).double()  # (K, B, L, C)
+    dims = tuple(range(1, c.dim()))
+    token = c.sum(-1).sqrt()  # (K, B, L)
+    mx = torch.stack([m.detach().max() for m in maxabs]).double()
+    sums = torch.stack([c.sum(dims), mx, token.sum(dims[:-1]), c.sqrt().sum(dims)], dim=1)  # (K, 4)
+    counts = _counts(channel_sumsq[0].shape, per_channel)
+    return [(counts, row) for row in sums.unbind(0)]
+
+
+def many_activation_sums(vs: list[Tensor]) -> list[tuple[dict[str, int], Tensor]]:
+    """activation_sums of several same-shape (B, L, C) activations at once."""
+    v = torch.stack([t.detach() for t in vs]).double()  # (K, B, L, C)
+    dims = tuple(range(1, v.dim()))
+    c = v.square()
+    token = c.sum(-1).sqrt()
+    sums = torch.stack([c.sum(dims), v.abs().amax(dims), token.sum(dims[:-1]), c.sqrt().sum(dims)], dim=1)
+    counts = _counts(vs[0].shape, 1)
+    return [(counts, row) for row in sums.unbind(0)]
+
+
+PARAM_BATCH = 1 << 14  # parameters up to this many elements are reduced together (ManyParamSums)
+
+
+def param_sums(p: Tensor) -> tuple[dict[str, int], Tensor]:
+    """Raw sums of a parameter tensor (Frobenius norm; one 'token', one 'channel' per row).
+
+    Row norms accumulate in float64 inside one reduction (no float64 copy of the tensor):
+    the float64 sums of squares to ≤ 1e-15 relative.
+    """
+    p = p.detach()
+    rows = p.reshape(p.shape[0], -1) if p.dim() > 1 else p.reshape(-1, 1)
+    norms = torch.linalg.vector_norm(rows, dim=-1, dtype=torch.float64)  # (rows,) ‖row‖₂
+    total = norms.square().sum()
+    if p.numel():
+        lo, hi = torch.aminmax(p)
+        mx = torch.maximum(-lo, hi).double()
+    else:
+        mx = norms.new_zeros(())
+    counts = {"count": p.numel(), "n_tokens": 1, "n_channels": rows.shape[0]}
+    return counts, torch.stack([total, mx, total.sqrt(), norms.sum()])
+
+
+class ManyParamSums:
+    """param_sums of a fixed list of parameter shapes in a few batched ops (one float64 copy of the
+    tensors; for many small tensors, where per-tensor ops would cost more than the arithmetic).
+    The same numbers as param_sums up to the order of additions (≤ 1e-15 relative)."""
+
+    def __init__(self, shapes: list[torch.Size], device: torch.device | str = "cpu"):
+        rc = [(s[0], math.prod(s) // s[0]) if len(s) > 1 else (math.prod(s), 1) for s in shapes]
+        if any(r * c == 0 for r, c in rc):
+            raise ValueError("ManyParamSums takes non-empty tensors only")
+        rows = torch.tensor([r for r, _ in rc], device=device)
+        self.row_lengths = torch.repeat_interleave(torch.tensor([c for _, c in rc], device=device), rows)
+        self.rows_per = rows
+        self.numels = torch.tensor([r * c for r, c in rc], device=device)
+        self.counts = [{"count": r * c, "n_tokens": 1, "n_channels": r} for r, c in rc]
+
+    def __call__(self, tensors: list[Tensor]) -> list[tuple[dict[str, int], Tensor]]:
+        if not tensors:
+            return []
+        flat = torch.cat([t.detach().reshape(-1) for t in tensors]).double()
+        sq = torch.segment_reduce(flat.square(), "sum", lengths=self.row_lengths)  # per row
+        total = torch.segment_reduce(sq, "sum", lengths=self.rows_per)
+        chan = torch.segment_reduce(sq.sqrt(), "sum", lengths=self.rows_per)
+        mx = torch.segment_reduce(flat.abs(), "max", lengths=self.numels)
+        sums = torch.stack([total, mx, total.sqrt(), chan], dim=1)  # (P, 4)
+        return list(zip(self.counts, sums.unbind(0), strict=True))
+
+
+def as_record(counts: dict[str, int], values: list[float]) -> dict[str, float]:
+    """The record's dict (probes.schema order) from counts and the SUM_KEYS values."""
+    s = dict(zip(SUM_KEYS, values, strict=True))
+    return {"sumsq": s["sumsq"], "count": counts["count"], "maxabs": s["maxabs"],
+            "token_norm_sum": s["token_norm_sum"], "n_tokens": counts["n_tokens"],
+            "channel_norm_sum": s["channel_norm_sum"], "n_channels": counts["n_channels"]}
+
+
+def summarize_channels(channel_sumsq: Tensor, per_channel: int, maxabs: Tensor | float) -> dict[str, float]:
+    counts, sums = channel_sums(channel_sumsq, per_channel, maxabs)
+    return as_record(counts, sums.tolist())
 
 
 def summarize(v: Tensor) -> dict[str, float]:
     """Raw sums of a plain (B, L, C) activation."""
-    v = v.detach()
-    return summarize_channels(v.double().square(), 1, v.abs().max())
+    counts, sums = activation_sums(v)
+    return as_record(counts, sums.tolist())
 
 
 def summarize_param(p: Tensor) -> dict[str, float]:
     """Raw sums of a parameter tensor (Frobenius norm; one 'token', one 'channel' per row)."""
-    p = p.detach().double()
-    rows = p.reshape(p.shape[0], -1) if p.dim() > 1 else p.reshape(-1, 1)
-    sq = rows.square().sum(-1)  # (rows,)
-    total = sq.sum()
-    return {
-        "sumsq": total.item(),
-        "count": p.numel(),
-        "maxabs": p.abs().max().item() if p.numel() else 0.0,
-        "token_norm_sum": total.sqrt().item(),
-        "n_tokens": 1,
-        "channel_norm_sum": sq.sqrt().sum().item(),
-        "n_channels": rows.shape[0],
-    }
+    counts, sums = param_sums(p)
+    return as_record(counts, sums.tolist())
+
+
+# A double rounds to a finite float32 below FLT_MAX + half an ulp of it (2^103; the tie goes to even: inf).
+_F32_LIMIT = float(torch.finfo(torch.float32).max) + 2.0**103
 
 
 def is_finite_record(rec: dict[str, float]) -> bool:
-    """False when any raw sum overflowed or turned NaN."""
-    return all(torch.isfinite(torch.tensor(float(rec[k]))) for k in ("sumsq", "maxabs"))
+    """False when any raw sum overflowed or turned NaN: not finite as a float32 (the models' dtype),
+    as `torch.isfinite(torch.tensor(value))` would say, without building a tensor per value."""
+    return all(abs(float(rec[k])) < _F32_LIMIT for k in ("sumsq", "maxabs"))

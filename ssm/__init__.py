@@ -3,6 +3,7 @@
 Knows nothing of probes or storage. Main entry points:
   MambaConfig, MambaLM           — the model (ssm.config, ssm.model)
   load_preset, apply_preset      — parameterizations as data (ssm.presets)
+  load_base                      — init bases: Mamba's, transformers' and the legacy constants (ssm.bases)
   selective_scan, StateProbe     — the scan and its latent-state side channel (ssm.scan)
 
 Names are loaded on first use (PEP 562), so `ssm.predictions` or `ssm.errors` can be imported
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "ConfigError": "ssmscope.ssm.errors",
+    "load_base": "ssmscope.ssm.bases",
     "Discretization": "ssmscope.ssm.config",
     "MambaConfig": "ssmscope.ssm.config",
     "ScanBackend": "ssmscope.ssm.config",
@@ -24,19 +26,29 @@ _EXPORTS = {
     "apply_preset": "ssmscope.ssm.presets",
     "build_optimizer": "ssmscope.ssm.presets",
     "load_preset": "ssmscope.ssm.presets",
+    "original_preset": "ssmscope.ssm.presets",
     "plan": "ssmscope.ssm.presets",
     "ScanInputs": "ssmscope.ssm.scan.types",
     "StateProbe": "ssmscope.ssm.scan.types",
     "selective_scan": "ssmscope.ssm.scan.dispatch",
 }
 __all__ = ["ConfigError", "Discretization", "MambaConfig", "MambaLM", "Optimizer", "ScanBackend", "ScanInputs",
-           "StateProbe", "apply_preset", "build_optimizer", "load_preset", "plan", "selective_scan"]
+           "StateProbe", "apply_preset", "build_optimizer", "load_base", "load_preset", "original_preset", "plan",
+           "selective_scan"]
 
 if TYPE_CHECKING:
+    from ssmscope.ssm.bases import load_base
     from ssmscope.ssm.config import Discretization, MambaConfig, ScanBackend
     from ssmscope.ssm.errors import ConfigError
     from ssmscope.ssm.model import MambaLM
-    from ssmscope.ssm.presets import Optimizer, apply_preset, build_optimizer, load_preset, plan
+    from ssmscope.ssm.presets import (
+        Optimizer,
+        apply_preset,
+        build_optimizer,
+        load_preset,
+        original_preset,
+        plan,
+    )
     from ssmscope.ssm.scan.dispatch import selective_scan
     from ssmscope.ssm.scan.types import ScanInputs, StateProbe
 

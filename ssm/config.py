@@ -24,10 +24,11 @@ class Discretization(StrEnum):
 class ScanBackend(StrEnum):
     """Which implementation of the selective scan runs the recurrence."""
 
-    AUTO = "auto"  # triton on CUDA tensors when importable, else fast
+    AUTO = "auto"  # triton on CUDA tensors when importable; compiled on CPU when it builds; else fast
     REFERENCE = "reference"  # sequential loop, the ground truth (any dtype)
     FAST = "fast"  # chunked torch scan with a hand-written backward (CPU and GPU)
     TRITON = "triton"  # GPU kernel (the Triton issue)
+    COMPILED = "compiled"  # C kernel built on first use (CPU; docs/compiled-scan.md)
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -37,7 +38,8 @@ def _positive_int(name: str, value: Any) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class MambaConfig:
-    """A Mamba language model: embedding → n_layers × (RMSNorm → Mamba block, residual) → norm → readout."""
+    """A Mamba language model: embedding → n_layers × (RMSNorm → Mamba block, residual) → norm → readout
+    (the embedding's matrix when tied)."""
 
     d_model: int = 16
     """D, the residual-stream width; N_u = expand · d_model."""
@@ -65,6 +67,9 @@ class MambaConfig:
     """Scan implementation; a performance choice, the numbers agree to fp tolerance."""
     norm_eps: float = 1e-5
     """RMSNorm epsilon."""
+    tie_readout: bool | None = None
+    """Readout shares the embedding matrix (Mamba's and transformers' default); None: as the
+    init base says (ssm.presets.apply_preset ties or unties the model before initialising it)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the config (never read by the model)."""
 
@@ -77,6 +82,8 @@ class MambaConfig:
             raise ConfigError(
                 f"dt_min={self.dt_min!r}, dt_max={self.dt_max!r}; allowed: 0 < dt_min <= dt_max"
             )
+        if self.tie_readout is not None and not isinstance(self.tie_readout, bool):
+            raise ConfigError(f"tie_readout={self.tie_readout!r}; allowed: true, false or unset (the base decides)")
         if self.dt_init_floor <= 0:
             raise ConfigError(f"dt_init_floor={self.dt_init_floor!r}; allowed: > 0")
         try:

@@ -1,7 +1,8 @@
 """Mamba language model with an observable S6 (semantics of state-spaces/mamba's reference).
 
 Block: RMSNorm → in_proj → (x, z); x → causal depthwise conv1d → SiLU → S6 → y;
-y ⊙ SiLU(z) → out_proj; residual add. LM: embedding → blocks → RMSNorm → untied readout.
+y ⊙ SiLU(z) → out_proj; residual add. LM: embedding → blocks → RMSNorm → readout, which may be
+tied to the embedding (one matrix, two uses, as in Mamba and transformers; set_readout_tied).
 Parameter names follow state-spaces/mamba (in_proj, conv1d, x_proj, dt_proj, A_log, D,
 out_proj) except that x_proj holds its three row blocks as separate weights (x_proj.dt,
 x_proj.B, x_proj.C), so that each can carry its own init and learning-rate scale.
@@ -127,7 +128,27 @@ class MambaLM(nn.Module):
         self.embedding = ScaledEmbedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(MambaBlock(cfg) for _ in range(cfg.n_layers))
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = ScaledLinear(cfg.d_model, cfg.vocab_size)  # untied readout
+        self.lm_head = ScaledLinear(cfg.d_model, cfg.vocab_size)
+        if cfg.tie_readout:
+            self.set_readout_tied(True)
+
+    @property
+    def readout_tied(self) -> bool:
+        """Whether lm_head.weight is embedding.weight."""
+        return self.lm_head.weight is self.embedding.weight
+
+    def set_readout_tied(self, tied: bool) -> None:
+        """Share the embedding matrix as the readout, or give the readout its own (uninitialised) one.
+
+        Tied, the one parameter is listed once by named_parameters() (as embedding.weight); the
+        readout's forward multiplier still applies to its use in lm_head.
+        """
+        if tied == self.readout_tied:
+            return
+        if tied:
+            self.lm_head.weight = self.embedding.weight
+        else:
+            self.lm_head.weight = nn.Parameter(torch.empty_like(self.embedding.weight))
 
     @property
     def mixers(self) -> list[MambaMixer]:

@@ -1,14 +1,18 @@
-"""Parameterizations as data: presets are tables of width exponents, read from TOML.
+"""Parameterizations as data: presets are tables of width exponents on an init base, read from TOML.
 
 For every parameter role (ssm.roles.Role) a preset gives three exponent pairs (a, b):
-  init std        ∝ (N_u/N_u0)^a · (N_x/N_x0)^b   (for CONSTANT roles: the value)
+  init std        ∝ (N_u/N_u0)^a · (N_x/N_x0)^b   (for constant roles: the value)
   learning rate   ∝ (N_u/N_u0)^a · (N_x/N_x0)^b   separately for the SGD and Adam families
   forward mult.   = (N_u/N_u0)^a · (N_x/N_x0)^b   (roles with a linear map only)
-relative to a base width (N_u0, N_x0) at which every preset is Mamba's default with one
-global learning rate. d_model and dt_rank scale with N_u (d = N_u/expand, R = d/16).
-A role may override any of the three per discretisation ([roles.<role>.zoh] / .euler).
-Built-in presets are the TOML files in ssm/presets/; user presets use the same format and
-the same validation (see docs/parameterizations.md).
+relative to a base width (N_u0, N_x0). What they scale is the preset's init base (ssm.bases):
+the distribution and constant of every role at the base width, where every preset on that
+base is the base's own initialisation with one global learning rate. d_model and dt_rank
+scale with N_u (d = N_u/expand, R = d/16). A role may override any of the three per
+discretisation ([roles.<role>.zoh] / .euler). When the readout is tied to the embedding (one
+matrix, two uses) it follows the embedding's init and learning rate and keeps a forward
+multiplier ([roles.readout.tied]; see readout_mult_exponents). Built-in presets are the TOML
+files in ssm/presets/; user presets use the same format and the same validation (see
+docs/parameterizations.md).
 """
 
 from __future__ import annotations
@@ -24,19 +28,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssmscope.ssm.bases import DEFAULT_BASE, Base, builtin_base_names, load_base, resolve_base_name
 from ssmscope.ssm.config import Discretization, MambaConfig
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.roles import (
+    FAN_IN,
     MODULE_OF_ROLE,
     MULTIPLIER_ROLES,
-    ROLE_INIT,
+    STRUCTURAL_RULES,
     InitKind,
     Role,
-    base_std,
     role_of,
     split_name,
 )
-from ssmscope.ssm.tomlfiles import builtin_toml_names, read_builtin_or_file
+from ssmscope.ssm.tomlfiles import builtin_toml_names, parse_number, read_builtin_or_file
+
+TIED_READOUT = ("lm_head.weight", "embedding.weight")
+"""(readout parameter, the parameter it is when tied)."""
 
 
 class OptimizerFamily(StrEnum):
@@ -64,6 +72,12 @@ class Exponents:
     def factor(self, u_ratio: float, x_ratio: float) -> float:
         return u_ratio**self.n_u * x_ratio**self.n_x
 
+    def __add__(self, other: Exponents) -> Exponents:
+        return Exponents(self.n_u + other.n_u, self.n_x + other.n_x)
+
+    def __sub__(self, other: Exponents) -> Exponents:
+        return Exponents(self.n_u - other.n_u, self.n_x - other.n_x)
+
     def __str__(self) -> str:
         parts = [f"{sym}^{_frac(e)}" for sym, e in (("N_u", self.n_u), ("N_x", self.n_x)) if e]
         return "·".join(parts) if parts else "1"
@@ -89,28 +103,25 @@ class Preset:
     base_n_x: int
     rules: Mapping[Discretization, Mapping[Role, RoleScaling]]
     source: str = "built-in"
+    base: Base | None = None
+    """The init base (ssm.bases) the exponents scale; None only for presets built in code."""
+    tied_readout_mult: Exponents | None = None
+    """Forward multiplier of a tied readout ([roles.readout.tied]); None: readout_mult_exponents' default."""
 
     def scaling(self, role: Role, disc: Discretization) -> RoleScaling:
         return self.rules[Discretization(disc)][role]
+
+    @property
+    def init_base(self) -> Base:
+        """The base this preset names (the default base when built without one)."""
+        return self.base if self.base is not None else load_base(DEFAULT_BASE)
 
 
 # ----------------------------------------------------------------------------- loading
 
 _EXP_KEYS = {"n_u", "n_x"}
 _ROLE_KEYS = {"init", "lr", "mult"}
-
-
-def _number(path: str, value: Any) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"{path}={value!r}; allowed: a number such as -0.5 or '-1/2'")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(Fraction(value.strip()))
-        except (ValueError, ZeroDivisionError):
-            pass
-    raise ConfigError(f"{path}={value!r}; allowed: a number such as -0.5 or '-1/2'")
+_HEAD_KEYS = {"name", "description", "base", "base_n_u", "base_n_x"}
 
 
 def _exponents(path: str, table: Any) -> Exponents:
@@ -119,7 +130,7 @@ def _exponents(path: str, table: Any) -> Exponents:
     unknown = set(table) - _EXP_KEYS
     if unknown:
         raise ConfigError(f"{path}.{sorted(unknown)[0]}: unknown key; allowed: n_u, n_x")
-    return Exponents(**{k: _number(f"{path}.{k}", v) for k, v in table.items()})
+    return Exponents(**{k: parse_number(f"{path}.{k}", v) for k, v in table.items()})
 
 
 def _lr(path: str, table: Any) -> dict[OptimizerFamily, Exponents]:
@@ -135,10 +146,16 @@ def _lr(path: str, table: Any) -> dict[OptimizerFamily, Exponents]:
     return {OptimizerFamily(k): _exponents(f"{path}.{k}", v) for k, v in table.items()}
 
 
+def _subtables(role: Role) -> set[str]:
+    """Override tables a role may carry: per discretisation, and `tied` for the readout."""
+    return {d.value for d in Discretization} | ({"tied"} if role == Role.READOUT else set())
+
+
 def _role_scaling(path: str, table: dict[str, Any], role: Role, base: RoleScaling | None) -> RoleScaling:
-    unknown = set(table) - _ROLE_KEYS - ({"zoh", "euler"} if base is None else set())
+    subtables = _subtables(role) if base is None else set()
+    unknown = set(table) - _ROLE_KEYS - subtables
     if unknown:
-        allowed = ", ".join(sorted(_ROLE_KEYS | ({"zoh", "euler"} if base is None else set())))
+        allowed = ", ".join(sorted(_ROLE_KEYS | subtables))
         raise ConfigError(f"{path}.{sorted(unknown)[0]}: unknown key; allowed: {allowed}")
     if base is None:
         for key in ("init", "lr"):
@@ -148,11 +165,46 @@ def _role_scaling(path: str, table: dict[str, Any], role: Role, base: RoleScalin
     lr = _lr(f"{path}.lr", table["lr"]) if "lr" in table else base.lr
     mult = _exponents(f"{path}.mult", table["mult"]) if "mult" in table else (
         base.mult if base else Exponents())
-    if ROLE_INIT[role].kind == InitKind.STRUCTURAL and init != Exponents():
+    if role in STRUCTURAL_RULES and init != Exponents():
         raise ConfigError(f"{path}.init: role {role} has a structural init and cannot be scaled")
     if role not in MULTIPLIER_ROLES and mult != Exponents():
         raise ConfigError(f"{path}.mult: role {role} has no linear map to multiply")
     return RoleScaling(init=init, lr=lr, mult=mult)
+
+
+def _tied_mult(path: str, table: Any) -> Exponents:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}={table!r}; allowed: a table with mult")
+    unknown = set(table) - {"mult"}
+    if unknown:
+        raise ConfigError(f"{path}.{sorted(unknown)[0]}: unknown key; allowed: mult (a tied readout "
+                          "takes the embedding's init and learning rate)")
+    if "mult" not in table:
+        raise ConfigError(f"{path}: missing key 'mult'")
+    return _exponents(f"{path}.mult", table["mult"])
+
+
+def _head(source: str, head: Any) -> tuple[str, dict[str, int], str]:
+    if not isinstance(head, dict):
+        raise ConfigError(f"{source}: missing table [preset] (name, description, base, base_n_u, base_n_x)")
+    unknown = set(head) - _HEAD_KEYS
+    if unknown:
+        raise ConfigError(f"{source}: preset.{sorted(unknown)[0]}: unknown key; "
+                          f"allowed: {', '.join(sorted(_HEAD_KEYS))}")
+    name = head.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{source}: preset.name={name!r}; allowed: a non-empty string")
+    widths = {}
+    for key in ("base_n_u", "base_n_x"):
+        v = head.get(key, 32)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ConfigError(f"{source}: preset.{key}={v!r}; allowed: a positive integer")
+        widths[key] = v
+    base = head.get("base", DEFAULT_BASE)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{source}: preset.base={base!r}; allowed: {', '.join(builtin_base_names())} "
+                          "or a base .toml file")
+    return name, widths, base
 
 
 def parse_preset(data: dict[str, Any], source: str) -> Preset:
@@ -160,22 +212,11 @@ def parse_preset(data: dict[str, Any], source: str) -> Preset:
     unknown = set(data) - {"preset", "roles"}
     if unknown:
         raise ConfigError(f"{source}: {sorted(unknown)[0]}: unknown key; allowed: preset, roles")
-    head = data.get("preset")
-    if not isinstance(head, dict):
-        raise ConfigError(f"{source}: missing table [preset] (name, description, base_n_u, base_n_x)")
-    unknown = set(head) - {"name", "description", "base_n_u", "base_n_x"}
-    if unknown:
-        raise ConfigError(f"{source}: preset.{sorted(unknown)[0]}: unknown key; "
-                          "allowed: name, description, base_n_u, base_n_x")
-    name = head.get("name")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{source}: preset.name={name!r}; allowed: a non-empty string")
-    bases = {}
-    for key in ("base_n_u", "base_n_x"):
-        v = head.get(key, 32)
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ConfigError(f"{source}: preset.{key}={v!r}; allowed: a positive integer")
-        bases[key] = v
+    name, widths, base_name = _head(source, data.get("preset"))
+    try:
+        base = load_base(base_name, relative_to=Path(source) if source.endswith(".toml") else None)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: preset.base: {exc}") from None
     roles = data.get("roles")
     if not isinstance(roles, dict):
         raise ConfigError(f"{source}: missing table [roles]")
@@ -188,6 +229,7 @@ def parse_preset(data: dict[str, Any], source: str) -> Preset:
         raise ConfigError(f"{source}: roles.{missing[0]}: missing; every role needs a rule "
                           f"(roles: {allowed})")
     rules: dict[Discretization, dict[Role, RoleScaling]] = {d: {} for d in Discretization}
+    tied_mult = None
     for role in Role:
         table = roles[role.value]
         path = f"{source}: roles.{role.value}"
@@ -202,9 +244,11 @@ def parse_preset(data: dict[str, Any], source: str) -> Preset:
                 raise ConfigError(f"{path}.{disc.value}={override!r}; allowed: a table")
             else:
                 rules[disc][role] = _role_scaling(f"{path}.{disc.value}", override, role, common)
-    return Preset(name=name, description=str(head.get("description", "")),
-                  base_n_u=bases["base_n_u"], base_n_x=bases["base_n_x"], rules=rules,
-                  source=source)
+        if "tied" in table:
+            tied_mult = _tied_mult(f"{path}.tied", table["tied"])
+    return Preset(name=name, description=str(data["preset"].get("description", "")),
+                  base_n_u=widths["base_n_u"], base_n_x=widths["base_n_x"], rules=rules,
+                  source=source, base=base, tied_readout_mult=tied_mult)
 
 
 def builtin_names() -> list[str]:
@@ -215,6 +259,61 @@ def load_preset(name_or_path: str | Path) -> Preset:
     """A built-in preset by name (sp, mup, mup-ssm) or a user preset from a TOML file."""
     data, source = read_builtin_or_file("ssmscope.ssm", "presets", "preset", name_or_path)
     return parse_preset(data, source)
+
+
+def preset_base_name(name_or_path: str | Path) -> str:
+    """The init base a preset names (as a run stores it), read without validating the rest of the
+    preset: a broken preset fails in its own run, as it did before bases existed."""
+    try:
+        data, source = read_builtin_or_file("ssmscope.ssm", "presets", "preset", name_or_path)
+    except ConfigError:
+        return DEFAULT_BASE
+    head = data.get("preset")
+    name = head.get("base", DEFAULT_BASE) if isinstance(head, dict) else DEFAULT_BASE
+    if not isinstance(name, str) or not name:
+        return DEFAULT_BASE
+    return resolve_base_name(name, Path(source) if source.endswith(".toml") else None)
+
+
+def with_base(preset: Preset, base: Base | str | None) -> Preset:
+    """The preset on another init base (None: unchanged); its exponents stay as they are."""
+    if base is None:
+        return preset
+    return replace(preset, base=base if isinstance(base, Base) else load_base(base))
+
+
+# ----------------------------------------------------------------------------- base exponents
+
+
+def original_exponents(base: Base) -> dict[Role, Exponents]:
+    """The width exponents of the base's own rules (fan_in^p with fan_in ∝ N_u^k gives N_u^(p·k)).
+
+    A preset with these init exponents reproduces the base's original code at every width
+    (exactly where dt_rank = d_model/16 has no rounding, i.e. d_model a multiple of 16).
+    Structural and constant roles get 0.
+    """
+    out = {}
+    for role in Role:
+        rb = base.roles[role]
+        if rb.fan_in_power and role in FAN_IN:
+            f = FAN_IN[role]
+            out[role] = Exponents(rb.fan_in_power * f.n_u, rb.fan_in_power * f.n_x)
+        else:
+            out[role] = Exponents()
+    return out
+
+
+def original_preset(base: Base | str, base_n_u: int = 32, base_n_x: int = 32) -> Preset:
+    """The base's own code as a preset: its width exponents, one global learning rate, a tied
+    readout without multiplier. `apply_preset` with it initialises a model as the original does
+    at any width (see original_exponents); at the base width it coincides with every preset."""
+    base = base if isinstance(base, Base) else load_base(base)
+    exps = original_exponents(base)
+    flat = {f: Exponents() for f in OptimizerFamily}
+    table = {role: RoleScaling(init=exps[role], lr=flat, mult=Exponents()) for role in Role}
+    return Preset(name=f"original-{base.name}", description=f"{base.name}'s own initialisation at every width",
+                  base_n_u=base_n_u, base_n_x=base_n_x, rules={d: table for d in Discretization},
+                  source="original_preset", base=base, tied_readout_mult=Exponents())
 
 
 # ----------------------------------------------------------------------------- applying
@@ -228,13 +327,15 @@ class ParamPlan:
     layer: int | None
     role: Role | None  # None: no rule covers this parameter
     shape: tuple[int, ...]
-    init_kind: InitKind | None
-    init_scale: float | None  # std (NORMAL) or value (CONSTANT); None for STRUCTURAL
+    init_kind: InitKind | None  # TIED: the readout is the embedding's matrix (init and lr: that row)
+    init_scale: float | None  # std (normal, uniform) or value (constant); None for structural and tied
     init_exponents: Exponents | None
     lr: float | None
     lr_exponents: Exponents | None
     multiplier: float | None
     mult_exponents: Exponents | None
+    init_rule: str = ""  # the base's rule in words, e.g. "U(±1·d_model^-1/2)", or "= embedding.weight"
+    tied_to: str | None = None
 
 
 def width_ratios(cfg: MambaConfig, preset: Preset) -> tuple[float, float]:
@@ -250,81 +351,128 @@ def base_config(cfg: MambaConfig, preset: Preset) -> MambaConfig:
     return replace(cfg, d_model=preset.base_n_u // cfg.expand, d_state=preset.base_n_x)
 
 
+def readout_tied(cfg: MambaConfig, base: Base) -> bool:
+    """Whether the readout shares the embedding matrix: the config decides if it says, else the base."""
+    return base.tied_readout if cfg.tie_readout is None else bool(cfg.tie_readout)
+
+
+def readout_mult_exponents(preset: Preset, disc: Discretization) -> Exponents:
+    """Forward multiplier of a tied readout.
+
+    The preset's [roles.readout.tied] mult if given; otherwise the multiplier that gives the
+    tied readout the effective init scaling the preset declares for an untied one: readout
+    mult + readout init − embedding init (the embedding's matrix already carries the latter).
+    """
+    if preset.tied_readout_mult is not None:
+        return preset.tied_readout_mult
+    r, e = preset.scaling(Role.READOUT, disc), preset.scaling(Role.EMBEDDING, disc)
+    return r.mult + r.init - e.init
+
+
 def plan(model: nn.Module, cfg: MambaConfig, preset: Preset, optimizer: Optimizer | str,
-         lr: float) -> list[ParamPlan]:
-    """Init scale, learning rate and multiplier of every parameter under a preset."""
+         lr: float, base: Base | str | None = None) -> list[ParamPlan]:
+    """Init, learning rate and multiplier of every parameter under a preset (on `base`, default the
+    preset's own). A tied readout is listed as its own row (kind `tied`) next to the embedding."""
     optimizer = Optimizer(optimizer)
+    preset = with_base(preset, base)
+    init_base = preset.init_base
+    tied = readout_tied(cfg, init_base)
     u_ratio, x_ratio = width_ratios(cfg, preset)
-    base = base_config(cfg, preset)
+    base_cfg = base_config(cfg, preset)
     rows = []
-    for name, p in model.named_parameters():
+    for name, p in model.named_parameters(remove_duplicate=False):
         layer, _ = split_name(name)
         role = role_of(name)
         if role is None:
             rows.append(ParamPlan(name, layer, None, tuple(p.shape), None, None, None, None,
                                   None, None, None))
             continue
+        if tied and name == TIED_READOUT[0]:
+            m = readout_mult_exponents(preset, cfg.discretization)
+            rows.append(ParamPlan(name, layer, role, tuple(p.shape), InitKind.TIED, None, None, None,
+                                  None, m.factor(u_ratio, x_ratio), m, f"= {TIED_READOUT[1]}",
+                                  TIED_READOUT[1]))
+            continue
         s = preset.scaling(role, cfg.discretization)
-        kind = ROLE_INIT[role].kind
-        scale = None if kind == InitKind.STRUCTURAL else base_std(role, base) * s.init.factor(
-            u_ratio, x_ratio)
+        rb = init_base.roles[role]
+        scale = rb.scale_at(role, base_cfg)
+        if scale is not None:
+            scale *= s.init.factor(u_ratio, x_ratio)
         lr_exp = s.lr[optimizer.family]
         rows.append(ParamPlan(
-            name, layer, role, tuple(p.shape), kind, scale, s.init,
+            name, layer, role, tuple(p.shape), rb.dist, scale,
+            s.init if rb.dist != InitKind.STRUCTURAL else None,
             lr * lr_exp.factor(u_ratio, x_ratio), lr_exp,
             s.mult.factor(u_ratio, x_ratio) if role in MULTIPLIER_ROLES else None,
             s.mult if role in MULTIPLIER_ROLES else None,
+            rb.describe(role),
         ))
     return rows
 
 
-def _structural_init(role: Role, p: torch.Tensor, cfg: MambaConfig, gen: torch.Generator) -> None:
-    if role == Role.A_LOG:  # S4D-real: A[i, n] = −(n + 1)
+def _structural_init(rule: str, p: torch.Tensor, cfg: MambaConfig, gen: torch.Generator) -> None:
+    if rule == "s4d_real":  # A[i, n] = −(n + 1): A_log = log(n + 1)
         n = torch.arange(1, p.shape[1] + 1, dtype=torch.float64)
         p.copy_(torch.log(n).expand_as(p))
-    elif role == Role.DT_PROJ_BIAS:  # softplus(bias) = Δ, Δ log-uniform in [dt_min, dt_max]
+    elif rule == "inverse_softplus_log_uniform_dt":  # softplus(bias) = Δ, Δ log-uniform in [dt_min, dt_max]
         r = torch.rand(p.shape, generator=gen, dtype=torch.float64)
         dt = torch.exp(r * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
         dt = dt.clamp(min=cfg.dt_init_floor)
         p.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-    else:  # pragma: no cover - ROLE_INIT and this function list the same roles
-        raise AssertionError(role)
+    else:  # pragma: no cover - ssm.roles.STRUCTURAL_RULES lists the rules this function knows
+        raise AssertionError(rule)
+
+
+def _draw(kind: InitKind, scale: float, p: torch.Tensor, gen: torch.Generator) -> None:
+    if kind == InitKind.NORMAL:
+        p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale)
+    elif kind == InitKind.UNIFORM:  # U(±√3·std)
+        u = torch.rand(p.shape, generator=gen, dtype=torch.float64) * 2 - 1
+        p.copy_(u * (math.sqrt(3) * scale))
+    else:
+        p.fill_(scale)
 
 
 def apply_preset(model: nn.Module, cfg: MambaConfig, preset: Preset, optimizer: Optimizer | str,
-                 lr: float, seed: int = 0) -> list[dict[str, Any]]:
-    """Initialise every parameter and set multipliers under `preset`; return optimizer groups.
+                 lr: float, seed: int = 0, base: Base | str | None = None) -> list[dict[str, Any]]:
+    """Initialise every parameter and set multipliers under `preset` (on `base`, default the
+    preset's own); tie or untie the readout as the config or the base says; return optimizer groups.
 
-    One group per (role, layer) so that update norms can be read per role. Raises ConfigError
-    if any parameter has no rule.
+    One group per (role, layer) so that update norms can be read per role; a tied readout has no
+    group of its own (it is the embedding's parameter). Raises ConfigError if any parameter has no rule.
     """
+    preset = with_base(preset, base)
+    tied = readout_tied(cfg, preset.init_base)
+    if hasattr(model, "set_readout_tied"):
+        model.set_readout_tied(tied)
     rows = plan(model, cfg, preset, optimizer, lr)
     uncovered = [r.name for r in rows if r.role is None]
     if uncovered:
         raise ConfigError(f"no rule covers parameter(s) {', '.join(uncovered)}; add them to "
                           "ssmscope.ssm.roles.ROLE_OF_NAME")
     gen = torch.Generator().manual_seed(seed)
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     groups = []
     with torch.no_grad():
         for r in rows:
+            if r.init_kind == InitKind.TIED:
+                if params[r.name] is not params[r.tied_to]:
+                    raise ConfigError(f"{r.name} should be tied to {r.tied_to}; build the model with "
+                                      "MambaLM (it ties the readout) or tie it before apply_preset")
+                continue
             p = params[r.name]
-            if r.init_kind == InitKind.NORMAL:
-                sample = torch.randn(p.shape, generator=gen, dtype=torch.float64) * r.init_scale
-                p.copy_(sample)
-            elif r.init_kind == InitKind.CONSTANT:
-                p.fill_(r.init_scale)
+            if r.init_kind == InitKind.STRUCTURAL:
+                _structural_init(preset.init_base.roles[r.role].rule, p, cfg, gen)
             else:
-                _structural_init(r.role, p, cfg, gen)
+                _draw(r.init_kind, r.init_scale, p, gen)
             groups.append({"params": [p], "lr": r.lr, "name": r.name, "role": str(r.role),
                            "layer": r.layer})
     modules = dict(model.named_modules())
-    u_ratio, x_ratio = width_ratios(cfg, preset)
+    mults = {r.role: r.multiplier for r in rows if r.multiplier is not None}
     for role, rel in MODULE_OF_ROLE.items():
-        mult = preset.scaling(role, cfg.discretization).mult.factor(u_ratio, x_ratio)
         for name, module in modules.items():
             if name == rel or name.endswith("." + rel):
-                module.multiplier = mult
+                module.multiplier = mults[role]
     return groups
 
 

@@ -1,19 +1,17 @@
 """Parameter roles: an explicit table from parameter names to what each parameter is.
 
-A role says how a parameter is initialised at the base width (its init kind and base
-scale) and which width dimensions its fan-in follows; presets (ssm.presets) then scale the
-init and the learning rate of each role with N_u and N_x. No default row: a parameter that
-no rule covers is reported by `ssmscope param show` and refused by `apply_preset`.
+A role groups the parameters that share one init rule and one width scaling: an init base
+(ssm.bases) says how each role is drawn at the base width, a preset (ssm.presets) how its init,
+learning rate and multiplier scale with N_u and N_x. This module holds what is fixed by the
+architecture: the names, the fan-ins and which roles have a structural init. No default row: a
+parameter that no rule covers is reported by `ssmscope param show` and refused by `apply_preset`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-
-from ssmscope.ssm.config import MambaConfig
 
 
 class Role(StrEnum):
@@ -30,36 +28,49 @@ class Role(StrEnum):
     D = "D"
     OUT_PROJ = "out_proj"
     NORM = "norm"  # RMSNorm gains (per block and final)
-    READOUT = "readout"  # lm_head (untied)
+    READOUT = "readout"  # lm_head (its own matrix, or the embedding's when tied)
 
 
 class InitKind(StrEnum):
-    NORMAL = "normal"  # N(0, std²), std = base_std · width scaling
-    CONSTANT = "constant"  # every entry = base value · width scaling
-    STRUCTURAL = "structural"  # Mamba's own formula (S4D-real A, log-uniform Δ); not scaled
+    """How a parameter is initialised: a base's distribution for the role, or `tied`."""
+
+    NORMAL = "normal"  # N(0, std²)
+    UNIFORM = "uniform"  # U(±√3·std): kaiming-uniform's U(±fan_in^-1/2) has std (3·fan_in)^-1/2
+    CONSTANT = "constant"  # every entry = value
+    STRUCTURAL = "structural"  # a named formula (STRUCTURAL_RULES); not scaled with width
+    TIED = "tied"  # the readout is the embedding's matrix (one parameter, two uses)
+
+
+# The roles whose init is a formula rather than a scale, and the formulas each may use
+# (ssm.presets._structural_init implements them; a base names one per role).
+STRUCTURAL_RULES: dict[Role, tuple[str, ...]] = {
+    Role.DT_PROJ_BIAS: ("inverse_softplus_log_uniform_dt",),  # softplus⁻¹(Δ), Δ log-uniform in [dt_min, dt_max]
+    Role.A_LOG: ("s4d_real",),  # A_log = log(n + 1): A[i, n] = −(n + 1)
+}
 
 
 @dataclass(frozen=True)
-class RoleInit:
-    kind: InitKind
-    rule: str  # human-readable base rule, shown by `param show`
+class FanIn:
+    """A role's fan-in: the MambaConfig attribute holding it and how it scales with N_u and N_x."""
+
+    attr: str
+    n_u: float
+    n_x: float = 0.0
 
 
-ROLE_INIT: dict[Role, RoleInit] = {
-    Role.EMBEDDING: RoleInit(InitKind.NORMAL, "std 1"),
-    Role.IN_PROJ: RoleInit(InitKind.NORMAL, "std d_model0^-1/2 (fan-in)"),
-    Role.CONV_WEIGHT: RoleInit(InitKind.NORMAL, "std d_conv^-1/2 (depthwise fan-in)"),
-    Role.CONV_BIAS: RoleInit(InitKind.NORMAL, "std d_conv^-1/2"),
-    Role.X_PROJ_DT: RoleInit(InitKind.NORMAL, "std N_u0^-1/2 (fan-in)"),
-    Role.X_PROJ_B: RoleInit(InitKind.NORMAL, "std N_u0^-1/2 (fan-in)"),
-    Role.X_PROJ_C: RoleInit(InitKind.NORMAL, "std N_u0^-1/2 (fan-in)"),
-    Role.DT_PROJ_WEIGHT: RoleInit(InitKind.NORMAL, "std R0^-1/2 (fan-in)"),
-    Role.DT_PROJ_BIAS: RoleInit(InitKind.STRUCTURAL, "softplus⁻¹(Δ), Δ log-uniform [dt_min, dt_max]"),
-    Role.A_LOG: RoleInit(InitKind.STRUCTURAL, "log(n+1) (S4D-real)"),
-    Role.D: RoleInit(InitKind.CONSTANT, "1"),
-    Role.OUT_PROJ: RoleInit(InitKind.NORMAL, "std N_u0^-1/2 (fan-in)"),
-    Role.NORM: RoleInit(InitKind.CONSTANT, "1"),
-    Role.READOUT: RoleInit(InitKind.NORMAL, "std d_model0^-1/2 (fan-in)"),
+# Fan-in of each matrix role (PyTorch's convention: inputs per output, depthwise conv: d_conv).
+# x_proj's three row blocks share the full x_proj's fan-in d_inner. Roles without an entry
+# (embedding: one-hot input; vectors) have no fan-in, and a base cannot scale them by one.
+FAN_IN: dict[Role, FanIn] = {
+    Role.IN_PROJ: FanIn("d_model", 1),
+    Role.CONV_WEIGHT: FanIn("d_conv", 0),
+    Role.CONV_BIAS: FanIn("d_conv", 0),  # PyTorch draws a bias with its weight's fan-in
+    Role.X_PROJ_DT: FanIn("d_inner", 1),
+    Role.X_PROJ_B: FanIn("d_inner", 1),
+    Role.X_PROJ_C: FanIn("d_inner", 1),
+    Role.DT_PROJ_WEIGHT: FanIn("rank", 1),  # R = ceil(d_model/16)
+    Role.OUT_PROJ: FanIn("d_inner", 1),
+    Role.READOUT: FanIn("d_model", 1),
 }
 
 # Roles whose module can apply a forward multiplier (the others are not plain linear maps).
@@ -111,24 +122,3 @@ def split_name(name: str) -> tuple[int | None, str]:
 def role_of(name: str) -> Role | None:
     """The role of a parameter name, or None when no rule covers it."""
     return ROLE_OF_NAME.get(split_name(name)[1])
-
-
-def base_std(role: Role, base_cfg: MambaConfig) -> float:
-    """Init std (NORMAL) or value (CONSTANT) at the base width, where all presets coincide."""
-    fan_in = {
-        Role.EMBEDDING: 1,
-        Role.IN_PROJ: base_cfg.d_model,
-        Role.CONV_WEIGHT: base_cfg.d_conv,
-        Role.CONV_BIAS: base_cfg.d_conv,
-        Role.X_PROJ_DT: base_cfg.d_inner,
-        Role.X_PROJ_B: base_cfg.d_inner,
-        Role.X_PROJ_C: base_cfg.d_inner,
-        Role.DT_PROJ_WEIGHT: base_cfg.rank,
-        Role.OUT_PROJ: base_cfg.d_inner,
-        Role.READOUT: base_cfg.d_model,
-    }
-    if role in (Role.D, Role.NORM):
-        return 1.0
-    if role in fan_in:
-        return 1.0 / math.sqrt(fan_in[role])
-    raise KeyError(f"role {role} has a structural init and no base std")

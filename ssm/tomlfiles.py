@@ -1,12 +1,14 @@
 """Built-in TOML tables shipped in a package folder, or a user's TOML file: one loader for both.
 
-Presets (ssm/presets/) and sweep specs (runs/specs/) are found the same way: a bare name picks a
-built-in file, anything else must be an existing .toml path; every failure is a ConfigError.
+Presets (ssm/presets/), init bases (ssm/presets/bases/) and sweep specs (runs/sweeps/specs/) are
+found the same way: a bare name picks a built-in file, anything else must be an existing .toml
+path; every failure is a ConfigError.
 """
 
 from __future__ import annotations
 
 import tomllib
+from fractions import Fraction
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,3 +37,17 @@ def read_builtin_or_file(package: str, folder: str, kind: str, name_or_path: str
         return tomllib.loads(path.read_text()), text
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{text}: not valid TOML ({exc})") from None
+
+
+def parse_number(path: str, value: Any) -> float:
+    """A TOML number, or a fraction written as a string ("-1/2"); `path` names the key in errors."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{path}={value!r}; allowed: a number such as -0.5 or '-1/2'")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.strip()))
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise ConfigError(f"{path}={value!r}; allowed: a number such as -0.5 or '-1/2'")

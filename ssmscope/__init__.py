@@ -1,16 +1,89 @@
 """ssmscope: signal-propagation diagnostics for width scaling of selective state-space models.
 
-The installed distribution exposes the repository's packages only under this namespace:
+The public API (see docs/library.md):
 
-    ssmscope.ssm      the model, its parameterizations (presets) and the selective scans
+    ssmscope.coord_check(make_model, widths, batches, presets=..., optimizer=..., lr=..., steps=..., seeds=...)
+                          train every width in memory → the probe frame (polars) a sweep would store
+    ssmscope.fit_slopes(frame)      width-scaling exponents with CIs and predicted values
+    ssmscope.coord_figure(frame)    the dashboard's coordinate-check figure (Plotly)
+    ssmscope.store.save(frame, db)  put the runs where `ssmscope slopes` and the dashboard read them
+    ssmscope.Monitor(model, db, probe_batch=..., every=k)   the probes inside your own training loop
+    ssmscope.HFMamba(config)        transformers' Mamba at any width (pip install 'ssmscope[hf]')
+    ssmscope.apply_preset_hf, ssmscope.HFObserver, ssmscope.RowScaledAdam, ...  the pieces underneath
+
+The repository's packages live under this namespace:
+
+    ssmscope.ssm      the model, its parameterizations (presets), the selective scans, adapters
     ssmscope.probes   the Observer: statistics from inside the scan, per layer and step
-    ssmscope.runs     sweeps, the DuckDB store, the analyses (slopes, transfer) and the CLI
+    ssmscope.runs     sweeps, the DuckDB store, the analyses (slopes, transfer), the CLI, the library
     ssmscope.app      the Streamlit dashboard
 
-Importing `ssmscope` is cheap: nothing heavy (torch, polars, duckdb, streamlit) is loaded until an
-attribute that needs it is used.
+Importing `ssmscope` is cheap: every name above loads its module on first use (PEP 562), so
+`import ssmscope` loads neither torch nor polars, duckdb, plotly or streamlit.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "coord_check": "ssmscope.runs.library.coord",
+    "fit_slopes": "ssmscope.runs.analysis.slopes.fit",
+    "paper_slopes": "ssmscope.runs.analysis.slopes.paper",
+    "coord_figure": "ssmscope.runs.library.figure",
+    "Monitor": "ssmscope.runs.library.monitor",
+    "HFMamba": "ssmscope.ssm.adapters.hf",
+    "apply_preset_hf": "ssmscope.ssm.adapters.hf",
+    "plan_hf": "ssmscope.ssm.adapters.hf",
+    "RowScaledAdam": "ssmscope.ssm.adapters.optim",
+    "RowScaledSGD": "ssmscope.ssm.adapters.optim",
+    "build_row_optimizer": "ssmscope.ssm.adapters.optim",
+    "HFObserver": "ssmscope.probes.hf",
+    "Observer": "ssmscope.probes.observer",
+    "MambaConfig": "ssmscope.ssm.config",
+    "MambaLM": "ssmscope.ssm.model",
+    "load_preset": "ssmscope.ssm.presets",
+    "ConfigError": "ssmscope.ssm.errors",
+}
+"""Public name → the module defining it (loaded on first access)."""
+_SUBMODULES = ("store",)
+"""Public submodules, loaded on first access: ssmscope.store."""
+
+__all__ = ["ConfigError", "HFMamba", "HFObserver", "MambaConfig", "MambaLM", "Monitor", "Observer", "RowScaledAdam",
+           "RowScaledSGD", "__version__", "apply_preset_hf", "build_row_optimizer", "coord_check", "coord_figure",
+           "fit_slopes", "load_preset", "paper_slopes", "plan_hf", "store"]
+assert set(__all__) == {"__version__", *_EXPORTS, *_SUBMODULES}, "__all__ lists every public name once"
+
+if TYPE_CHECKING:
+    from ssmscope import store
+    from ssmscope.probes.hf import HFObserver
+    from ssmscope.probes.observer import Observer
+    from ssmscope.runs.analysis.slopes.fit import fit_slopes
+    from ssmscope.runs.analysis.slopes.paper import paper_slopes
+    from ssmscope.runs.library.coord import coord_check
+    from ssmscope.runs.library.figure import coord_figure
+    from ssmscope.runs.library.monitor import Monitor
+    from ssmscope.ssm.adapters.hf import HFMamba, apply_preset_hf, plan_hf
+    from ssmscope.ssm.adapters.optim import RowScaledAdam, RowScaledSGD, build_row_optimizer
+    from ssmscope.ssm.config import MambaConfig
+    from ssmscope.ssm.errors import ConfigError
+    from ssmscope.ssm.model import MambaLM
+    from ssmscope.ssm.presets import load_preset
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"ssmscope.{name}")
+    else:
+        raise AttributeError(f"module 'ssmscope' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

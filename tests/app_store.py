@@ -1,8 +1,9 @@
 """Stores for the dashboard tests: one real tiny store (built once per test session), and broken ones.
 
 The real store holds two sweeps run on the CPU with the real worker (runs.sweep.run_sweep):
-  app-coord — a coordinate check: joint widths 16, 32, 64 × sp, mup-ssm × zoh, euler × 2 seeds
-              (24 runs, 2 steps, 2 layers, gradients recorded);
+  app-coord — a coordinate check: joint widths 16, 32, 64 × sp, mup, mup-ssm × zoh, euler × 2 seeds
+              (36 runs, 2 steps, 2 layers, gradients recorded; µP and µP-SSM are one parameterization
+              under ZOH + Adam on this joint axis, so those runs are identical);
   app-lr    — a learning-rate grid: N_u 16, 32, 64 at N_x = 8 × sp, mup-ssm × zoh × lr 0.003, 0.03, 10
               (18 runs, 1 layer; lr 10 diverges), with a held-out loss.
 Broken stores (`make_*`) are built without running anything.
@@ -29,7 +30,7 @@ name = "app-coord"
 description = "dashboard tests: coordinate check"
 [grid]
 widths = [16, 32, 64]
-presets = ["sp", "mup-ssm"]
+presets = ["sp", "mup", "mup-ssm"]
 discretizations = ["zoh", "euler"]
 optimizers = ["adam"]
 lrs = [0.01]
@@ -64,7 +65,7 @@ eval_every = 2
 eval_batches = 1
 """
 
-COORD_RUNS, LR_RUNS = 24, 18
+COORD_RUNS, LR_RUNS = 36, 18
 
 
 @functools.cache
@@ -86,6 +87,26 @@ def build_store(root: Path) -> Path:
 def app_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real tiny store (path of its DuckDB file)."""
     return build_store(tmp_path_factory.getbasetemp() / "app-store")
+
+
+def copy_sweeps(db: Path, dest: Path, specs: set[str]) -> Path:
+    """A new store at dest/ssmscope.duckdb holding only the runs of `specs` (their shards copied and ingested).
+
+    Shards are found and placed where the store layout keeps them (runs.store.db.shard_dir_for)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from ssmscope.runs.store.db import ingest, shard_dir_for
+
+    store = dest / "ssmscope.duckdb"
+    shards = shard_dir_for(store)
+    for shard in shard_dir_for(db).iterdir():
+        if shard.is_dir() and not shard.name.startswith(".") and \
+                pq.read_table(shard / "runs.parquet", columns=["spec"])["spec"][0].as_py() in specs:
+            shutil.copytree(shard, shards / shard.name)
+    ingest(store, shards)
+    return store
 
 
 # --- broken stores -------------------------------------------------------------------------------
@@ -118,10 +139,16 @@ def make_garbage(path: Path) -> Path:
 
 
 class Writer:
-    """Another process holding the store open for writing (as a sweep's ingest does)."""
+    """Another process holding the store open for writing (as a sweep's ingest does).
 
-    def __init__(self, path: Path) -> None:
-        code = ("import sys, duckdb; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
+    write=True: it also changes the file first (a table of its own, checkpointed), as an ingest does, so
+    the store's version moves on while the lock is held.
+    """
+
+    def __init__(self, path: Path, write: bool = False) -> None:
+        change = ("con.execute('CREATE TABLE IF NOT EXISTS writer_test AS SELECT range AS i FROM range(100000)'); "
+                  "con.execute('CHECKPOINT'); ") if write else ""
+        code = (f"import sys, duckdb; con = duckdb.connect(sys.argv[1]); {change}print('ready', flush=True); "
                 "sys.stdin.read()")
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)

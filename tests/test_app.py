@@ -21,6 +21,7 @@ from app_store import (
     LR_RUNS,
     Writer,
     app_store,  # noqa: F401  (the session's store fixture)
+    copy_sweeps,
     make_empty,
     make_foreign,
     make_garbage,
@@ -32,9 +33,10 @@ from typer.testing import CliRunner
 
 from ssmscope.app import export as figure_export
 from ssmscope.app import figures, frames, tables
+from ssmscope.runs.analysis.slopes import fit_slopes, paper_slopes
 from ssmscope.runs.cli import dashboard as cli_app
 from ssmscope.runs.cli import slopes as cli_slopes
-from ssmscope.runs.store.db import ingest, load_runs
+from ssmscope.runs.store.db import ingest, load_probe_frame, load_runs
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 PAGES = {"runs": "app_pages/runs.py", "coord": "app_pages/coord_check.py", "slopes": "app_pages/slope_table.py",
@@ -76,6 +78,12 @@ def flagged_run_ids(fig: dict) -> set[str]:
     return {c[0] for t in traces(fig, "flag") for c in t["customdata"]}
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The store picker's recent list goes to a temporary folder, never the user's ~/.cache."""
+    monkeypatch.setenv("SSMSCOPE_CACHE_DIR", str(tmp_path / "app-cache"))
+
+
 @pytest.fixture
 def runs_frame(app_store: Path) -> pl.DataFrame:  # noqa: F811
     return load_runs(app_store)
@@ -105,12 +113,12 @@ def test_coordinate_check_shows_every_preset_discretisation_row_and_layer(app_st
     at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord"})
     fig = figure(at)
     meta = fig["layout"]["meta"]
-    assert meta["panels"] == ["sp · zoh", "sp · euler", "mup-ssm · zoh", "mup-ssm · euler"]
+    assert meta["panels"] == ["sp · zoh", "sp · euler", "mup · zoh", "mup · euler", "mup-ssm · zoh", "mup-ssm · euler"]
     assert meta["rows"] == ["x", "y", "dx", "dy"]
-    assert len(mean_values(fig)) == 4 * 4 * 2  # panels × rows × layers
+    assert len(mean_values(fig)) == 6 * 4 * 2  # panels × rows × layers
     legend = [t["name"] for t in sorted((t for t in fig["data"] if t.get("showlegend")),
                                         key=lambda t: t.get("legendrank", 1000))]
-    assert legend == ["layer 0", "layer 1", "reference slopes 0, ±½, ±1"]
+    assert legend == ["layer 0", "layer 1", "predicted slope", "reference slopes 0, ±½, ±1"]
     assert all("slope s = " in c[2] for t in traces(fig, "mean") for c in t["customdata"])
     # every single-run point names a real run of the sweep, with its config
     ids = {c[0] for t in traces(fig, "runs") for c in t["customdata"]}
@@ -150,7 +158,7 @@ def test_coordinate_check_discretisation_toggle_and_preset_filter(app_store, mon
     at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord"})
     at.radio(key="cc_disc").set_value("euler").run()
     fig = figure(at)
-    assert fig["layout"]["meta"]["panels"] == ["sp", "mup-ssm"]
+    assert fig["layout"]["meta"]["panels"] == ["sp", "mup", "mup-ssm"]
     assert {c[4] for t in traces(fig, "runs") for c in t["customdata"]} == {"euler"}
     at.multiselect(key="cc_presets").set_value(["mup-ssm"]).run()
     fig = figure(at)
@@ -232,32 +240,77 @@ def test_slope_table_downloads_are_what_ssmscope_slopes_writes(app_store, monkey
     assert _calculate_file_id(cli.encode(), mime, name) in _download_id(at, label)
 
 
-def test_slope_table_colours_verdicts_and_switches_to_every_cell(app_store, monkeypatch):  # noqa: F811
+def test_slope_table_is_compact_numeric_sortable_and_switches_layouts(app_store, monkeypatch):  # noqa: F811
     at = open_app(app_store, monkeypatch, "slopes", {"sweep": "app-coord"})
-    paper = at.dataframe[0].value
-    assert list(paper.columns[:4]) == ["preset", "discretization", "optimizer", "step"]
-    assert paper.shape[0] == 4 and {"‖x‖", "‖y‖", "‖Δx‖", "‖Δy‖"} <= set(paper.columns)
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["preset", "discretization", "optimizer", "‖x‖", "‖y‖", "‖Δx‖", "‖Δy‖"]
+    assert list(zip(table["preset"], table["discretization"], strict=True)) == [
+        ("sp", "euler"), ("sp", "zoh"), ("mup", "euler"), ("mup", "zoh"), ("mup-ssm", "euler"), ("mup-ssm", "zoh")]
+    assert all(str(table[c].dtype) == "float64" for c in ("‖x‖", "‖y‖", "‖Δx‖", "‖Δy‖"))  # the columns sort
+    paper = paper_slopes(load_probe_frame(app_store, {"spec": "app-coord"}))
+    want = paper.filter((pl.col("preset") == "mup") & (pl.col("discretization") == "zoh") & (pl.col("column") == "dx"))
+    assert table["‖Δx‖"][3] == pytest.approx(want["estimate"].item())
+    html = tables.compact_styled(paper)[0].to_html()  # what the cells show over those numbers, and their colours
+    assert tables.AGREEMENT_COLOURS["agrees"] in html and "(−½) ✓" in html
+    at.radio(key="st_table").set_value("numeric").run()
+    numeric = at.dataframe[0].value
+    assert {"quantity", "estimate", "ci_low", "ci_high", "predicted", "verdict", "agreement"} <= set(numeric.columns)
+    assert numeric.shape[0] == 6 * 4 and set(numeric["quantity"]) == {"‖x‖", "‖y‖", "‖Δx‖", "‖Δy‖"}
+    for verdict, agreement in zip(numeric["verdict"], numeric["agreement"], strict=True):
+        assert ("as predicted" in verdict) == (agreement == "agrees"), (verdict, agreement)
     at.radio(key="st_table").set_value("full").run()
     full = at.dataframe[0].value
-    assert {"verdict", "agreement", "layer"} <= set(full.columns) and full.shape[0] > paper.shape[0]
-    styled = tables.styled(pl.DataFrame({"agreement": ["agrees", "disagrees"], "verdict": ["flat", "grows"]}),
-                           cells=["agreement"], verdicts=["verdict"]).to_html()
-    assert tables.AGREEMENT_COLOURS["agrees"] in styled and tables.AGREEMENT_COLOURS["disagrees"] in styled
+    assert {"verdict", "agreement", "layer"} <= set(full.columns) and full.shape[0] > numeric.shape[0]
+    assert list(dict.fromkeys(full["preset"])) == ["sp", "mup", "mup-ssm"]
+
+
+def test_slope_table_says_which_presets_are_one_parameterization(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "slopes", {"sweep": "app-coord"})
+    notes = [i.value for i in at.info]
+    assert notes == ["mup and mup-ssm are the same parameterization for zoh · adam at these widths (every role's "
+                     "init, learning-rate and multiplier scale coincide), so their rows coincide."]
+    table = at.dataframe[0].value.set_index(["preset", "discretization"])
+    # the note is measured, not assumed: those runs are identical, the Euler ones are not
+    # (equal to float round-off: the compiled scan's threaded reductions need not add in one order)
+    same, other = list(table.loc[("mup", "zoh")]), list(table.loc[("mup-ssm", "zoh")])
+    assert [v if isinstance(v, str) else pytest.approx(v, rel=1e-9, nan_ok=True) for v in same] == other
+    assert list(table.loc[("mup", "euler")]) != list(table.loc[("mup-ssm", "euler")])
+    at.multiselect(key="st_discs").set_value(["euler"]).run()
+    assert not at.info
 
 
 # --- compare -------------------------------------------------------------------------------------
-def test_compare_puts_two_selections_on_shared_axes_with_slope_differences(app_store, monkeypatch):  # noqa: F811
+def test_compare_puts_every_selection_on_shared_axes_with_slope_differences(app_store, monkeypatch):  # noqa: F811
     at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord"})
     fig = figure(at)
-    assert fig["layout"]["meta"]["panels"] == ["sp", "mup-ssm"]
-    assert fig["layout"]["yaxis2"]["matches"] == "y"  # same y range per row
+    assert fig["layout"]["meta"]["panels"] == ["sp", "mup", "mup-ssm"]
+    assert fig["layout"]["yaxis2"]["matches"] == "y" and fig["layout"]["yaxis3"]["matches"] == "y"  # one y per row
     diff = at.dataframe[0].value
-    assert "mup-ssm − sp" in diff.columns and diff.shape[0] == 4 * 2  # rows × layers
+    assert {"mup − sp", "mup-ssm − sp"} <= set(diff.columns) and diff.shape[0] == 4 * 2  # rows × layers
+    assert diff["mup − sp"].to_list() == pytest.approx((diff["s [mup]"] - diff["s [sp]"]).to_list())
     at.radio(key="cmp_by").set_value("discretization").run()
     fig = figure(at)
     assert fig["layout"]["meta"]["panels"] == ["zoh", "euler"]
     assert {c[4] for t in traces(fig, "runs") for c in t["customdata"]} == {"zoh", "euler"}
     assert "euler − zoh" in at.dataframe[0].value.columns
+
+
+def test_compare_overlays_selections_in_one_panel_with_a_line_style_each(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord", "view": "overlay", "rows": "x,dy"})
+    fig = figure(at)
+    assert fig["layout"]["meta"]["kind"] == "overlay" and fig["layout"]["meta"]["series"] == ["sp", "mup", "mup-ssm"]
+    assert "xaxis3" not in fig["layout"]  # one panel per row: 2 rows
+    means = traces(fig, "mean")
+    assert len(means) == 3 * 2 * 2  # series × rows × layers
+    dash = {t["meta"]["panel"]: t["line"]["dash"] for t in means}
+    assert dash == {"sp": "solid", "mup": "dash", "mup-ssm": "dot"}
+    assert {t["line"]["color"] for t in means} == {figures.layer_colour(0), figures.layer_colour(1)}
+
+
+def test_compare_warns_instead_of_comparing_a_selection_with_itself(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord", "values": "mup"})
+    assert any("with itself" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert not at.get("plotly_chart") and not at.dataframe
 
 
 # --- learning-rate transfer ----------------------------------------------------------------------
@@ -274,7 +327,7 @@ def test_lr_transfer_plots_a_curve_per_width_marks_divergence_and_optima(app_sto
     assert len(traces(fig, "optimum")) == 3
     assert fig["layout"]["xaxis"]["title"]["text"].startswith("base learning rate (log₂")
     drift = at.dataframe[0].value
-    assert drift.shape[0] == 2 and "drift" in drift.columns
+    assert drift.shape[0] == 2 and {"drift", "reason"} <= set(drift.columns)
     at.selectbox(key="lr_preset").set_value("mup-ssm").run()
     assert [t["y"] for t in traces(figure(at), "transfer")] != [t["y"] for t in curves]
     at.radio(key="lr_loss").set_value("train_loss").run()
@@ -365,6 +418,7 @@ def test_app_command_line_binds_localhost_and_passes_the_store(tmp_path):
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--server.port") + 1] == "8765"
     assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
+    assert cmd[cmd.index("--client.toolbarMode") + 1] == "viewer"  # no Deploy button
     assert cmd[-3:] == ["--", "--db", str(tmp_path / "s.duckdb")]
     assert cli_app.url_for("0.0.0.0", 80) == "http://127.0.0.1:80"
 
@@ -396,3 +450,248 @@ def test_app_modules_do_not_import_torch():
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n == "torch" or n.startswith("torch.") for n in names), f"{path} imports torch"
+
+
+# --- coordinate check: display options -----------------------------------------------------------
+def test_coordinate_check_y_range_per_panel_by_default_or_per_row(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord"})
+    layout = figure(at)["layout"]
+    assert layout["meta"]["y_range"] == "panel"
+    assert "matches" not in layout["yaxis2"] and layout["yaxis2"]["range"] != layout["yaxis"]["range"]
+    at.radio(key="cc_y").set_value("row").run()
+    layout = figure(at)["layout"]
+    assert layout["yaxis2"]["matches"] == "y" and at.query_params["y"] == "row"
+
+
+def test_coordinate_check_hovers_on_the_mean_unless_asked_for_single_runs(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord"})
+    fig = figure(at)
+    assert all(t["hoverinfo"] == "skip" for t in traces(fig, "runs"))
+    assert all("mean log₂" in t["hovertemplate"] for t in traces(fig, "mean"))
+    at.toggle(key="cc_hover").set_value(True).run()
+    assert all("run %{customdata[0]}" in t["hovertemplate"] for t in traces(figure(at), "runs"))
+
+
+def test_coordinate_check_draws_fitted_and_predicted_slope_lines_per_layer(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord", "fit": "1", "pred": "1"})
+    fig = figure(at)
+    fits = {(t["meta"]["panel"], t["meta"]["row"], t["meta"]["layer"]): t for t in traces(fig, "fit_line")}
+    preds = {(t["meta"]["panel"], t["meta"]["row"], t["meta"]["layer"]): t for t in traces(fig, "pred_line")}
+    assert len(fits) == len(preds) == 6 * 4 * 2
+    slopes = fit_slopes(load_probe_frame(app_store, {"spec": "app-coord"}))
+    rec = slopes.filter((pl.col("preset") == "sp") & (pl.col("discretization") == "euler") & (pl.col("site") == "y")
+                        & (pl.col("quantity") == "delta_init") & (pl.col("layer") == 1) & (pl.col("step") == 2)
+                        & (pl.col("group") == "")).row(0, named=True)
+    line = fits[("sp · euler", "dy", 1)]
+    assert (line["y"][1] - line["y"][0]) / (line["x"][1] - line["x"][0]) == pytest.approx(rec["estimate"])
+    assert line["y"][0] == pytest.approx(rec["intercept"] + rec["estimate"] * line["x"][0])
+    pred = preds[("sp · euler", "dy", 1)]
+    assert (pred["y"][1] - pred["y"][0]) / (pred["x"][1] - pred["x"][0]) == pytest.approx(rec["predicted"])
+    at.toggle(key="cc_fit").set_value(False).run()
+    at.toggle(key="cc_pred").set_value(False).run()
+    fig = figure(at)
+    assert not traces(fig, "fit_line") and not traces(fig, "pred_line")
+
+
+def test_coordinate_check_puts_steps_side_by_side(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord", "presets": "mup-ssm", "disc": "zoh"})
+    by_step = {}
+    for step in (0, 1, 2):
+        at.select_slider(key="cc_step").set_value(step).run()
+        by_step[step] = mean_values(figure(at))
+    at.radio(key="cc_layout").set_value("steps").run()  # the preset shown so far stays
+    fig = figure(at)
+    assert fig["layout"]["meta"]["panels"] == ["step 0", "step 1", "step 2"] and at.query_params["preset"] == "mup-ssm"
+    means = mean_values(fig)
+    for step in (1, 2):  # the same means as the one-step view of that step
+        assert means[(f"step {step}", "x", 0)] == pytest.approx(by_step[step][("mup-ssm", "x", 0)])
+    assert ("step 0", "dx", 0) not in means  # Δ = 0 at step 0: flagged, not drawn
+    at.multiselect(key="cc_steps").set_value([0, 2]).run()
+    assert figure(at)["layout"]["meta"]["panels"] == ["step 0", "step 2"] and at.query_params["steps"] == "0,2"
+
+
+def test_coordinate_check_slope_table_lists_what_is_plotted_by_name(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord", "presets": "sp", "disc": "zoh",
+                                                    "rows": "dx,grad_y"})
+    table = at.dataframe[0].value
+    assert set(table["panel"]) == {"sp"} and list(dict.fromkeys(table["quantity"])) == ["‖Δx‖", "‖∂L/∂y‖"]
+    assert table.shape[0] == 2 * 2  # rows × layers, nothing else
+    assert "delta_init" not in table.to_string() and "None" not in table.to_string()
+    assert set(table[table["quantity"] == "‖Δx‖"]["predicted"]) == {"+½"}  # SP · ZOH · Adam: Δx ∝ width^½
+    assert all(v.endswith(("as predicted", "no prediction")) or "; predicted" in v for v in table["verdict"])
+    at.multiselect(key="cc_rows").set_value(["dx", "out"]).run()  # the block output has no prediction
+    table = at.dataframe[0].value
+    assert set(table[table["quantity"] == "‖out‖"]["predicted"]) == {"no prediction"}
+
+
+# --- runs: deep link, ticks, shared filters, URL fallbacks ---------------------------------------
+def test_the_app_root_opens_the_runs_page(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch)
+    assert [t.value for t in at.title] == ["Runs"]
+    assert at.selectbox(key="runs_sweep").value == "*"  # "all sweeps" is a value, never the empty placeholder
+
+
+def test_run_curves_and_losses_have_integer_step_ticks():
+    loss = figures.loss_figure(pl.DataFrame({"step": [0, 1, 2], "train_loss": [3.0, 2.0, 1.0],
+                                             "eval_loss": [None, None, 1.5]}))
+    assert loss.layout.xaxis.dtick == 1 and loss.layout.xaxis.tickformat == "d"
+    long = figures.step_ticks(list(range(121)))
+    assert long["dtick"] == 20 and isinstance(long["dtick"], int)
+
+
+def test_filters_chosen_on_runs_carry_over_to_the_other_pages(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "runs")
+    at.selectbox(key="runs_sweep").set_value("app-coord").run()
+    at.multiselect(key="runs_preset").set_value(["mup-ssm"]).run()
+    at.query_params = {}
+    at.switch_page(PAGES["coord"]).run()
+    assert figure(at)["layout"]["meta"]["panels"] == ["mup-ssm · zoh", "mup-ssm · euler"]
+    at.switch_page(PAGES["slopes"]).run()
+    assert set(at.dataframe[0].value["preset"]) == {"mup-ssm"}
+
+
+@pytest.mark.parametrize(("value", "expected"), [("nonsense", ["sp", "mup", "mup-ssm"]), ("sp,nonsense", ["sp"]),
+                                                 ("", [])])
+def test_a_url_list_keeps_its_valid_values_or_falls_back_to_the_default(app_store, monkeypatch, value, expected):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord", "presets": value})
+    assert at.multiselect(key="cc_presets").value == expected
+
+
+def test_page_scripts_hold_no_bare_strings_that_streamlit_would_print():
+    """Streamlit's "magic" writes any bare string statement of a page script onto the page."""
+    import ast
+
+    for path in [MAIN, *MAIN.parent.joinpath("app_pages").glob("*.py")]:
+        body = ast.parse(path.read_text()).body[1:]  # the module docstring is not printed
+        bare = [n.lineno for n in body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)]
+        assert not bare, f"{path.name}: bare strings on lines {bare}"
+
+
+# --- the store picker, a store being written, live mode ------------------------------------------
+def _sidebar_counts(at: AppTest) -> str:
+    return next(c.value for c in at.sidebar.caption if "probe rows" in c.value)
+
+
+def test_store_picker_opens_another_store_and_remembers_it(app_store, monkeypatch, tmp_path):  # noqa: F811
+    monkeypatch.setenv("SSMSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    other = copy_sweeps(app_store, tmp_path / "lr-only", {"app-lr"})
+    at = open_app(app_store, monkeypatch, "runs")
+    assert _sidebar_counts(at).startswith(f"{COORD_RUNS + LR_RUNS} runs")
+    at.text_input(key="store_path").input(str(tmp_path / "missing.duckdb"))
+    at.get("form_submit_button")[0].click().run()
+    assert any("no file at" in e.value for e in at.sidebar.error) and _sidebar_counts(at).startswith("54 runs")
+    at.text_input(key="store_path").input(str(other.parent))  # the folder that holds ssmscope.duckdb
+    at.get("form_submit_button")[0].click().run()
+    assert not at.exception and _sidebar_counts(at).startswith(f"{LR_RUNS} runs")
+    assert at.dataframe[0].value.shape[0] == LR_RUNS
+    recent = json.loads((tmp_path / "cache" / "recent-stores.json").read_text())
+    assert recent == [str(other.resolve()), str(app_store)]  # the store the session started on, then the new one
+    at.selectbox(key="store_recent").set_value(str(app_store)).run()  # back through the recent list
+    assert _sidebar_counts(at).startswith(f"{COORD_RUNS + LR_RUNS} runs")
+
+
+def test_a_file_that_is_not_a_store_is_refused_in_one_line(tmp_path):
+    from ssmscope.app import stores
+
+    garbage = make_garbage(tmp_path / "g.duckdb")
+    path, problem = stores.check_store_path(str(garbage))
+    assert path is None and "cannot be opened as an ssmscope store" in problem and "\n" not in problem
+    assert stores.check_store_path(str(tmp_path))[1].endswith("give the store's .duckdb file")
+    assert "give the path" in stores.check_store_path("  ")[1]
+
+
+def test_recent_stores_survive_an_unwritable_cache(monkeypatch, tmp_path):
+    from ssmscope.app import stores
+
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("SSMSCOPE_CACHE_DIR", str(blocked / "cache"))
+    assert stores.remember("/a.duckdb", ["/b.duckdb", "/a.duckdb"]) == ["/a.duckdb", "/b.duckdb"]
+    assert stores.load_recent() == []
+
+
+def test_while_a_sweep_writes_the_store_the_last_read_stays_on_screen(app_store, monkeypatch, tmp_path):  # noqa: F811
+    db = copy_sweeps(app_store, tmp_path / "copy", {"app-coord"})
+    at = open_app(db, monkeypatch, "coord", {"sweep": "app-coord"})
+    before = mean_values(figure(at))
+    with Writer(db, write=True):  # another process writes the store and holds it, as an ingest does
+        at.run()
+        assert not at.exception and not at.error
+        assert any("Updating" in i.value for i in at.sidebar.info)
+        assert mean_values(figure(at)) == before  # the cached frames of the last readable version
+    at.run()
+    assert not at.sidebar.info and mean_values(figure(at)) == before
+
+
+def test_live_mode_comes_from_the_url_and_stays_in_it(app_store, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("SSMSCOPE_DB", str(app_store))
+    at = AppTest.from_file(str(MAIN), default_timeout=120)
+    at.query_params = {"live": "1", "every": "2"}
+    at.run()
+    assert not at.exception
+    assert at.toggle(key="ssmscope_live").value is True
+    assert at.query_params["live"] == "1" and at.query_params["every"] == "2"
+    assert "checked" in _sidebar_counts(at)
+    at.toggle(key="ssmscope_live").set_value(False).run()
+    assert "live" not in at.query_params
+
+
+# --- figure export ---------------------------------------------------------------------------------
+def test_one_render_offers_png_svg_and_pdf_together(app_store, monkeypatch):  # noqa: F811
+    calls = []
+
+    def render(fig, size, formats=figure_export.STATIC_FORMATS):
+        calls.append(size)
+        return {"png": b"\x89PNG", "svg": b"<svg/>", "pdf": b"%PDF-1.4"}
+
+    monkeypatch.setattr(figure_export, "to_static_all", render)
+    monkeypatch.setattr(figure_export, "static_export_problem", lambda: None)
+    at = open_app(app_store, monkeypatch, "lr")
+    at.selectbox(key="lr__export_size").set_value("column").run()
+    at.button(key="lr__export_render").click().run()
+    labels = [b.proto.label for b in at.get("download_button") if b.proto.label.startswith("Download ")]
+    assert {"Download PNG", "Download SVG", "Download PDF"} <= set(labels)
+    assert len(calls) == 1 and calls[0].width_in == 3.25 and calls[0].font_pt == 8
+    at.run()  # the downloads stay for the same figure and size without another render
+    assert "Download PDF" in [b.proto.label for b in at.get("download_button")] and len(calls) == 1
+
+
+@pytest.mark.skipif(figure_export.static_export_problem() is not None, reason="kaleido or a Chromium is missing")
+def test_static_export_renders_png_svg_and_a_valid_pdf_in_one_session():
+    fig = figures.loss_figure(pl.DataFrame({"step": [0, 1, 2], "train_loss": [3.0, 2.0, 1.0],
+                                            "eval_loss": [None, None, 1.5]}))
+    files = figure_export.to_static_all(fig, figure_export.SIZES["column"])
+    assert files["png"].startswith(b"\x89PNG") and files["svg"].lstrip().startswith(b"<svg")
+    assert files["pdf"].startswith(b"%PDF") and files["pdf"].rstrip().endswith(b"%%EOF")
+    assert int.from_bytes(files["png"][16:20], "big") == 975  # IHDR width: 3.25 in at 300 dpi
+
+
+# --- learning-rate transfer: what cannot be computed says why ---------------------------------------
+def test_a_drift_without_enough_interior_widths_says_why():
+    from ssmscope.runs.analysis.transfer import drift
+
+    optima = pl.DataFrame({"preset": ["sp"] * 3, "discretization": ["zoh"] * 3, "optimizer": ["adam"] * 3,
+                           "width": [16, 32, 64], "log2_lr_opt": [-5.0, -6.0, -7.0],
+                           "status": ["interior", "interior", "edge_low"], "loss_at_opt": [3.0, 2.9, 2.8]})
+    row = drift(optima).row(0, named=True)
+    assert row["drift"] == pytest.approx(-1.0) and math.isnan(row["ci_low"])
+    assert row["reason"].startswith("no CI: 2 widths with an interior optimum")
+    one = drift(optima.with_columns(pl.Series("status", ["interior", "edge_high", "edge_low"]))).row(0, named=True)
+    assert math.isnan(one["drift"]) and one["reason"].startswith("no drift: 1 width(s)")
+    full = drift(optima.with_columns(pl.Series("status", ["interior"] * 3))).row(0, named=True)
+    assert full["reason"] is None and full["ci_low"] == pytest.approx(-1.0) == full["ci_high"]  # exact line: OLS CI
+
+
+def test_the_dashboard_and_the_analyses_load_without_torch():
+    """The same-parameterization check reads preset tables, not ssm.presets: nothing of app/ pulls torch in."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from ssmscope.app import controls, data, export, figures, frames, sidebar, stores, tables, widgets\n"
+            "from ssmscope.runs.analysis import equivalence, export as table_export\n"
+            "assert table_export.coincidence_notes is not None and equivalence.resolve('mup', 'zoh', 'adam')\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

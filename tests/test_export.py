@@ -82,7 +82,8 @@ def test_markdown_paper_table_has_the_papers_header_and_one_row_per_configuratio
     assert lines[0] == "| preset | discretization | optimizer | step | ‖x‖ | ‖y‖ | ‖Δx‖ | ‖Δy‖ |"
     assert lines[1] == "|---|---|---|---:|---|---|---|---|"
     assert len(lines) == 2 + 3 * 2  # presets × discretizations
-    assert "width<sup>" in lines[2] and "pred width<sup>" in lines[2]
+    assert re.search(r"(, as predicted \(|; predicted )width<sup>", lines[2]), lines[2]
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| sp"] * 2 + ["| mup"] * 2 + ["| mup-ssm"] * 2
 
 
 def test_markdown_escapes_pipes_in_names():
@@ -132,7 +133,7 @@ def test_two_d_cells_read_nx_then_nu_with_ci_and_prediction():
     table = export.paper_table(frame, design="2d", n_boot=100)
     cell = table["‖y‖"].item()
     number = r"[\-0-9.]+±[0-9.]+"
-    assert re.match(rf"N_x\^{number}·N_u\^{number} \w+/\w+; pred N_x\^1\.5·N_u\^-1 ✓", cell), cell
+    assert re.match(rf"N_x\^{number}·N_u\^{number} \w+/\w+, as predicted \(N_x\^1\.5·N_u\^-1\) ✓", cell), cell
 
 
 def test_too_few_points_cell_says_so():

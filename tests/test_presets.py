@@ -11,23 +11,26 @@ from typer.testing import CliRunner
 from ssmscope.runs.cli.main import app
 from ssmscope.ssm import ConfigError, MambaConfig, MambaLM, apply_preset, build_optimizer, load_preset, plan
 from ssmscope.ssm.presets import builtin_names
-from ssmscope.ssm.roles import ROLE_INIT, InitKind, Role
+from ssmscope.ssm.roles import STRUCTURAL_RULES, InitKind, Role
 
 
 @pytest.mark.parametrize("preset", ["sp", "mup", "mup-ssm"])
 @pytest.mark.parametrize("disc", ["zoh", "euler"])
 @pytest.mark.parametrize("d_model", [128, 512])
-def test_measured_init_std_matches_declared_value_within_ten_percent(preset, disc, d_model):
+@pytest.mark.parametrize("base", [None, "ssmscope-v0"])
+def test_measured_init_std_matches_declared_value_within_ten_percent(preset, disc, d_model, base):
     cfg = MambaConfig(d_model=d_model, d_state=d_model // 2, discretization=disc, n_layers=1)
     model = MambaLM(cfg)
     p = load_preset(preset)
-    apply_preset(model, cfg, p, "adam", 1e-3, seed=1)
-    params = dict(model.named_parameters())
-    for row in plan(model, cfg, p, "adam", 1e-3):
+    apply_preset(model, cfg, p, "adam", 1e-3, seed=1, base=base)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for row in plan(model, cfg, p, "adam", 1e-3, base=base):
         value = params[row.name].detach().double()
-        if row.init_kind == InitKind.NORMAL:
+        if row.init_kind in (InitKind.NORMAL, InitKind.UNIFORM):
             assert value.std().item() == pytest.approx(row.init_scale, rel=0.1), row.name
             assert abs(value.mean().item()) < 0.2 * row.init_scale + 1e-12, row.name
+        elif row.init_kind == InitKind.TIED:
+            assert params[row.name] is params[row.tied_to], row.name
         elif row.init_kind == InitKind.CONSTANT:
             assert torch.all(value == row.init_scale), row.name
         elif row.role == Role.A_LOG:
@@ -60,12 +63,14 @@ def test_optimizer_group_learning_rates_equal_the_table(optimizer, preset):
         assert group["lr"] == pytest.approx(0.01 * u_ratio**exp.n_u * x_ratio**exp.n_x), name
 
 
-def test_presets_coincide_at_the_base_width():
-    cfg = MambaConfig(d_model=16, d_state=32)  # N_u0 = N_x0 = 32
+@pytest.mark.parametrize("base", [None, "mamba", "hf", "ssmscope-v0"])
+@pytest.mark.parametrize("disc", ["zoh", "euler"])
+def test_presets_coincide_at_the_base_width(base, disc):
+    cfg = MambaConfig(d_model=16, d_state=32, discretization=disc)  # N_u0 = N_x0 = 32
     rows = {}
     for name in ("sp", "mup", "mup-ssm"):
-        rows[name] = [(r.name, r.init_scale, r.lr, r.multiplier)
-                      for r in plan(MambaLM(cfg), cfg, load_preset(name), "adam", 3e-3)]
+        rows[name] = [(r.name, r.init_kind, r.init_scale, r.lr, r.multiplier)
+                      for r in plan(MambaLM(cfg), cfg, load_preset(name), "adam", 3e-3, base=base)]
     assert rows["sp"] == rows["mup"] == rows["mup-ssm"]
 
 
@@ -79,10 +84,10 @@ def test_mup_ssm_scales_W_C_init_with_state_size_only_under_euler():
 def test_every_builtin_preset_covers_every_parameter():
     cfg = MambaConfig(d_model=32, d_state=16)
     for name in builtin_names():
-        rows = plan(MambaLM(cfg), cfg, load_preset(name), "sgd", 0.1)
-        assert all(r.role is not None for r in rows), name
-        assert {r.role for r in rows} == set(Role), name
-    assert set(ROLE_INIT) == set(Role)
+        for base in (None, "ssmscope-v0"):
+            rows = plan(MambaLM(cfg), cfg, load_preset(name), "sgd", 0.1, base=base)
+            assert all(r.role is not None for r in rows), name
+            assert {r.role for r in rows} == set(Role), name
 
 
 def test_a_tiny_model_learns_on_cpu():
@@ -116,7 +121,7 @@ def _roles_toml(skip: str | None = None, extra: str = "") -> str:
     for role in Role:
         if role.value == skip:
             continue
-        init = "{}" if ROLE_INIT[role].kind == InitKind.STRUCTURAL else "{n_u = '-1/2'}"
+        init = "{}" if role in STRUCTURAL_RULES else "{n_u = '-1/2'}"
         lines.append(f"[roles.{role.value}]\ninit = {init}\nlr = {{sgd = {{}}, adam = {{n_u = -1}}}}\n")
     return "\n".join(lines) + extra
 
@@ -160,7 +165,10 @@ def test_param_show_prints_every_role_and_exits_zero():
     assert result.exit_code == 0, result.output
     for role in Role:
         assert str(role) in result.output
-    assert "all 39 parameters covered" in result.output
+    assert "all 39 parameters covered" in result.output and "on base 'mamba'" in result.output
+    assert "1 tied" in result.output
+    for dist in ("uniform", "normal", "constant", "structural", "tied"):
+        assert dist in result.output
 
 
 def test_param_show_unknown_preset_is_one_line_exit_2():

@@ -33,7 +33,7 @@ def _by(records, **key):
     return out[0]
 
 
-@pytest.mark.parametrize("scan", ["reference", "fast"])
+@pytest.mark.parametrize("scan", ["reference", "fast", "compiled"])
 @pytest.mark.parametrize("disc", ["zoh", "euler"])
 def test_state_probe_equals_norms_of_reference_states(scan, disc):
     model, _, ids = _model(scan, disc)
@@ -115,7 +115,7 @@ def test_gradient_probes_equal_autograd():
         assert rec["sumsq"] > 0
 
 
-@pytest.mark.parametrize("scan", ["reference", "fast"])
+@pytest.mark.parametrize("scan", ["reference", "fast", "compiled"])
 def test_observer_leaves_outputs_and_gradients_bit_identical(scan):
     model, _, ids = _model(scan, dtype=torch.float32)
     loss = _loss(model, ids)
@@ -174,3 +174,14 @@ def test_group_update_probe_moves_one_group_at_a_time():
     moved_b = _by(records, layer=0, site="x", group="W_B")["sumsq"]
     assert _by(records, layer=0, site="x", group="W_C")["sumsq"] < 1e-20 * moved_b
     assert moved_b > 0
+
+
+def test_a_record_is_finite_only_within_float32_range():
+    """Divergence detection: a raw sum that a float32 cannot hold counts as overflowed (as before)."""
+    from ssmscope.probes.stats import is_finite_record
+
+    big = float(torch.finfo(torch.float32).max)
+    for value, finite in ((0.0, True), (big, True), (-1e38, True), (1e39, False), (float("inf"), False),
+                          (float("nan"), False), (1e300, False)):
+        assert is_finite_record({"sumsq": value, "maxabs": 1.0}) is finite, value
+        assert is_finite_record({"sumsq": 1.0, "maxabs": value}) is finite, value

@@ -1,4 +1,8 @@
-"""The fast scan against the reference loop: outputs, gradients and probe statistics."""
+"""The fast and compiled scans against the reference loop: outputs, gradients and probe statistics.
+
+Every test that compares a backend with the reference runs for each backend in BACKENDS; the
+compiled one is skipped (with the reason) only where it cannot be built (no C compiler).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssmscope.ssm.config import Discretization
-from ssmscope.ssm.scan import ScanInputs, StateProbe, selective_scan
+from ssmscope.ssm.scan import ScanInputs, StateProbe, compiled, selective_scan
 from ssmscope.ssm.scan.reference import state_sequence
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=6e-4, atol=2e-3)}
+needs_compiled = pytest.mark.skipif(not compiled.is_available(), reason="the compiled scan cannot be built here")
+BACKENDS = ["fast", pytest.param("compiled", marks=needs_compiled)]
 
 
 def _run(backend, inputs, disc, probe=None, seed=1):
@@ -24,13 +30,14 @@ def _run(backend, inputs, disc, probe=None, seed=1):
     return [y.detach()] + [t.grad for t in leaves]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("disc", list(Discretization))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("shape", [(2, 37, 6, 4), (1, 64, 8, 16), (3, 5, 3, 2), (2, 97, 4, 8)])
-def test_fast_scan_matches_reference_outputs_and_gradients(disc, dtype, shape):
+@pytest.mark.parametrize("shape", [(2, 37, 6, 4), (1, 64, 8, 16), (3, 5, 3, 2), (2, 97, 4, 8), (2, 19, 13, 33)])
+def test_fast_scan_matches_reference_outputs_and_gradients(backend, disc, dtype, shape):
     inputs = make_scan_inputs(*shape, dtype=dtype)
     ref = _run("reference", [t.double() for t in inputs], disc)
-    fast = _run("fast", inputs, disc)
+    fast = _run(backend, inputs, disc)
     names = ["y", "u", "dt", "A", "B", "C", "D", "dt_bias"]
     for name, r, f in zip(names, ref, fast, strict=True):
         torch.testing.assert_close(f.double(), r, **TOL[dtype], msg=f"{name} differs ({disc})")
@@ -41,21 +48,24 @@ def test_fast_scan_matches_reference_outputs_and_gradients(disc, dtype, shape):
        n=st.integers(1, 9), disc=st.sampled_from(list(Discretization)), seed=st.integers(0, 99))
 def test_fast_scan_matches_reference_for_random_shapes(batch, length, ed, n, disc, seed):
     inputs = make_scan_inputs(batch, length, ed, n, torch.float64, seed=seed)
-    for r, f in zip(_run("reference", inputs, disc), _run("fast", inputs, disc), strict=True):
-        torch.testing.assert_close(f, r, rtol=1e-9, atol=1e-9)
+    ref = _run("reference", inputs, disc)
+    for backend in ["fast"] + (["compiled"] if compiled.is_available() else []):
+        for r, f in zip(ref, _run(backend, inputs, disc), strict=True):
+            torch.testing.assert_close(f, r, rtol=1e-9, atol=1e-9, msg=backend)
 
 
-def test_fast_scan_is_stable_when_modes_decay_within_one_step():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fast_scan_is_stable_when_modes_decay_within_one_step(backend):
     """N_x = 512 modes with Δ up to 1: ΔA reaches −512 per step without overflow."""
     inputs = make_scan_inputs(2, 40, 3, 512, torch.float32, dt_shift=0.5)
     ref = _run("reference", [t.double() for t in inputs], "zoh")
-    fast = _run("fast", inputs, "zoh")
+    fast = _run(backend, inputs, "zoh")
     assert all(torch.isfinite(f).all() for f in fast)
     for r, f in zip(ref, fast, strict=True):
         torch.testing.assert_close(f.double(), r, **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 def test_zoh_tends_to_euler_as_delta_A_vanishes(backend):
     u, dt, A, B, C, D, _ = make_scan_inputs(2, 30, 4, 8, torch.float64)
     errors = []
@@ -70,7 +80,7 @@ def test_zoh_tends_to_euler_as_delta_A_vanishes(backend):
     assert errors[1] < errors[0] / 20 and errors[2] < errors[1] / 20
 
 
-@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 @pytest.mark.parametrize("disc", list(Discretization))
 def test_scan_passes_gradcheck_in_float64(backend, disc):
     inputs = [t.requires_grad_() for t in make_scan_inputs(1, 6, 2, 3, torch.float64)]
@@ -82,7 +92,7 @@ def test_scan_passes_gradcheck_in_float64(backend, disc):
 
 
 @pytest.mark.parametrize("disc", list(Discretization))
-@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 def test_probe_statistics_equal_norms_of_explicit_states(backend, disc):
     inputs = make_scan_inputs(2, 45, 5, 6, torch.float64)
     moved = [t.clone() for t in inputs]
@@ -116,12 +126,13 @@ def test_probe_statistics_equal_norms_of_explicit_states(backend, disc):
     torch.testing.assert_close(probe.grad_sumsq, adj.square().sum(-1))
 
 
-def test_probe_references_recompute_identical_inputs_to_zero_delta():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_probe_references_recompute_identical_inputs_to_zero_delta(backend):
     inputs = make_scan_inputs(2, 33, 4, 5, torch.float32)
     first = StateProbe()
-    selective_scan(*inputs, discretization="zoh", backend="fast", probe=first)
+    selective_scan(*inputs, discretization="zoh", backend=backend, probe=first)
     again = StateProbe(references={"init": first.inputs})
-    selective_scan(*inputs, discretization="zoh", backend="fast", probe=again)
+    selective_scan(*inputs, discretization="zoh", backend=backend, probe=again)
     assert torch.equal(again.delta_sumsq["init"], torch.zeros_like(again.delta_sumsq["init"]))
     assert isinstance(first.inputs, ScanInputs)
 

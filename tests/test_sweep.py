@@ -67,6 +67,10 @@ def test_builtin_specs_load_with_expected_grids():
     table = load_spec("paper-table")
     assert len({(r.n_u, r.n_x) for r in table.runs}) == 9
     assert all(r.dt_min == 0.1 and r.dt_max == 1.0 for r in load_spec("paper-figure-asymptotic").runs)
+    wide = load_spec("paper-figure-wide")
+    assert sorted({r.n_u for r in wide.runs}) == [32, 64, 128, 256, 512, 1024, 2048] and wide.n_runs == 7 * 3 * 2 * 2
+    recipe = ("steps", "log_every", "batch", "seq_len", "task", "n_layers", "dt_min", "dt_max")
+    assert {tuple(getattr(r, k) for k in recipe) for r in wide.runs} == {tuple(getattr(fig.runs[0], k) for k in recipe)}
 
 
 def test_run_ids_are_stable_hashes_of_the_config():

@@ -1,4 +1,5 @@
-"""Compare — two presets, discretisations or optimizer settings: coordinate checks on shared axes, slope differences."""
+"""Compare — presets, discretisations or optimizer settings: coordinate checks side by side on shared axes or
+overlaid in one panel, and the differences of their fitted exponents."""
 
 from __future__ import annotations
 
@@ -12,15 +13,19 @@ from ssmscope.app.frames import (
     coord_points,
     flagged_points,
     fmt_lr,
-    in_rows,
     ordered,
     panel_slopes,
     seed_bands,
-    slope_differences,
+    slope_comparison,
 )
 from ssmscope.app.widgets import UrlState, download_buttons, export_figure
 
 DIMENSIONS = {"preset": "Preset", "discretization": "Discretisation", "config": "Optimizer · learning rate"}
+VIEWS = {"side": "side by side", "overlay": "overlaid in one panel"}
+
+
+def config_label(config: tuple[str, float]) -> str:
+    return f"{config[0]} · lr {config[1]:g}"
 
 
 def main() -> None:
@@ -30,13 +35,9 @@ def main() -> None:
     runs = data.runs_frame(db)
 
     st.title("Compare")
-    st.caption("Two coordinate checks side by side on shared axes (same rows, same y range per row), and the "
-               "difference of their fitted exponents. Everything else is held fixed by the selections in the sidebar.")
-
-
-    def config_label(optimizer: str, lr: float) -> str:
-        return f"{optimizer} · lr {lr:g}"
-
+    st.caption("Coordinate checks of several presets, discretisations or optimizer settings on shared axes (side by "
+               "side with one y range per row, or overlaid: line style = selection, colour = layer), and how their "
+               "fitted exponents differ from the first one's. Everything else is held fixed by the sidebar.")
 
     # --- selection -----------------------------------------------------------------------------------
     with st.sidebar:
@@ -52,10 +53,12 @@ def main() -> None:
             state.sync()
             st.stop()
         dim = state.select("Compare", "by", dims, format_func=DIMENSIONS.get, widget="radio")
-        fmt = (lambda c: config_label(*c)) if dim == "config" else str
+        fmt = config_label if dim == "config" else str
         url = (lambda c: f"{c[0]}@{c[1]:g}") if dim == "config" else str
-        a = state.select("A", "a", values[dim], values[dim][0], format_func=fmt, url_format=url)
-        b = state.select("B", "b", values[dim], values[dim][1], format_func=fmt, url_format=url)
+        picked = state.multiselect(f"{DIMENSIONS[dim]}s to compare", "values", values[dim], values[dim],
+                                   format_func=fmt, url_format=url, help="The first one is the reference of the "
+                                   "differences below.")
+        view = state.select("View", "view", list(VIEWS), "side", format_func=VIEWS.get, widget="radio")
         fixed: dict[str, object] = {}
         if dim != "preset":
             fixed["preset"] = state.select("Preset", "preset", values["preset"])
@@ -65,34 +68,41 @@ def main() -> None:
             fixed["optimizer"], fixed["lr"] = controls.config_select(state, pool.filter(
                 *(pl.col(k) == v for k, v in fixed.items())))
 
+    if len(picked) < 2:
+        st.warning(f"Pick at least two {DIMENSIONS[dim].lower()}s to compare: "
+                   + (f"comparing {fmt(picked[0])} with itself would show one panel and differences of exactly 0."
+                      if picked else "none is selected."))
+        state.sync()
+        st.stop()
 
     def side(value: object) -> pl.Expr:
-        """Rows of selection A or B."""
+        """Rows of one selection."""
         if dim == "config":
             return (pl.col("optimizer") == value[0]) & (pl.col("lr") == value[1])
         return pl.col(dim) == value
 
-
-    label_a, label_b = fmt(a), fmt(b)
-    if a == b:
-        label_b = label_b + " (B)"
-    panel = pl.when(side(a)).then(pl.lit(label_a)).otherwise(pl.lit(label_b))
+    labels = [fmt(v) for v in picked]
+    in_any = pl.any_horizontal(*(side(v) for v in picked))
+    panel = pl.lit(None, pl.String)
+    for v, label in reversed(list(zip(picked, labels, strict=True))):
+        panel = pl.when(side(v)).then(pl.lit(label)).otherwise(panel)
     sel = data.where(**fixed)
-    in_pair = data.apply(pool, sel).filter(side(a) | side(b))
+    in_pick = data.apply(pool, sel).filter(in_any)
 
     with st.sidebar:
-        axis = controls.axis_select(state, in_pair)
+        axis = controls.axis_select(state, in_pick)
     if axis is None:
         st.warning("These runs have fewer than two widths on every axis: nothing to plot against width.")
         state.sync()
         st.stop()
 
-    frame = data.apply(data.probe_frame(db, sweep), sel).filter(side(a) | side(b))
+    frame = data.apply(data.probe_frame(db, sweep), sel).filter(in_any)
     with st.sidebar:
         rows = controls.rows_select(state, frame)
         convention = controls.convention_select(state)
         step = controls.step_select(state, frame["step"].unique().to_list() or [0])
         show_refs = state.toggle("Reference slopes 0, ±½, ±1", "refs", True)
+        show_bands = state.toggle("Seed bands", "bands", False) if view == "overlay" else True
 
     if not rows or frame.is_empty():
         st.info("Select at least one row (quantity) in the sidebar.")
@@ -102,36 +112,44 @@ def main() -> None:
     # --- data ----------------------------------------------------------------------------------------
     points = coord_points(frame, convention=convention, step=step, axis=axis, panel_by=panel, rows=rows)
     bands = seed_bands(points)
-    flags = flagged_points(in_pair, points, axis=axis, panel_by=panel, step=step)
+    flags = flagged_points(in_pick, points, axis=axis, panel_by=panel, step=step)
     fits = data.slopes(db, sweep, sel, convention=convention, design=axis.design, fixed=axis.fixed, step=step)
-    fits = fits.filter(side(a) | side(b)) if not fits.is_empty() else fits
+    fits = panel_slopes(fits.filter(in_any), panel) if not fits.is_empty() else panel_slopes(fits, panel)
+    missing = [label for label in labels if label not in set(points["panel"].to_list())]
+    if missing:
+        st.warning(f"No probes at step {step} on this width axis for: {', '.join(missing)}.")
 
     # --- figure and differences ----------------------------------------------------------------------
-    fixed_text = " · ".join(config_label(fixed["optimizer"], fixed["lr"]) if k == "optimizer" else str(v)
+    fixed_text = " · ".join(config_label((fixed["optimizer"], fixed["lr"])) if k == "optimizer" else str(v)
                             for k, v in fixed.items() if k != "lr")
-    fig = figures.coord_figure(points, bands, flags, panel_slopes(fits, panel),
-                               rows=rows, panels=[label_a, label_b], convention=convention, x_title=axis.axis_title,
-                               step=step, show_refs=show_refs, title=f"{sweep} · {fixed_text} · step {step}")
+    title = f"{sweep} · {fixed_text} · step {step}"
+    if view == "overlay":
+        fig = figures.overlay_figure(points, bands, flags, fits, rows=rows, series=labels, convention=convention,
+                                     x_title=axis.axis_title, step=step, show_refs=show_refs, show_bands=show_bands,
+                                     title=title)
+    else:
+        fig = figures.coord_figure(points, bands, flags, fits, rows=rows, panels=labels, convention=convention,
+                                   x_title=axis.axis_title, step=step, show_refs=show_refs, title=title,
+                                   y_range="row")
     st.plotly_chart(fig, key="cmp__figure", config={"displaylogo": False})
 
-    st.subheader(f"Slope differences: {label_b} − {label_a}")
-    if fits.is_empty():
+    st.subheader(f"Slope differences from {labels[0]}")
+    comparison = slope_comparison(fits, labels, rows)
+    if comparison.is_empty():
         st.info("No slopes: fits need at least 3 widths per selection.")
     else:
-        shown = in_rows(rows)
-        diff = slope_differences(fits.filter(side(a) & shown), fits.filter(side(b) & shown), label_a, label_b)
-        st.dataframe(tables.styled(diff, cells=[c for c in diff.columns if c.startswith("agreement")],
-                                   verdicts=[c for c in diff.columns if c.startswith("verdict")]),
-                     hide_index=True, key="cmp__diff")
-        exports = tables.frame_exports(diff, f"Slope differences {label_b} − {label_a} ({convention}, step {step}, "
+        st.dataframe(tables.styled(comparison), hide_index=True, key="cmp__diff")
+        exports = tables.frame_exports(comparison, f"Slope differences from {labels[0]} ({convention}, step {step}, "
                                        f"{axis.label})")
         download_buttons(exports, "slope-differences", "cmp__dl")
 
     with st.expander("Export the figure"):
-        export_figure(fig, f"compare-{sweep}-step{step}", "cmp__export")
+        export_figure(fig, f"compare-{sweep}-step{step}", "cmp__export",
+                      ident=(db.version, sorted(state.values.items())))
 
     if dim == "config":
-        st.caption(f"Learning rates are base rates (at the preset's base width): {fmt_lr(a[1])} and {fmt_lr(b[1])}.")
+        st.caption("Learning rates are base rates (at the preset's base width): "
+                   + ", ".join(fmt_lr(v[1]) for v in picked) + ".")
     state.sync()
 
 

@@ -1,22 +1,34 @@
-"""Coordinate check — the paper's figure: log2‖·‖ against log2 width, per layer, per preset."""
+"""Coordinate check — the paper's figure: log2‖·‖ against log2 width, per layer, per preset (or per step)."""
 
 from __future__ import annotations
 
 import polars as pl
 import streamlit as st
 
-from ssmscope.app import controls, data, figures
+from ssmscope.app import controls, data, figures, tables
 from ssmscope.app.frames import (
     DISC_ORDER,
     PRESET_ORDER,
     coord_points,
+    figure_slopes,
     flagged_points,
     ordered,
     panel_slopes,
     seed_bands,
 )
-from ssmscope.app.tables import styled
 from ssmscope.app.widgets import UrlState, export_figure
+
+LAYOUTS = {"presets": "presets as columns", "steps": "steps as columns (one preset)"}
+Y_RANGES = {"panel": "per panel", "row": "per row"}
+# Steps offered by default in the per-step layout: up to this many, evenly spread, first and last included.
+MAX_STEP_PANELS = 6
+
+
+def spread(steps: list[int], most: int = MAX_STEP_PANELS) -> list[int]:
+    """Up to `most` of the sorted `steps`, evenly spread, the first and the last included."""
+    if len(steps) <= most:
+        return steps
+    return sorted({steps[round(i * (len(steps) - 1) / (most - 1))] for i in range(most)})
 
 
 def main() -> None:
@@ -27,9 +39,10 @@ def main() -> None:
 
     st.title("Coordinate check")
     st.caption("log₂ of each probed norm against log₂ width, one colour per SSM layer: under a width-stable "
-               "parameterization every curve is flat (slope 0). Line = mean over seeds of log₂‖·‖, band = min–max "
-               "over seeds, dots = single runs; ✕ at the top = a diverged or failed run, ▼ at the bottom = a zero or "
-               "non-finite norm. The fitted slope s of each layer is in the panel corner and the hover.")
+               "parameterization every curve is flat (slope 0). Line = mean over seeds of log₂‖·‖ (the hover reads "
+               "it), band = min–max over seeds, dots = single runs; ✕ at the top = a diverged or failed run, ▼ at "
+               "the bottom = a zero or non-finite norm. Each layer's fitted slope is in the panel's corner; dotted "
+               "= the fitted line, dash-dot = the predicted slope through the layer's mean.")
 
     # --- selection -----------------------------------------------------------------------------------
     with st.sidebar:
@@ -39,10 +52,18 @@ def main() -> None:
         optimizer, lr = controls.config_select(state, in_sweep)
         in_config = in_sweep.filter((pl.col("optimizer") == optimizer) & (pl.col("lr") == lr))
         axis = controls.axis_select(state, in_config)
-        presets = controls.multi_filter(state, "Presets (columns)", "presets", in_config["preset"], order=PRESET_ORDER)
+        layout = state.select("Columns", "layout", list(LAYOUTS), "presets", format_func=LAYOUTS.get, widget="radio")
         discs = ordered(in_config["discretization"], DISC_ORDER)
-        disc_mode = state.select("Discretisation", "disc", [*discs, "side by side"] if len(discs) > 1 else discs,
-                                 "side by side" if len(discs) > 1 else None, widget="radio")
+        all_presets = ordered(in_config["preset"], PRESET_ORDER)
+        if layout == "presets":
+            presets = controls.multi_filter(state, "Presets (columns)", "presets", in_config["preset"],
+                                            order=PRESET_ORDER, share="presets")
+            disc_mode = state.select("Discretisation", "disc", [*discs, "side by side"] if len(discs) > 1 else discs,
+                                     "side by side" if len(discs) > 1 else None, widget="radio")
+        else:
+            chosen = [p for p in state.shared("presets") or [] if p in all_presets]  # the columns' presets, first
+            presets = [state.select("Preset", "preset", all_presets, chosen[0] if chosen else None)]
+            disc_mode = state.select("Discretisation", "disc", discs, widget="radio")
 
     if axis is None:
         st.warning(f"Sweep {sweep!r} ({optimizer}, lr {lr:g}) has fewer than two widths on every axis: nothing to "
@@ -53,51 +74,80 @@ def main() -> None:
     shown_discs = discs if disc_mode == "side by side" else [disc_mode]
     sel = data.where(optimizer=optimizer, lr=lr, preset=presets, discretization=shown_discs)
     frame = data.apply(data.probe_frame(db, sweep), sel)
+    logged = sorted(frame["step"].unique().to_list()) or [0]
 
     with st.sidebar:
         rows = controls.rows_select(state, frame)
         convention = controls.convention_select(state)
-        step = controls.step_select(state, frame["step"].unique().to_list() or [0])
+        if layout == "presets":
+            steps = [controls.step_select(state, logged)]
+        else:
+            steps = sorted(state.multiselect("Steps (columns)", "steps", logged, spread(logged),
+                                             url_format=str, help="Optimizer steps shown side by side."))
+        st.subheader("Display")
+        y_range = state.select("y axis", "y", list(Y_RANGES), "panel", format_func=Y_RANGES.get, widget="radio",
+                               help="Per panel: each panel fits its own data (slopes read the same). Per row: one "
+                               "range across the row, to compare levels between presets.")
         show_refs = state.toggle("Reference slopes 0, ±½, ±1", "refs", True)
-        show_seeds = state.toggle("Single runs (hover: run id, config)", "runs", True)
+        show_seeds = state.toggle("Single runs (dots)", "runs", True)
+        hover_runs = state.toggle("Hover on single runs (run id, config)", "hover", False)
+        fit_lines = state.toggle("Fitted slope lines", "fit", False)
+        pred_lines = state.toggle("Predicted slope lines", "pred", True)
 
-    if not presets or not rows or frame.is_empty():
-        st.info("Select at least one preset and one row (quantity) in the sidebar.")
+    if not presets or not rows or not steps or frame.is_empty():
+        st.info("Select at least one preset, one row (quantity) and one step in the sidebar.")
         state.sync()
         st.stop()
 
     # --- data ----------------------------------------------------------------------------------------
-    panel_by = ["preset", "discretization"] if len(shown_discs) > 1 else ["preset"]
-    panels = [f"{p} · {d}" for p in presets for d in shown_discs] if len(shown_discs) > 1 else list(presets)
-    points = coord_points(frame, convention=convention, step=step, axis=axis, panel_by=panel_by, rows=rows)
+    runs_sel = data.apply(in_config, sel)
+    fit_options = dict(convention=convention, design=axis.design, fixed=axis.fixed)
+    if layout == "presets":
+        step = steps[0]
+        panel_by = ["preset", "discretization"] if len(shown_discs) > 1 else ["preset"]
+        panels = [f"{p} · {d}" for p in presets for d in shown_discs] if len(shown_discs) > 1 else list(presets)
+        points = coord_points(frame, convention=convention, step=step, axis=axis, panel_by=panel_by, rows=rows)
+        flags = flagged_points(runs_sel, points, axis=axis, panel_by=panel_by, step=step)
+        slopes = panel_slopes(data.slopes(db, sweep, sel, step=step, **fit_options), panel_by)
+        title = (f"{sweep} · {optimizer} lr {lr:g} · step {step} · "
+                 f"{'ZOH and Euler' if len(shown_discs) > 1 else shown_discs[0]}")
+        shown_step: int | str = step
+    else:
+        by_step = pl.format("step {}", pl.col("step"))
+        panels = [f"step {s}" for s in steps]
+        points = coord_points(frame, convention=convention, step=steps, axis=axis, panel_by=by_step, rows=rows)
+        flags = pl.concat([flagged_points(runs_sel, points.filter(pl.col("panel") == f"step {s}"), axis=axis,
+                                          panel_by=pl.lit(f"step {s}"), step=s) for s in steps], how="vertical")
+        slopes = pl.concat([panel_slopes(data.slopes(db, sweep, sel, step=s, **fit_options), by_step)
+                            for s in steps], how="vertical_relaxed")
+        title = (f"{sweep} · {presets[0]} · {shown_discs[0]} · {optimizer} lr {lr:g} · "
+                 f"steps {', '.join(map(str, steps))}")
+        shown_step = ",".join(map(str, steps))
     bands = seed_bands(points)
-    flags = flagged_points(data.apply(in_config, sel), points, axis=axis, panel_by=panel_by, step=step)
-    fits = data.slopes(db, sweep, sel, convention=convention, design=axis.design, fixed=axis.fixed, step=step)
-    slopes = panel_slopes(fits, panel_by)
 
     # --- figure --------------------------------------------------------------------------------------
-    title = (f"{sweep} · {optimizer} lr {lr:g} · step {step} · "
-             f"{'ZOH and Euler' if len(shown_discs) > 1 else shown_discs[0]}")
     fig = figures.coord_figure(points, bands, flags, slopes, rows=rows, panels=panels, convention=convention,
-                               x_title=axis.axis_title, step=step, show_refs=show_refs, show_seeds=show_seeds,
-                               title=title)
+                               x_title=axis.axis_title, step=shown_step, show_refs=show_refs, show_seeds=show_seeds,
+                               title=title, y_range=y_range, hover_runs=hover_runs, fit_lines=fit_lines,
+                               pred_lines=pred_lines)
     st.plotly_chart(fig, key="cc__figure", config={"displaylogo": False})
 
     n_runs = points["run_id"].n_unique()
     n_flag = flags.filter(pl.col("site").is_null())["run_id"].n_unique() if not flags.is_empty() else 0
-    st.caption(f"{n_runs} runs with probes at step {step}; {n_flag} diverged or failed run(s) marked ✕, left out of "
+    at = f"step {steps[0]}" if len(steps) == 1 else f"steps {', '.join(map(str, steps))}"
+    st.caption(f"{n_runs} runs with probes at {at}; {n_flag} diverged or failed run(s) marked ✕, left out of "
                "the means and the fits (as in `ssmscope slopes`).")
 
     with st.expander("Fitted slopes of this figure"):
-        if slopes.is_empty():
+        table = figure_slopes(slopes, rows, panels)
+        if table.is_empty():
             st.write("No slopes: fits need at least 3 widths.")
         else:
-            table = slopes.select("panel", "site", "quantity", "layer", "estimate", "ci_low", "ci_high", "predicted",
-                                  "verdict", "agreement", "n_seeds", "n_widths", "n_diverged", "status")
-            st.dataframe(styled(table, cells=["agreement"], verdicts=["verdict"]), hide_index=True)
+            st.dataframe(table, hide_index=True, key="cc__slopes", column_config=tables.SLOPE_COLUMN_CONFIG)
 
     with st.expander("Export the figure"):
-        export_figure(fig, f"coordinate-check-{sweep}-step{step}-{convention}", "cc__export")
+        export_figure(fig, f"coordinate-check-{sweep}-step{shown_step}-{convention}", "cc__export",
+                      ident=(db.version, sorted(state.values.items())))
 
     state.sync()
 

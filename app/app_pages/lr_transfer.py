@@ -38,7 +38,7 @@ def main() -> None:
     with st.sidebar:
         st.header("Learning-rate transfer")
         n = dict(grids.group_by("spec").agg(pl.len()).iter_rows())
-        sweep = state.select("Sweep", "sweep", sorted(n), format_func=lambda s: f"{s} ({n[s]} grids)")
+        sweep = state.select("Sweep", "sweep", sorted(n), format_func=lambda s: f"{s} ({n[s]} grids)", share="sweep")
         use = state.select("Loss", "loss", list(LOSSES), format_func=LOSSES.get, widget="radio")
 
     result = data.lr_transfer(db, sweep, use)
@@ -75,9 +75,11 @@ def main() -> None:
         st.markdown("**Drift of the optimal learning rate** (all groups of this sweep)")
         drift = result.drift.sort("preset", "discretization", "optimizer")
         st.dataframe(tables.styled(drift), hide_index=True, key="lr__drift")
+        for r in drift.filter(pl.col("reason").is_not_null()).iter_rows(named=True):  # why a cell is empty
+            st.caption(f"{r['preset']} · {r['discretization']} · {r['optimizer']}: {r['reason']}.")
         st.caption("drift = slope of log₂ η* against log₂ width over the widths with an interior optimum, "
                    "95 % CI from a seed bootstrap; widths whose optimum is at the grid's edge or that all diverged "
-                   "are counted, not fitted.")
+                   "are counted, not fitted. An empty cell is a number that cannot be computed: `reason` says why.")
         exports = tables.frame_exports(drift, f"Learning-rate drift ({sweep}, {LOSSES[use]})")
         download_buttons(exports, f"lr-drift-{sweep}", "lr__dl", prefix="")
 
@@ -88,7 +90,8 @@ def main() -> None:
                "diverged is marked ✕, not averaged).")
 
     with st.expander("Export the figure"):
-        export_figure(fig, f"lr-transfer-{sweep}-{preset}-{disc}", "lr__export")
+        export_figure(fig, f"lr-transfer-{sweep}-{preset}-{disc}", "lr__export",
+                      ident=(db.version, sorted(state.values.items())))
 
     state.sync()
 

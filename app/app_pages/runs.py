@@ -1,4 +1,8 @@
-"""Runs — every run in the store, filtered; diverged and failed runs highlighted; one run in detail."""
+"""Runs — every run in the store, filtered; diverged and failed runs highlighted; one run in detail.
+
+Clicking a row of the table shows that run below (as choosing it in "Run" does). The sweep, preset,
+discretisation and optimizer filters carry over to the other pages.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,25 @@ from ssmscope.app import controls, data, figures
 from ssmscope.app.frames import DEFAULT_ROWS, DISC_ORDER, PRESET_ORDER, ROW_BY_KEY, available_rows, fmt_lr, run_curves
 from ssmscope.app.tables import status_styled
 from ssmscope.app.widgets import UrlState
+from ssmscope.runs.analysis.export import order_rows
 
 TABLE_COLUMNS = ["run_id", "spec", "status", "preset", "discretization", "optimizer", "lr", "n_u", "n_x", "seed",
                  "n_layers", "steps", "last_finite_step", "wall_s", "device", "finished_at"]
+
+
+# session_state key of the table row last clicked (its run id), so a click is applied once.
+CLICKED_KEY = "runs__clicked"
+
+
+def select_clicked_run(event: object, run_ids: list[str]) -> str | None:
+    """The run of a table row clicked since the last rerun, else None (a click is applied once, so choosing
+    another run in the "Run" box afterwards is not undone by the row still being selected)."""
+    rows = list(getattr(getattr(event, "selection", None), "rows", None) or [])
+    clicked = run_ids[rows[0]] if rows and 0 <= rows[0] < len(run_ids) else None
+    if clicked == st.session_state.get(CLICKED_KEY):
+        return None
+    st.session_state[CLICKED_KEY] = clicked
+    return clicked
 
 
 def main() -> None:
@@ -30,10 +50,12 @@ def main() -> None:
         sweep = controls.sweep_select(state, runs, allow_all=True)
         pool = runs if sweep is None else runs.filter(pl.col("spec") == sweep)
         chosen = {
-            "preset": controls.multi_filter(state, "Preset", "preset", pool["preset"], order=PRESET_ORDER),
+            "preset": controls.multi_filter(state, "Preset", "preset", pool["preset"], order=PRESET_ORDER,
+                                            share="presets"),
             "discretization": controls.multi_filter(state, "Discretisation", "disc", pool["discretization"],
-                                                    order=DISC_ORDER),
-            "optimizer": controls.multi_filter(state, "Optimizer", "optimizer", pool["optimizer"]),
+                                                    order=DISC_ORDER, share="discs"),
+            "optimizer": controls.multi_filter(state, "Optimizer", "optimizer", pool["optimizer"],
+                                               share="optimizers"),
             "lr": controls.multi_filter(state, "Learning rate", "lr", sorted(pool["lr"].unique()), fmt=fmt_lr),
             "n_u": controls.multi_filter(state, "N_u", "n_u", sorted(pool["n_u"].unique())),
             "n_x": controls.multi_filter(state, "N_x", "n_x", sorted(pool["n_x"].unique())),
@@ -41,7 +63,7 @@ def main() -> None:
             "status": controls.multi_filter(state, "Status", "status", pool["status"],
                                             order=("completed", "diverged", "failed")),
         }
-    shown = data.apply(pool, data.where(**chosen))
+    shown = order_rows(data.apply(pool, data.where(**chosen)))  # SP → µP → µP-SSM → custom, as every table
 
     # --- counts and table ----------------------------------------------------------------------------
     by_status = dict(shown.group_by("status").len().iter_rows())
@@ -56,17 +78,21 @@ def main() -> None:
         st.stop()
 
     table = shown.select([c for c in TABLE_COLUMNS if c in shown.columns])
-    st.dataframe(status_styled(table), hide_index=True, key="runs__table",
-                 column_config={"lr": st.column_config.NumberColumn("lr", format="%.3g"),
-                                "wall_s": st.column_config.NumberColumn("wall s", format="%.1f")})
-    st.caption("Rows of diverged runs are orange, failed runs red. A diverged run stopped at its last finite step; "
-               "a failed one raised (its error is in its detail below).")
+    event = st.dataframe(status_styled(table), hide_index=True, key="runs__table", on_select="rerun",
+                         selection_mode="single-row",
+                         column_config={"lr": st.column_config.NumberColumn("lr", format="%.3g"),
+                                        "wall_s": st.column_config.NumberColumn("wall s", format="%.1f")})
+    st.caption("Click a row to show that run below. Rows of diverged runs are orange, failed runs red. A diverged "
+               "run stopped at its last finite step; a failed one raised (its error is in its detail below).")
 
     # --- one run -------------------------------------------------------------------------------------
     st.subheader("Run detail")
     labels = {r["run_id"]: (f"{r['run_id']} · {r['preset']} · {r['discretization']} · {r['optimizer']} "
                             f"lr {r['lr']:g} · N_u={r['n_u']} N_x={r['n_x']} · seed {r['seed']} · {r['status']}")
               for r in shown.iter_rows(named=True)}
+    clicked = select_clicked_run(event, table["run_id"].to_list())
+    if clicked is not None:
+        st.session_state[state.key("run")] = clicked
     run_id = state.select("Run", "run", list(labels), format_func=labels.get)
     run = shown.filter(pl.col("run_id") == run_id).row(0, named=True)
 

@@ -8,8 +8,12 @@ import streamlit as st
 from ssmscope.app import controls, data, tables
 from ssmscope.app.frames import DISC_ORDER, PRESET_ORDER
 from ssmscope.app.widgets import UrlState, download_buttons
-from ssmscope.runs.analysis.export import paper_caption, slope_caption, slope_display
+from ssmscope.runs.analysis.export import compact_caption, slope_caption, slope_display
 from ssmscope.runs.analysis.slopes import Design, LayerAgg
+
+# Table layouts: the paper's table compact (sortable, fits a laptop screen), the same in long numeric form, and
+# every fitted cell (`ssmscope slopes --table full`).
+LAYOUTS = {"compact": "paper, compact", "numeric": "paper, one row per exponent", "full": "every cell"}
 
 
 def main() -> None:
@@ -19,20 +23,22 @@ def main() -> None:
     runs = data.runs_frame(db)
 
     st.title("Slope table")
-    st.caption("Each cell: the measured exponent of a norm against width (log₂‖·‖ = a + s·log₂ width, ± half the 95 % "
-               "seed-bootstrap CI), its verdict (flat, grows, vanishes) and the exponent the theory predicts; green = "
-               "agrees, red = disagrees. The downloads are what `ssmscope slopes` writes for the same options.")
+    st.caption("The exponent s of each norm against width (log₂‖·‖ = a + s·log₂ width) beside the one the theory "
+               "predicts: ✓ / green = agrees, ✗ / red = disagrees. Click a column header to sort by it. The downloads "
+               "are what `ssmscope slopes` writes for the same options.")
 
     # --- selection -----------------------------------------------------------------------------------
     with st.sidebar:
         st.header("Slope table")
         sweep = controls.sweep_select(state, runs, allow_all=True)
         pool = runs if sweep is None else runs.filter(pl.col("spec") == sweep)
-        presets = controls.multi_filter(state, "Presets", "presets", pool["preset"], order=PRESET_ORDER)
-        discs = controls.multi_filter(state, "Discretisations", "discs", pool["discretization"], order=DISC_ORDER)
-        optimizers = controls.multi_filter(state, "Optimizers", "optimizers", pool["optimizer"])
-        kind = state.select("Table", "table", ["paper", "full"], widget="radio",
-                            format_func={"paper": "paper (‖x‖ ‖y‖ ‖Δx‖ ‖Δy‖)", "full": "every cell"}.get)
+        presets = controls.multi_filter(state, "Presets", "presets", pool["preset"], order=PRESET_ORDER,
+                                        share="presets")
+        discs = controls.multi_filter(state, "Discretisations", "discs", pool["discretization"], order=DISC_ORDER,
+                                      share="discs")
+        optimizers = controls.multi_filter(state, "Optimizers", "optimizers", pool["optimizer"], share="optimizers")
+        layout = state.select("Table", "table", list(LAYOUTS), "compact", widget="radio", format_func=LAYOUTS.get)
+        kind = "full" if layout == "full" else "paper"
         convention = controls.convention_select(state)
         design = state.select("Width", "width", [d.value for d in Design], "joint",
                               format_func={"joint": "joint (N_u = N_x)", "n_u": "N_u (N_x fixed)",
@@ -46,6 +52,7 @@ def main() -> None:
 
     sel = data.where(preset=presets, discretization=discs, optimizer=optimizers)
     options = dict(convention=convention, design=design, layers=layers, step=step, include_failed=include_failed)
+    notes = data.coincidence_notes(db, sweep, sel, design=design)
 
     # --- table ---------------------------------------------------------------------------------------
     if kind == "paper":
@@ -55,21 +62,28 @@ def main() -> None:
                     f"on the {design} axis.")
             state.sync()
             st.stop()
-        shown = tables.paper_display(rows)
-        mark_cols = [c for c in shown.columns if c.startswith("‖")]
-        st.dataframe(tables.styled(shown, cells=mark_cols), hide_index=True, key="st__table")
-        st.caption(paper_caption(rows))
-        exports = tables.paper_exports(rows)
+        for note in notes:
+            st.info(note, icon=":material/join_inner:")
+        if layout == "compact":
+            style, config = tables.compact_styled(rows)
+        else:
+            style, config = tables.numeric_styled(rows)
+        st.dataframe(style, hide_index=True, key="st__table", column_config=config)
+        st.caption(compact_caption(rows) if layout == "compact" else slope_caption(rows))
+        exports = tables.paper_exports(rows, notes)
     else:
         rows = data.slopes(db, sweep, sel, **options)
         if rows.is_empty():
             st.info("Nothing to fit for this selection.")
             state.sync()
             st.stop()
+        for note in notes:
+            st.info(note, icon=":material/join_inner:")
         shown = slope_display(rows)
-        st.dataframe(tables.styled(shown, cells=["agreement"], verdicts=["verdict"]), hide_index=True, key="st__table")
+        st.dataframe(tables.styled(shown, cells=["agreement"], verdicts=["verdict"]), hide_index=True, key="st__table",
+                     column_config=tables.SLOPE_COLUMN_CONFIG)
         st.caption(slope_caption(rows))
-        exports = tables.full_exports(rows)
+        exports = tables.full_exports(rows, notes)
 
     n_ok = rows.filter(pl.col("status") == "ok").height
     n_agree = rows.filter(pl.col("agreement") == "agrees").height

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import StrEnum
+from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
 import polars as pl
 
+from ssmscope.runs.analysis.equivalence import coincidences
+from ssmscope.runs.analysis.regime import REGIME_THRESHOLD
 from ssmscope.runs.analysis.slopes import (
     AGREE_TOL,
     CELL_KEYS,
@@ -187,10 +191,68 @@ def export(frame: pl.DataFrame, fmt: Format | str, out: Path | None = None, *, c
     return None
 
 
+# --- row order ---------------------------------------------------------------------------------
+PRESET_ORDER = ("sp", "mup", "mup-ssm")
+"""The paper's order of parameterizations: SP → µP → µP-SSM; other (custom) presets follow alphabetically."""
+
+
+def preset_rank(preset: object) -> tuple[int, str]:
+    """Sort key of a preset: its place in PRESET_ORDER, custom presets after, by name."""
+    text = "" if preset is None else str(preset)
+    return (PRESET_ORDER.index(text) if text in PRESET_ORDER else len(PRESET_ORDER), text)
+
+
+def order_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with its rows ordered SP → µP → µP-SSM → custom (stable: the order within a preset is kept)."""
+    if "preset" not in frame.columns or frame.is_empty():
+        return frame
+    ranks = {p: i for i, p in enumerate(sorted(frame["preset"].unique().to_list(), key=preset_rank))}
+    rank = pl.col("preset").replace_strict(ranks, return_dtype=pl.Int32)
+    return frame.with_columns(rank.alias("_rank")).sort("_rank", maintain_order=True).drop("_rank")
+
+
+# --- verdict wording ---------------------------------------------------------------------------
+# A verdict says what the measurement does (flat, grows, vanishes); whether that is what the theory says is
+# the agreement. Every phrase carries both, so a mark can never seem to contradict its verdict:
+# "vanishes, as predicted ✓" and "flat; predicted +½ ✗", never a bare "vanishes ✓".
+AGREEMENT_WORDS = {"agrees": "as predicted", "disagrees": "predicted {pred}", "no prediction": "no prediction"}
+"""How each agreement reads after the verdict; {pred} is the predicted exponent."""
+
+
+def exponent_text(value: float | None, log_x: bool | None = False) -> str:
+    """A predicted exponent as a reader writes it: 0, +½, −1, +3/2, with ·log for a log N_x factor."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    frac = Fraction(value).limit_denominator(12)
+    if frac == 0:
+        return "log" if log_x else "0"
+    mag = abs(frac)
+    text = ("+" if frac > 0 else "−") + ("½" if mag == Fraction(1, 2) else str(mag))
+    return text + ("·log" if log_x else "")
+
+
+def verdict_text(verdict: str | None, agreement: str | None, predicted: float | None,
+                 log_x: bool | None = False) -> str:
+    """One fitted exponent in words: "vanishes, as predicted", "flat; predicted +½", "grows; no prediction"."""
+    if verdict is None or agreement not in AGREEMENT_WORDS:
+        return "not fitted"
+    words = AGREEMENT_WORDS[agreement].format(pred=exponent_text(predicted, log_x))
+    return f"{verdict}, {words}" if agreement == "agrees" else f"{verdict}; {words}"
+
+
+MARKS = {"agrees": "✓", "disagrees": "✗"}
+"""The mark after a cell: ✓ = agrees with the prediction, ✗ = disagrees; nothing without a prediction."""
+
+
 # --- what a reader sees of a slope frame --------------------------------------------------------
-DISPLAY_COLUMNS = ["term", "estimate", "se", "ci_low", "ci_high", "predicted", "verdict", "agreement",
-                   "n_points", "n_seeds", "n_widths", "n_diverged", "status"]
-"""Columns of a slope frame shown in md/latex after its cell keys (csv/parquet/json keep all)."""
+DISPLAY_COLUMNS = ["window", "width_lo", "width_hi", "term", "estimate", "se", "ci_low", "ci_high", "predicted",
+                   "verdict", "agreement", "n_points", "n_seeds", "n_widths", "n_diverged", "status",
+                   "contribution_ratio", "energy_share"]
+"""Columns of a slope frame shown in md/latex after its cell keys (csv/parquet/json keep all); the window
+and group columns appear when the frame has them (runs.analysis.slope_tables)."""
+ANNOTATION_COLUMNS = ("trend", "regime_ratio", "regime")
+"""Per-fit columns other analyses add to a slope frame (the trend of the running exponents, the
+linear-response regime): tables that list fits show them, after the agreement, whenever a frame carries them."""
 
 
 def slope_display(slopes: pl.DataFrame) -> pl.DataFrame:
@@ -198,19 +260,38 @@ def slope_display(slopes: pl.DataFrame) -> pl.DataFrame:
     keys = [k for k in [*CELL_KEYS[:4], *OPTIONAL_CONFIG_KEYS, *CELL_KEYS[4:]] if k in slopes.columns]
     always = {"preset", "discretization", "optimizer", "layer", "site", "quantity", "step"}
     shown = [k for k in keys if k in always or slopes.get_column(k).n_unique() > 1]
-    return slopes.select(*shown, *(c for c in DISPLAY_COLUMNS if c in slopes.columns))
+    display = [*DISPLAY_COLUMNS[:DISPLAY_COLUMNS.index("agreement") + 1], *ANNOTATION_COLUMNS,
+               *DISPLAY_COLUMNS[DISPLAY_COLUMNS.index("agreement") + 1:]]
+    return order_rows(slopes).select(*shown, *(c for c in display if c in slopes.columns))
 
 
-def slope_caption(slopes: pl.DataFrame) -> str:
-    """One line saying what a slope table shows: convention, design, CI, thresholds."""
+def slope_caption(slopes: pl.DataFrame, notes: Iterable[str] = ()) -> str:
+    """One line saying what a slope table shows: convention, design, CI, thresholds (and any notes)."""
 
     def one(col: str) -> str:
         values = slopes.get_column(col).unique().to_list() if col in slopes.columns else []
         return ", ".join(str(v) for v in values) or "—"
 
-    return (f"log2‖·‖ = a + s·log2(width) per cell; norm convention {one('convention')}, design "
+    text = (f"log2‖·‖ = a + s·log2(width) per cell; norm convention {one('convention')}, design "
             f"{one('design')}; CI: {CONFIDENCE:.0%}, seed bootstrap ∪ OLS; flat when |s| ≤ {FLAT_TOL}, "
             f"agrees when |s − predicted| ≤ {AGREE_TOL} or the CI covers it.")
+    if "width_lo" in slopes.columns:
+        text += " Fitted over the widths width_lo…width_hi of each row (windows: docs/slopes.md)."
+    if "trend" in slopes.columns:
+        text += (" trend: toward / away from the prediction, settled, or moving, from the first and last local "
+                 "slopes and their CIs.")
+    if "regime" in slopes.columns:
+        text += (f" regime: nonlinear when the median ‖Δq‖/‖q₀‖ at the largest width exceeds "
+                 f"{REGIME_THRESHOLD:g} (the update dominates the init; the slope reflects saturation).")
+    return " ".join([text, *notes])
+
+
+def coincidence_notes(frame: pl.DataFrame, design: str) -> list[str]:
+    """A sentence for each group of presets that are one parameterization over `frame`'s widths.
+
+    `frame` is the probe (or runs) frame a table was fitted from; see runs.analysis.equivalence.
+    """
+    return [c.note() for c in coincidences(frame, design, PRESET_ORDER)]
 
 
 # --- the paper's table -----------------------------------------------------------------------------
@@ -221,12 +302,14 @@ _HEADERS: dict[str, dict[str, str]] = {
     "latex": {"x": r"$\|x\|$", "y": r"$\|y\|$", "dx": r"$\|\Delta x\|$", "dy": r"$\|\Delta y\|$"},
 }
 _MARKS: dict[str, dict[str, str]] = {
-    "text": {"agrees": "✓", "disagrees": "✗"},
-    "markdown": {"agrees": "✓", "disagrees": "✗"},
+    "text": MARKS,
+    "markdown": MARKS,
     "latex": {"agrees": r"$\surd$", "disagrees": r"$\times$"},
 }
 _BASES = {"width": "width", "n_u": "N_u", "n_x": "N_x"}
 _TERM_ORDER = {"n_x": 0, "width": 1, "n_u": 2}  # the paper writes N_x^a · N_u^b
+QUANTITY_TITLES = dict(_HEADERS["text"])
+"""Paper-table column → its title (‖x‖, ‖y‖, ‖Δx‖, ‖Δy‖)."""
 
 
 def paper_header(column: str, style: PaperStyle) -> str:
@@ -253,8 +336,20 @@ def _fmt_num(value: float, style: PaperStyle, digits: int | None = 2) -> str:
     return text.replace("-", "−") if style == "markdown" else text
 
 
+def _cell_agreement(terms: list[dict]) -> str:
+    """One agreement for a cell of several terms: disagrees if any term does, agrees only if all do."""
+    agreements = {t["agreement"] for t in terms}
+    for verdict in ("disagrees", "no prediction", "not fitted"):
+        if verdict in agreements:
+            return verdict
+    return "agrees"
+
+
 def _paper_cell(terms: list[dict], style: PaperStyle) -> str:
-    """One cell: measured exponent(s) ± half the CI width, verdict(s), predicted exponent(s), a mark."""
+    """One cell: measured exponent(s) ± half the CI width, verdict(s), what the theory says, a mark.
+
+    "width^0.51±0.04 grows, as predicted (width^0.5) ✓" · "width^0.02±0.03 flat; predicted width^0.5 ✗".
+    """
     if not terms:
         return "---" if style == "latex" else "—"
     if terms[0]["status"] != "ok":
@@ -272,31 +367,52 @@ def _paper_cell(terms: list[dict], style: PaperStyle) -> str:
     log = {"latex": r"\log N_x", "markdown": "·log N<sub>x</sub>", "text": "·log N_x"}[style]
     log = log if any(t["log_x"] for t in terms) else ""
     verdicts = "/".join(t["verdict"] for t in terms)
-    agreements = {t["agreement"] for t in terms}
-    mark = ("disagrees" in agreements and _MARKS[style]["disagrees"]) or (
-        agreements == {"agrees"} and _MARKS[style]["agrees"]) or ""
+    agreement = _cell_agreement(terms)
+    mark = _MARKS[style].get(agreement, "") + _regime_mark(terms[0], style)
+    pred = (f"${dot.join(predicted)}{log}$" if style == "latex" else f"{dot.join(predicted)}{log}") if predicted else ""
+    said = {"agrees": f", as predicted ({pred})", "disagrees": f"; predicted {pred}"}.get(agreement, "; no prediction")
+    shown = f"${dot.join(measured)}$" if style == "latex" else dot.join(measured)
+    return f"{shown} {verdicts}{said} {mark}".rstrip()
+
+
+def _row_keys(paper: pl.DataFrame) -> list[str]:
+    """The columns that name a row of the paper table: preset, discretisation, optimizer, what varies, step."""
+    optional = ["lr", *OPTIONAL_CONFIG_KEYS, "fixed_width", "layer"]
+    keys = ["preset", "discretization", "optimizer"]
+    keys += [k for k in optional if k in paper.columns and paper.get_column(k).n_unique() > 1]
+    keys += [k for k in ("width_lo", "width_hi") if k in paper.columns]  # a top-octaves table says its widths
+    return [*keys, "step"]
+
+
+def _paper_rows(paper: pl.DataFrame) -> tuple[list[str], dict[tuple, dict[str, list[dict]]]]:
+    """(row keys, rows): each row's key tuple → paper column → its slope records, SP → µP → µP-SSM first."""
+    keys = _row_keys(paper)
+    rows: dict[tuple, dict[str, list[dict]]] = {}
+    for rec in order_rows(paper).iter_rows(named=True):
+        rows.setdefault(tuple(rec[k] for k in keys), {}).setdefault(rec["column"], []).append(rec)
+    return keys, rows
+
+
+def _regime_mark(term: dict, style: PaperStyle) -> str:
+    """The mark of a cell outside linear response (runs.analysis.regime), e.g. " [nonlinear: ‖Δ‖/‖q₀‖ = 2.3]"."""
+    if term.get("regime") != "nonlinear":
+        return ""
+    ratio = f"{term['regime_ratio']:.1f}"
     if style == "latex":
-        pred = f"${dot.join(predicted)}{log}$" if predicted else "none"
-        return rf"${dot.join(measured)}$ {verdicts}; pred.\ {pred} {mark}".rstrip()
-    pred = f"{dot.join(predicted)}{log}" if predicted else "none"
-    return f"{dot.join(measured)} {verdicts}; pred {pred} {mark}".rstrip()
+        return rf" [nonlinear: $\|\Delta\|/\|q_0\| = {ratio}$]"
+    return f" [nonlinear: ‖Δ‖/‖q₀‖ = {ratio}]"
 
 
 def format_paper_table(paper: pl.DataFrame, style: PaperStyle = "text") -> pl.DataFrame:
     """The paper's table from `runs.slopes.paper_slopes` rows: one row per configuration, one cell per column.
 
     Row keys: preset, discretization, optimizer, then lr / spec / task / dt_max / fixed_width / layer
-    where they vary, then the step. Headers are written as the style writes them (‖x‖ … or LaTeX math).
+    where they vary, then the step; rows SP → µP → µP-SSM → custom. Headers are written as the style
+    writes them (‖x‖ … or LaTeX math).
     """
     if style not in _HEADERS:
         raise ConfigError(f"style={style!r}; allowed: {', '.join(_HEADERS)}")
-    optional = ["lr", *OPTIONAL_CONFIG_KEYS, "fixed_width", "layer"]
-    keys = ["preset", "discretization", "optimizer"]
-    keys += [k for k in optional if k in paper.columns and paper.get_column(k).n_unique() > 1]
-    keys.append("step")
-    rows: dict[tuple, dict[str, list[dict]]] = {}
-    for rec in paper.iter_rows(named=True):
-        rows.setdefault(tuple(rec[k] for k in keys), {}).setdefault(rec["column"], []).append(rec)
+    keys, rows = _paper_rows(paper)
     headers = [paper_header(c, style) for c in PAPER_COLUMNS]
     records = [(*key, *(_paper_cell(cells.get(c, []), style) for c in PAPER_COLUMNS))
                for key, cells in rows.items()]
@@ -307,13 +423,138 @@ def format_paper_table(paper: pl.DataFrame, style: PaperStyle = "text") -> pl.Da
 def paper_table(frame: pl.DataFrame, *, style: PaperStyle = "text", **fit_options: object) -> pl.DataFrame:
     """The paper's table (preset × discretization × optimizer by ‖x‖, ‖y‖, ‖Δx‖, ‖Δy‖) from a probe frame.
 
-    Each cell: measured N_x^a·N_u^b (2-D) or width^s (joint) ± half the 95 % CI, the verdict,
-    the predicted exponents and ✓ (agrees) / ✗ (disagrees). fit_options go to runs.slopes.paper_slopes
+    Each cell: measured N_x^a·N_u^b (2-D) or width^s (joint) ± half the 95 % CI, the verdict, what the
+    theory predicts and ✓ (agrees) / ✗ (disagrees). fit_options go to runs.slopes.paper_slopes
     (convention, design, layers, step, n_boot, rng_seed, include_failed).
     """
     return format_paper_table(paper_slopes(frame, **fit_options), style)  # type: ignore[arg-type]
 
 
-def paper_caption(paper: pl.DataFrame) -> str:
-    """One line saying how the paper table was measured."""
-    return slope_caption(paper) + " Layers: mean of log2‖·‖ over layers unless a layer column is shown."
+def paper_caption(paper: pl.DataFrame, notes: Iterable[str] = ()) -> str:
+    """One line saying how the paper table was measured (and any notes, e.g. coinciding presets)."""
+    return slope_caption(paper, [
+        "Layers: mean of log2‖·‖ over layers unless a layer column is shown. ✓/✗: the measurement agrees/disagrees "
+        "with the predicted exponent (·log: times log N_x).", *notes])
+
+
+# --- the paper's table, compact: one short, sortable cell per quantity ------------------------------
+@dataclass(frozen=True)
+class CompactPaper:
+    """The paper's table with one number per quantity (sortable) and the text shown for it.
+
+    values: the row keys (and any ANNOTATION_COLUMNS: one value per row, "a/b" when its quantities differ),
+    then per quantity title (‖x‖ …) the measured exponent (2-D: the N_u one), Float64.
+    labels / agreements: quantity title → per row, the cell's text ("−0.48±0.05 (−½) ✓") and agreement.
+    """
+
+    values: pl.DataFrame
+    keys: list[str]
+    labels: dict[str, list[str]]
+    agreements: dict[str, list[str]]
+
+
+def _compact_cell(terms: list[dict]) -> tuple[float | None, str, str]:
+    """(sort value, text, agreement) of one compact cell: "−0.48±0.05 (−½) ✓", 2-D "+0.51·−0.02 (+1·0) ✓"."""
+    if not terms:
+        return None, "—", "not fitted"
+    if terms[0]["status"] != "ok":
+        return None, terms[0]["status"].replace("_", " "), "not fitted"
+    terms = sorted(terms, key=lambda t: {"width": 0, "n_u": 0, "n_x": 1}[t["term"]])
+    measured = []
+    for t in terms:
+        text = _signed(t["estimate"])
+        if len(terms) == 1 and t["ci_low"] is not None and t["ci_high"] is not None:
+            text += f"±{(t['ci_high'] - t['ci_low']) / 2:.2f}"
+        measured.append(text)
+    agreement = _cell_agreement(terms)
+    if agreement == "no prediction":
+        pred = "no pred."
+    else:
+        log_x = any(t["log_x"] for t in terms)
+        pred = "·".join(exponent_text(t["predicted"], log_x and i == len(terms) - 1) for i, t in enumerate(terms))
+    mark = MARKS.get(agreement, "")
+    return terms[0]["estimate"], f"{'·'.join(measured)} ({pred}) {mark}".rstrip(), agreement
+
+
+def _signed(value: float) -> str:
+    """+0.51, −0.48, 0.00 (never −0.00), with a true minus sign."""
+    text = f"{value:+.2f}"
+    return "0.00" if float(text) == 0 else text.replace("-", "−")
+
+
+def compact_paper(paper: pl.DataFrame) -> CompactPaper:
+    """The paper's table as a compact, sortable grid: a row per configuration, a number and a label per quantity."""
+    keys, rows = _paper_rows(paper)
+    keys = [k for k in keys if k != "step" or paper.get_column("step").n_unique() > 1]
+    notes = [c for c in ANNOTATION_COLUMNS if c in paper.columns]
+    titles = [QUANTITY_TITLES[c] for c in PAPER_COLUMNS]
+    values: dict[str, list] = {k: [] for k in [*keys, *notes, *titles]}
+    labels: dict[str, list[str]] = {t: [] for t in titles}
+    agreements: dict[str, list[str]] = {t: [] for t in titles}
+    for cells in rows.values():
+        first = next(iter(cells.values()))[0]
+        for k in keys:
+            values[k].append(first[k])
+        for note in notes:  # one value per row, or the quantities' values in order when they differ
+            seen = list(dict.fromkeys(str(t[note]) for c in PAPER_COLUMNS for t in cells.get(c, [])
+                                      if t[note] is not None))
+            values[note].append("/".join(seen) if seen else None)
+        for column, title in zip(PAPER_COLUMNS, titles, strict=True):
+            value, label, agreement = _compact_cell(cells.get(column, []))
+            values[title].append(value)
+            labels[title].append(label)
+            agreements[title].append(agreement)
+    schema = {k: paper.schema[k] for k in keys} | dict.fromkeys(notes, pl.String) | dict.fromkeys(titles, pl.Float64)
+    return CompactPaper(pl.DataFrame(values, schema=schema), [*keys, *notes], labels, agreements)
+
+
+def compact_caption(paper: pl.DataFrame, notes: Iterable[str] = ()) -> str:
+    """The caption of the compact table: how to read a cell, then the paper caption."""
+    two_d = "design" in paper.columns and "2d" in paper["design"].unique().to_list()
+    cell = ("s_u·s_x (predicted s_u·s_x)" if two_d else "s ± half the CI (predicted s)")
+    step = paper["step"].unique().to_list() if "step" in paper.columns else []
+    at = f" at step {step[0]}" if len(step) == 1 else ""
+    return f"Each cell: {cell}{at}. " + paper_caption(paper, notes)
+
+
+# --- the paper's table, numeric: one row per fitted exponent, every number its own column ------------
+NUMERIC_COLUMNS = ["estimate", "ci_low", "ci_high", "predicted", "verdict", "agreement"]
+"""The numbers (and words) of one fit in the numeric layout."""
+
+
+def numeric_paper(paper: pl.DataFrame) -> pl.DataFrame:
+    """The paper's rows as a long table: row keys, quantity (and term in 2-D), then estimate, CI, predicted,
+    verdict (in words that carry the agreement), agreement, and any annotation columns (regime, trend)."""
+    keys = [k for k in _row_keys(paper) if k != "step" or paper.get_column("step").n_unique() > 1]
+    terms = ["term"] if paper.get_column("term").n_unique() > 1 else []
+    words = [verdict_text(v, a, p, lx) for v, a, p, lx in
+             zip(paper["verdict"], paper["agreement"], paper["predicted"], paper["log_x"], strict=True)]
+    titled = paper.with_columns(pl.col("column").replace_strict(QUANTITY_TITLES, return_dtype=pl.String)
+                                .alias("quantity"), pl.Series("verdict", words, pl.String))
+    extra = [c for c in ANNOTATION_COLUMNS if c in paper.columns]
+    return order_rows(titled).select(*keys, "quantity", *terms, *NUMERIC_COLUMNS, *extra, "n_seeds", "n_widths",
+                                     "status")
+
+
+# --- one entry point for every table writer (the CLI and the dashboard's downloads) ------------------
+def paper_output(paper: pl.DataFrame, fmt: Format | str,
+                 notes: Iterable[str] = ()) -> tuple[pl.DataFrame, list[str], str]:
+    """(frame, columns holding markup already, caption) of the paper table in `fmt`.
+
+    md/latex: the rendered paper cells; csv/json/parquet: every column of the rows, SP → µP → µP-SSM.
+    """
+    fmt, notes = parse_format(fmt), list(notes)
+    caption = paper_caption(paper, notes)
+    if fmt not in TEXT_TABLE_FORMATS or paper.is_empty():
+        return order_rows(paper), [], caption
+    style: PaperStyle = "latex" if fmt == Format.LATEX else "markdown"
+    raw = [paper_header(c, style) for c in PAPER_COLUMNS]
+    return format_paper_table(paper, style), raw, caption
+
+
+def full_output(slopes: pl.DataFrame, fmt: Format | str,
+                notes: Iterable[str] = ()) -> tuple[pl.DataFrame, list[str], str]:
+    """(frame, [], caption) of every fitted cell in `fmt`: read columns for md/latex, all columns otherwise."""
+    fmt = parse_format(fmt)
+    caption = slope_caption(slopes, notes)
+    return (slope_display(slopes) if fmt in TEXT_TABLE_FORMATS else order_rows(slopes)), [], caption

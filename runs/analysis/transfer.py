@@ -115,6 +115,7 @@ def drift(opt: pl.DataFrame, final: pl.DataFrame | None = None, n_boot: int = DE
 
     Only interior optima enter the fit (edge and diverged widths are counted, not used).
     The CI resamples seeds within every width (needs `final`); without it, it is the OLS one.
+    `reason` says why a drift or its CI is missing (null when both are there).
     """
     rows = []
     for key, sub in opt.group_by(list(GROUP_KEYS), maintain_order=True):
@@ -133,11 +134,24 @@ def drift(opt: pl.DataFrame, final: pl.DataFrame | None = None, n_boot: int = DE
                 lo, hi = slope - normal_z() * se, slope + normal_z() * se
         loss = sub["loss_at_opt"].to_numpy()
         rows.append({**dict(zip(GROUP_KEYS, key, strict=True)), "drift": slope, "ci_low": lo, "ci_high": hi,
+                     "reason": _missing_reason(len(xs), slope, lo),
                      "n_widths": len(sub), "n_interior": len(ok),
                      "widths_at_edge": int(sub["status"].str.starts_with("edge").sum()),
                      "widths_all_diverged": int((sub["status"] == "all_diverged").sum()),
                      "loss_smallest": float(loss[0]), "loss_largest": float(loss[-1])})
     return pl.DataFrame(rows)
+
+
+def _missing_reason(n_interior: int, slope: float, ci_low: float) -> str | None:
+    """Why the drift or its CI could not be computed, in words (None when both were)."""
+    if n_interior < 2:
+        return (f"no drift: {n_interior} width(s) with an interior optimum; a drift needs 2, "
+                "its CI 3 (widen the learning-rate grid)")
+    if n_interior < 3:
+        return "no CI: 2 widths with an interior optimum; a CI needs 3 (the drift is the line through 2 points)"
+    if math.isnan(ci_low) and math.isfinite(slope):
+        return "no CI: no bootstrap resample had an interior optimum at every width"
+    return None
 
 
 def _drift_bootstrap(final: pl.DataFrame, key: dict, widths: list[int], n_boot: int,

@@ -6,9 +6,10 @@
 
 runs/cli/main.py calls `register(app)`. The command runs
 `python -m streamlit run app/main.py --server.headless true --server.address HOST --server.port PORT
---browser.gatherUsageStats false -- --db PATH` in a child process, prints the URL and waits; Ctrl-C or
-SIGTERM stops the server. A bad port, a port already taken or a missing Streamlit end as one line and
-exit code 2; a missing or empty store is not an error (the app says how to fill it).
+--browser.gatherUsageStats false --client.toolbarMode viewer -- --db PATH` in a child process (viewer: no
+Deploy button), prints the URL and waits; Ctrl-C or SIGTERM stops the server. A bad port, a port
+already taken or a missing Streamlit end as one line and exit code 2; a missing or empty store is not
+an error (the app says how to fill it).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def streamlit_command(db: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
     """The command line that serves the dashboard over `db` on host:port."""
     return [sys.executable, "-m", "streamlit", "run", str(main_script()), "--server.headless", "true",
             "--server.address", host, "--server.port", str(port), "--browser.gatherUsageStats", "false",
-            "--", "--db", str(db)]
+            "--client.toolbarMode", "viewer", "--", "--db", str(db)]
 
 
 def url_for(host: str, port: int) -> str:

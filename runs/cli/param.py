@@ -7,12 +7,14 @@ from typing import Annotated
 import typer
 
 from ssmscope.runs.cli.console import console, err_console, fail
+from ssmscope.runs.cli.param_fit import param_fit
 
 
 def register(app: typer.Typer) -> None:
     """Add the `param` command group to the ssmscope app."""
     param_app = typer.Typer(help="Inspect parameterizations.", no_args_is_help=True)
     param_app.command("show")(param_show)
+    param_app.command("fit")(param_fit)
     app.add_typer(param_app, name="param")
 
 
@@ -26,31 +28,38 @@ def param_show(
     discretization: Annotated[str, typer.Option(help="zoh or euler")] = "zoh",
     optimizer: Annotated[str, typer.Option(help="sgd, adam or adamw")] = "adam",
     lr: Annotated[float, typer.Option(help="base learning rate (at the base width)")] = 1e-3,
+    base: Annotated[str | None, typer.Option(
+        help="init base (mamba, hf, ssmscope-v0 or a .toml file); default: the preset's own")] = None,
     all_layers: Annotated[bool, typer.Option(help="one row per layer instead of per position")] = False,
 ) -> None:
-    """Print every parameter's role, shape, init std, learning rate and multiplier."""
+    """Print every parameter's role, shape, init distribution and std, learning rate and multiplier."""
     from ssmscope.runs.cli.param_table import plan_table
     from ssmscope.ssm import ConfigError, MambaConfig, MambaLM, load_preset, plan
+    from ssmscope.ssm.presets import readout_tied, with_base
 
     try:
         cfg = MambaConfig(d_model=d_model, d_state=d_state, expand=expand, n_layers=n_layers,
                           vocab_size=vocab_size, discretization=discretization)
-        p = load_preset(preset)
+        p = with_base(load_preset(preset), base)
         with _meta_device():
             model = MambaLM(cfg)
         rows = plan(model, cfg, p, optimizer, lr)
     except ConfigError as exc:
         fail(str(exc))
-    title = (f"{p.name} — N_u={cfg.d_inner}, N_x={cfg.d_state}, d_model={cfg.d_model}, "
-             f"R={cfg.rank}, {cfg.discretization}, {optimizer}, base lr {lr:g} "
-             f"(base width N_u0={p.base_n_u}, N_x0={p.base_n_x})")
+    b = p.init_base
+    title = (f"{p.name} on base {b.name} — N_u={cfg.d_inner}, N_x={cfg.d_state}, d_model={cfg.d_model}, "
+             f"R={cfg.rank}, {cfg.n_layers} layers, {cfg.discretization}, {optimizer}, base lr {lr:g} "
+             f"(base width N_u0={p.base_n_u}, N_x0={p.base_n_x}; readout "
+             f"{'tied to the embedding' if readout_tied(cfg, b) else 'untied'})")
     console.print(plan_table(rows, title, collapse_layers=not all_layers))
     uncovered = [r.name for r in rows if r.role is None]
     if uncovered:
         err_console.print(f"[bold yellow]warning:[/bold yellow] no rule covers {len(uncovered)} "
                           f"parameter(s): {', '.join(uncovered)}")
         raise typer.Exit(1)
-    console.print(f"all {len(rows)} parameters covered by preset {p.name!r} ({p.source})")
+    tied = sum(r.tied_to is not None for r in rows)
+    console.print(f"all {len(rows)} parameters covered by preset {p.name!r} ({p.source}) on base "
+                  f"{b.name!r} ({b.source})" + (f"; {tied} tied (one tensor, two uses)" if tied else ""))
 
 
 class _meta_device:

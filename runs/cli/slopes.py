@@ -1,16 +1,18 @@
 """`ssmscope slopes`: width-scaling exponents from the store, as the paper's table or every fit.
 
-    ssmscope slopes --format md                                   # the paper's table, last step
+    ssmscope slopes                                               # the paper's table, last step (a table on a TTY)
+    ssmscope slopes --format md                                   # Markdown (the default when piped)
     ssmscope slopes --where preset=mup-ssm --table full --format csv --out slopes.csv
-    ssmscope slopes --width 2d --convention l2 --format latex --out table.tex
+    ssmscope slopes --width 2d --convention l2 --out table.tex    # the format follows the suffix
 
 runs/cli/main.py calls `register(app)`. Options are checked before the store is opened; user errors
 (a bad option, a bad --where, an empty selection, a missing store) end as one line and exit code 2.
-The --where language is runs.analysis.selection.
+The --where language is runs.analysis.selection. `--format table` is drawn by runs.cli.table.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -25,13 +27,17 @@ from ssmscope.runs.analysis.selection import (
     pushdown_filters,
 )
 from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT
-from ssmscope.runs.cli.console import DB_HELP, WHERE_HELP, err_console, fail
+from ssmscope.runs.cli.console import DB_HELP, WHERE_HELP, console, err_console, fail
 
 if TYPE_CHECKING:  # polars and the analysis load inside the command: `ssmscope --help` stays fast
     import polars as pl
 
     from ssmscope.runs.analysis.export import Format
 
+TABLE = "table"
+"""The terminal format (rich): not one of runs.analysis.export's file formats."""
+SUFFIX_FORMATS = {".csv": "csv", ".md": "md", ".tex": "latex", ".parquet": "parquet", ".json": "json", ".txt": TABLE}
+"""--out FILE without --format: the format its suffix names."""
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -48,8 +54,13 @@ def load_frame(db: Path | None, filters: list[Filter]) -> pl.DataFrame:
 # --- the command ---------------------------------------------------------------------------------
 CONVENTION_HELP = "norm convention: rms, l2, token_l2 or channel_l2"
 WIDTH_HELP = "joint (N_u = N_x), n_u (N_x fixed), n_x (N_u fixed) or 2d (s_u and s_x)"
-TABLE_HELP = "paper (‖x‖, ‖y‖, ‖Δx‖, ‖Δy‖ per preset) or full (every cell)"
+TABLE_HELP = ("paper (‖x‖, ‖y‖, ‖Δx‖, ‖Δy‖ per preset), full (every cell) or groups (each parameter group's "
+              "contribution to ‖Δx‖, ‖Δy‖, ‖Δ(C·x)‖; needs a sweep with group_probes = true)")
+FIT_HELP = ("all (one power law over every width), top-octaves (the widths within 2 octaves of the largest; "
+            "verdicts judged there) or running (local slopes: pairs, 3-width windows, top octaves)")
 LAYERS_HELP = "each (a fit per layer) or mean (over layers); default: mean for paper, each for full"
+FORMAT_HELP = ("table (coloured, for a terminal), md, csv, latex, parquet or json; default: table on a terminal, "
+               "else md, or what the suffix of --out names (.csv .md .tex .parquet .json .txt)")
 
 
 def register(app: typer.Typer) -> None:
@@ -57,7 +68,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("slopes")
     def slopes(
-        fmt: Annotated[str, typer.Option("--format", help="csv, md, latex, parquet or json")],
+        fmt: Annotated[str | None, typer.Option("--format", help=FORMAT_HELP)] = None,
         db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
         where: Annotated[list[str] | None, typer.Option(help=WHERE_HELP)] = None,
         step: Annotated[str, typer.Option(help=STEP_HELP)] = "last",
@@ -69,6 +80,7 @@ def register(app: typer.Typer) -> None:
         n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the seeds (0: no CI)")] = DEFAULT_N_BOOT,
         seed: Annotated[int, typer.Option(help="seed of the bootstrap draws")] = 0,
         include_failed: Annotated[bool, typer.Option(help="fit diverged and failed runs too")] = False,
+        fit: Annotated[str, typer.Option(help=FIT_HELP)] = "all",
     ) -> None:
         """Fit width-scaling exponents (log-log, seed-bootstrap CIs) beside the predicted ones."""
         from ssmscope.ssm.errors import ConfigError
@@ -76,6 +88,7 @@ def register(app: typer.Typer) -> None:
         try:
             out_format, options = _options(fmt, out, step, convention, width, table, layers, n_boot, seed,
                                            include_failed)
+            options["fit"] = _fit_option(fit, options["design"])
             filters = parse_filters(where or [])
             frame = load_frame(Path(db) if db else None, filters)
             if frame.is_empty():
@@ -84,24 +97,47 @@ def register(app: typer.Typer) -> None:
             result, raw, caption = _compute(frame, table, out_format, options)
             if result.is_empty():
                 raise ConfigError(_nothing_to_fit(frame, table, options["design"]))
-            _write(result, out_format, out, caption, raw)
+            if out_format == TABLE:
+                _write_table(result, table, caption, out)
+            else:
+                _write(result, out_format, out, caption, raw)
         except ConfigError as exc:
             fail(str(exc))
 
 
-def _options(fmt: str, out: Path | None, step: str, convention: str, width: str, table: str,
-             layers: str | None, n_boot: int, seed: int, include_failed: bool) -> tuple[Format, dict]:
+def output_format(fmt: str | None, out: Path | None, tty: bool | None = None) -> Format | str:
+    """The format to write: --format when given; else the suffix of --out; else table on a TTY, md otherwise."""
+    from ssmscope.runs.analysis.export import Format, parse_format
+    from ssmscope.ssm.errors import ConfigError
+
+    if fmt is None and out is not None:
+        fmt = SUFFIX_FORMATS.get(Path(out).suffix.lower())
+        if fmt is None:
+            raise ConfigError(f"--out {out}: cannot tell the format from its suffix; give --format "
+                              f"(suffixes: {', '.join(SUFFIX_FORMATS)})")
+    if fmt is None:
+        fmt = TABLE if (sys.stdout.isatty() if tty is None else tty) else Format.MD.value
+    if fmt == TABLE:
+        return TABLE
+    try:
+        return parse_format(fmt)
+    except ConfigError:
+        raise ConfigError(f"--format={fmt!r}; allowed: {TABLE}, {', '.join(f.value for f in Format)}") from None
+
+
+def _options(fmt: str | None, out: Path | None, step: str, convention: str, width: str, table: str,
+             layers: str | None, n_boot: int, seed: int, include_failed: bool) -> tuple[Format | str, dict]:
     """Check every option before the store is opened: the output format and the fit options."""
-    from ssmscope.runs.analysis.export import BINARY_FORMATS, parse_format
+    from ssmscope.runs.analysis.export import BINARY_FORMATS
     from ssmscope.runs.analysis.norms import parse_convention
     from ssmscope.runs.analysis.slopes import Design, LayerAgg
     from ssmscope.ssm.errors import ConfigError
 
-    out_format = parse_format(fmt)
+    out_format = output_format(fmt, out)
     if out_format in BINARY_FORMATS and out is None:
         raise ConfigError(f"--format {out_format.value} writes a binary file: give --out FILE")
-    if table not in ("paper", "full"):
-        raise ConfigError(f"--table={table!r}; allowed: paper, full")
+    if table not in ("paper", "full", "groups"):
+        raise ConfigError(f"--table={table!r}; allowed: paper, full, groups")
     if n_boot < 0:
         raise ConfigError(f"--n-boot={n_boot}; allowed: 0 or more")
     layers = layers or ("mean" if table == "paper" else "each")
@@ -109,6 +145,17 @@ def _options(fmt: str, out: Path | None, step: str, convention: str, width: str,
                    layers=_choice(LayerAgg, "--layers", layers), step=parse_step(step), n_boot=n_boot,
                    rng_seed=seed, include_failed=include_failed)
     return out_format, options
+
+
+def _fit_option(fit: str, design: str) -> str:
+    """--fit checked against the design: windows run along one width axis."""
+    from ssmscope.runs.analysis.slope_tables import parse_fit
+    from ssmscope.ssm.errors import ConfigError
+
+    value = parse_fit(fit).value
+    if value != "all" and design == "2d":
+        raise ConfigError(f"--fit {value} runs along one width axis; use --width joint, n_u or n_x (got 2d)")
+    return value
 
 
 def _nothing_to_fit(frame: pl.DataFrame, table: str, design: str) -> str:
@@ -119,6 +166,10 @@ def _nothing_to_fit(frame: pl.DataFrame, table: str, design: str) -> str:
         return "nothing to fit: no runs with N_u = N_x for --width joint; use --width 2d, n_u or n_x"
     if table == "paper":
         return "nothing to fit: the paper table needs rows of site x/y, quantity value/delta_init, group ''"
+    if table == "groups":
+        from ssmscope.runs.analysis.groups import NO_GROUP_PROBES
+
+        return NO_GROUP_PROBES
     return "nothing to fit in the selection"
 
 
@@ -132,22 +183,22 @@ def _choice(enum: type, option: str, value: str) -> str:
     return value
 
 
-def _compute(frame: pl.DataFrame, table: str, out_format: Format,
+def _compute(frame: pl.DataFrame, table: str, out_format: Format | str,
              options: dict) -> tuple[pl.DataFrame, list[str], str]:
-    """The frame to export, the columns that hold markup already, and a caption."""
+    """The frame to export (the fitted rows for the terminal table), the columns that hold markup already,
+    and a caption that names presets that are one parameterization for this selection."""
     from ssmscope.runs.analysis import export
-    from ssmscope.runs.analysis.slopes import PAPER_COLUMNS, fit_slopes, paper_slopes
+    from ssmscope.runs.analysis.slope_tables import slope_table
 
-    for_reading = out_format in export.TEXT_TABLE_FORMATS
-    if table == "full":
-        slopes = fit_slopes(frame, **options)
-        return (export.slope_display(slopes) if for_reading else slopes), [], export.slope_caption(slopes)
-    paper = paper_slopes(frame, **options)
-    if not for_reading or paper.is_empty():
-        return paper, [], export.paper_caption(paper)
-    style = "latex" if out_format == export.Format.LATEX else "markdown"
-    raw = [export.paper_header(c, style) for c in PAPER_COLUMNS]
-    return export.format_paper_table(paper, style), raw, export.paper_caption(paper)
+    notes = export.coincidence_notes(frame, options["design"])
+    slopes = slope_table(frame, table=table, **options)
+    if table != "paper" or options["fit"] == "running":  # running: one row per window, not a paper cell
+        if out_format == TABLE:
+            return slopes, [], export.slope_caption(slopes, notes)
+        return export.full_output(slopes, out_format, notes)
+    if out_format == TABLE:
+        return slopes, [], export.compact_caption(slopes, notes)
+    return export.paper_output(slopes, out_format, notes)
 
 
 def _write(result: pl.DataFrame, out_format: Format, out: Path | None, caption: str, raw: list[str]) -> None:
@@ -159,3 +210,15 @@ def _write(result: pl.DataFrame, out_format: Format, out: Path | None, caption: 
         typer.echo(text, nl=False)
     else:
         err_console.print(f"wrote {result.height} rows to {out}", highlight=False)
+
+
+def _write_table(result: pl.DataFrame, table: str, caption: str, out: Path | None) -> None:
+    """The terminal table on stdout (colours on a terminal), or as plain text in `out`."""
+    from ssmscope.runs.cli.table import full_rich_table, paper_rich_table, print_table, render
+
+    rich_table = paper_rich_table(result) if table == "paper" else full_rich_table(result)
+    if out is None:
+        print_table(console, rich_table, caption)
+        return
+    Path(out).write_text(render(rich_table, caption, colour=False), encoding="utf-8")
+    err_console.print(f"wrote the table to {out}", highlight=False)

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from ssmscope.runs.cli.console import DB_HELP, console, db_path, fail, note, one_line_errors, warn
+from ssmscope.ssm.config import ScanBackend  # light: the enum and ConfigError, no torch
 
 
 def register(app: typer.Typer) -> None:
@@ -21,7 +22,7 @@ def sweep(
     workers: Annotated[int | None, typer.Option(help="local: parallel worker processes "
                                                      "(default: one per GPU on cuda, else 1)")] = None,
     db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
-    scan: Annotated[str, typer.Option(help="scan backend: auto, reference, fast or triton")] = "auto",
+    scan: Annotated[str, typer.Option(help="scan backend: " + ", ".join(b.value for b in ScanBackend))] = "auto",
     retries: Annotated[int, typer.Option(help="retries of a failed run")] = 1,
     executor: Annotated[str, typer.Option(help="where runs execute: local, ray or slurm")] = "local",
     shards: Annotated[str | None, typer.Option(help="shard folder, shared by all workers (default: "
@@ -58,7 +59,6 @@ def sweep(
     from ssmscope.runs.sweeps.spec import load_spec
     from ssmscope.runs.sweeps.sweep import run_sweep
     from ssmscope.ssm import ConfigError
-    from ssmscope.ssm.config import ScanBackend
 
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         fail(f"--device={device!r}; allowed: auto, cpu, cuda")

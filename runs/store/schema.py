@@ -27,6 +27,7 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"  # trained every step with finite loss and probes
     DIVERGED = "diverged"  # a loss or probe went non-finite; its data up to the last finite step is kept
     FAILED = "failed"  # raised, or its worker was lost; the error is kept, and resume retries it
+    RUNNING = "running"  # a run watched by ssmscope.Monitor that is still training (its shard is rewritten)
 
 
 FINISHED_STATUSES = (RunStatus.COMPLETED, RunStatus.DIVERGED)

@@ -1,7 +1,8 @@
 """Sweep specs (TOML) and the run configs they expand to.
 
 A spec is a grid: widths (joint N_u = N_x, or separate N_u and N_x lists) × presets ×
-discretisations × optimizers × learning rates × seeds, with one training recipe. Every
+discretisations × optimizers × learning rates × seeds (× init bases, default each preset's own),
+with one training recipe. Every
 value is validated at load time; errors name the TOML key, the value and what is allowed.
 Imports only the standard library and ssm (the worker path runs on bare GPU nodes).
 """
@@ -16,9 +17,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ssmscope.ssm.bases import LEGACY_BASE, builtin_base_names, load_base
 from ssmscope.ssm.config import Discretization, MambaConfig
 from ssmscope.ssm.errors import ConfigError
-from ssmscope.ssm.presets import Optimizer, builtin_names
+from ssmscope.ssm.presets import Optimizer, builtin_names, preset_base_name
 from ssmscope.ssm.tomlfiles import builtin_toml_names, read_builtin_or_file
 
 TASKS = ("pydoc", "copy")
@@ -61,6 +63,10 @@ class RunConfig:
     """Per-parameter-group update probes (one extra forward per group per logged step)."""
     state_delta_prev: bool = False
     """Also Δx against the previous logged step (one more state recurrence per layer and logged step)."""
+    base: str = LEGACY_BASE
+    """Init base (ssm.bases): a built-in name or a base TOML path. Spec expansion fills in the
+    preset's own base; the default is the constants every run used before bases existed, so a
+    config stored without this key (an old run) still means, and reproduces, what it ran."""
 
     @property
     def d_model(self) -> int:
@@ -73,17 +79,25 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        """16 hex digits of the SHA-256 of the canonical JSON of this config."""
-        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        """16 hex digits of the SHA-256 of the canonical JSON of this config.
+
+        The legacy base is left out of the hash, so runs made before bases existed keep their ids;
+        any other base (sp on `mamba` included) gives a different id from the same run on it.
+        """
+        d = asdict(self)
+        if d["base"] == LEGACY_BASE:
+            del d["base"]
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field, the resolved base included (stored as the run's config_json)."""
         return asdict(self)
 
 
 _RECIPE_KEYS = {f.name for f in fields(RunConfig)} - {
-    "preset", "discretization", "optimizer", "lr", "seed", "n_u", "n_x"}
-_GRID_KEYS = {"widths", "n_u", "n_x", "presets", "discretizations", "optimizers", "lrs", "seeds"}
+    "preset", "discretization", "optimizer", "lr", "seed", "n_u", "n_x", "base"}
+_GRID_KEYS = {"widths", "n_u", "n_x", "presets", "bases", "discretizations", "optimizers", "lrs", "seeds"}
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,21 @@ def _recipe(path: str, table: Any) -> dict[str, Any]:
     return out
 
 
+def _bases(value: Any, presets: list[str]) -> dict[str, list[str]]:
+    """Init bases per preset: grid.bases for every preset if given, else each preset's own base."""
+    if value is None:
+        return {p: [preset_base_name(p)] for p in presets}
+    names = _list("grid.bases", value, str)
+    for i, b in enumerate(names):
+        if b not in builtin_base_names() and not b.endswith(".toml"):
+            raise ConfigError(f"grid.bases[{i}]={b!r}; allowed: {', '.join(builtin_base_names())} or a .toml path")
+        try:
+            load_base(b)
+        except ConfigError as exc:
+            raise ConfigError(f"grid.bases[{i}]: {exc}") from None
+    return {p: names for p in presets}
+
+
 def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
     """Validate a sweep spec table and expand its grid into run configs."""
     unknown = set(data) - {"sweep", "grid", "train"}
@@ -176,6 +205,7 @@ def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
             raise ConfigError(f"grid.presets[{i}]={p!r}; allowed: {', '.join(builtin_names())} or a .toml path")
         if p not in builtin_names() and not Path(p).is_file():
             raise ConfigError(f"grid.presets[{i}]={p!r}: no such file (a relative path is read from {Path.cwd()})")
+    bases = _bases(grid.get("bases"), presets)
     discs = _list("grid.discretizations", grid.get("discretizations", ["zoh", "euler"]), str,
                   allowed=[d.value for d in Discretization])
     opts = _list("grid.optimizers", grid.get("optimizers", ["adam"]), str,
@@ -188,8 +218,9 @@ def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
         if n_u % expand:
             raise ConfigError(f"grid: N_u={n_u} is not a multiple of train.expand={expand}")
     runs = tuple(
-        RunConfig(preset=p, discretization=d, optimizer=o, lr=lr, seed=s, n_u=n_u, n_x=n_x, **recipe)
+        RunConfig(preset=p, discretization=d, optimizer=o, lr=lr, seed=s, n_u=n_u, n_x=n_x, base=b, **recipe)
         for (n_u, n_x), p, d, o, lr, s in itertools.product(shapes, presets, discs, opts, lrs, seeds)
+        for b in bases[p]
     )
     return SweepSpec(name=str(head.get("name", Path(source).stem)),
                      description=str(head.get("description", "")), runs=runs, source=source)

@@ -71,7 +71,8 @@ def train_and_probe(cfg: RunConfig, device: torch.device, scan: str = "auto",
     torch.manual_seed(cfg.seed)
     model_cfg = cfg.model_config(scan=scan)
     model = MambaLM(model_cfg)
-    groups = apply_preset(model, model_cfg, load_preset(cfg.preset), cfg.optimizer, cfg.lr, seed=cfg.seed)
+    groups = apply_preset(model, model_cfg, load_preset(cfg.preset), cfg.optimizer, cfg.lr, seed=cfg.seed,
+                          base=cfg.base)
     model.to(device)
     opt = build_optimizer(groups, cfg.optimizer, weight_decay=cfg.weight_decay)
     probe_batch = data.batch(cfg.task, "train", cfg.batch, cfg.seq_len, cfg.seed).to(device)

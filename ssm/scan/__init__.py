@@ -3,6 +3,7 @@
     reference   a plain loop over time (any dtype; the test oracle)
     fast        a chunked torch scan with a hand-written backward (CPU default)
     triton      a fused GPU kernel (CUDA default)
+    compiled    a C kernel built on first use, fused with the probes (CPU default when it builds)
 `selective_scan` (ssm.scan.dispatch) picks one by name; `auto` picks by device.
 """
 

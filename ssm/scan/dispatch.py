@@ -1,7 +1,8 @@
 """Backend choice: `selective_scan` runs the S6 recurrence on the backend a name (or AUTO) picks.
 
-The backends (reference, fast, triton) import only ssm.scan.types and ssm.scan.discretize; this
-module imports them lazily, so a missing optional backend (triton) costs nothing until chosen.
+The backends (reference, fast, triton, compiled) import only ssm.scan.types and ssm.scan.discretize;
+this module imports them lazily, so a missing optional backend (triton; compiled without a C
+compiler) costs nothing until chosen.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ def _load_backend(name: ScanBackend) -> ScanFn:
                 f"scan=triton is unavailable ({exc}); use scan=fast (the torch scan) instead"
             ) from None
         return scan_triton
+    if name == ScanBackend.COMPILED:
+        from ssmscope.ssm.scan.compiled import load_library, scan_compiled
+
+        try:
+            load_library()
+        except ImportError as exc:  # no C compiler, or the build failed
+            raise ConfigError(f"scan=compiled is unavailable ({exc}); use scan=fast instead") from None
+        return scan_compiled
     raise ConfigError(f"scan={name!r}; allowed: {', '.join(b.value for b in ScanBackend)}")
 
 
@@ -42,25 +51,36 @@ _announced: set[tuple[str, str]] = set()
 
 
 def resolve_backend(name: ScanBackend | str, device: torch.device) -> ScanBackend:
-    """AUTO → triton on CUDA when it imports, else fast; logs the automatic choice once."""
+    """AUTO → triton on CUDA when it imports, compiled on CPU when it builds, else fast.
+
+    Logs the automatic choice once per process and device type; a fallback is one warning line.
+    """
     name = ScanBackend(name)
     if name != ScanBackend.AUTO:
         return name
-    chosen = ScanBackend.FAST
+    chosen, why = ScanBackend.FAST, ""
     if device.type == "cuda":
         try:
             import ssmscope.ssm.scan.triton  # noqa: F401
 
             chosen = ScanBackend.TRITON
         except ImportError as exc:
-            key = ("fallback", str(exc))
-            if key not in _announced:
-                log.warning("triton scan unavailable on %s (%s); using the fast torch scan", device, exc)
-                _announced.add(key)
+            why = f"triton scan unavailable ({exc})"
+    elif device.type == "cpu":
+        from ssmscope.ssm.scan.compiled import load_library
+
+        try:
+            load_library()
+            chosen = ScanBackend.COMPILED
+        except ImportError as exc:
+            why = str(exc)
     key = (device.type, chosen.value)
     if key not in _announced:
-        log.info("scan=auto on %s → %s", device.type, chosen.value)
         _announced.add(key)
+        if why:
+            log.warning("scan=auto on %s → %s: %s", device.type, chosen.value, why)
+        else:
+            log.info("scan=auto on %s → %s", device.type, chosen.value)
     return chosen
 
 

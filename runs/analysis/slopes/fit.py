@@ -259,7 +259,7 @@ def fit_slopes(frame: pl.DataFrame, *, convention: Convention | str = Convention
                design: Design | str = Design.JOINT, layers: LayerAgg | str = LayerAgg.EACH,
                step: Step = None, n_boot: int = DEFAULT_N_BOOT, rng_seed: int = 0,
                include_failed: bool = False, confidence: float = CONFIDENCE,
-               interval: str = "union") -> pl.DataFrame:
+               interval: str = "union", min_widths: int = MIN_WIDTHS) -> pl.DataFrame:
     """Fit width-scaling exponents for every cell of a probe frame; one output row per (cell, term).
 
     Args:
@@ -274,6 +274,8 @@ def fit_slopes(frame: pl.DataFrame, *, convention: Convention | str = Convention
         confidence: nominal coverage of the CI.
         interval: "union" (default: the wider of the seed bootstrap and the OLS normal interval, which keeps
             its coverage with 2-3 seeds) or "bootstrap" (the percentile seed bootstrap alone).
+        min_widths: distinct widths per fitted axis below which a cell is too_few_points (MIN_WIDTHS; the
+            running exponents of runs.analysis.running fit successive pairs of widths with 2).
 
     Returns: FIT_COLUMNS (plus the OPTIONAL_CONFIG_KEYS the frame has, after lr), one row per
     (cell, term) in CELL_KEYS order, with `status` ok | too_few_points | singular, and the
@@ -295,7 +297,9 @@ def fit_slopes(frame: pl.DataFrame, *, convention: Convention | str = Convention
         points = _mean_over_layers(points)
     if interval not in ("union", "bootstrap"):
         raise ConfigError(f"interval={interval!r}; allowed: union, bootstrap")
-    fits = _fit_cells(points, run_arrays, terms, n_boot, rng_seed, confidence, interval)
+    if isinstance(min_widths, bool) or not isinstance(min_widths, int) or min_widths < 2:
+        raise ConfigError(f"min_widths={min_widths!r}; allowed: an integer >= 2 (a slope needs two widths)")
+    fits = _fit_cells(points, run_arrays, terms, n_boot, rng_seed, confidence, interval, min_widths)
 
     configs = runs.filter("in_design").group_by("config").agg(
         pl.col(config_keys(frame)).first(),
@@ -317,7 +321,7 @@ FIT_COLUMNS = [*CELL_KEYS, "convention", "design", "term", "estimate", "se", "ci
 
 
 def _fit_cells(points: _Points, runs: _Runs, terms: list[str], n_boot: int, rng_seed: int,
-               confidence: float, interval: str = "union") -> pl.DataFrame:
+               confidence: float, interval: str = "union", min_widths: int = MIN_WIDTHS) -> pl.DataFrame:
     """Per cell: counts over every point, OLS and bootstrap CI over the included valid ones.
 
     Returns one row per (cell, term) in cell order, keyed by the codes config, layer, probe, step.
@@ -364,7 +368,7 @@ def _fit_cells(points: _Points, runs: _Runs, terms: list[str], n_boot: int, rng_
             high = np.fmax(high, fit.coef + z * fit.se)
     with np.errstate(invalid="ignore", divide="ignore"):
         resid_sd = np.where(totals[:, 0] > p + 1, np.sqrt(fit.rss / (totals[:, 0] - p - 1)), np.nan)
-    too_few = (n_widths < MIN_WIDTHS).any(axis=1)
+    too_few = (n_widths < min_widths).any(axis=1)
     ok = ~too_few & ~fit.singular
 
     def masked(values: np.ndarray) -> np.ndarray:

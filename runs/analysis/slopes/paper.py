@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from ssmscope.runs.analysis.slopes.fit import (
+    MIN_WIDTHS,
     Design,
     LayerAgg,
     Step,
@@ -27,12 +28,12 @@ PAPER_COLUMNS: dict[str, tuple[str, str]] = {
 def paper_slopes(frame: pl.DataFrame, *, convention: Convention | str = Convention.RMS,
                  design: Design | str = Design.JOINT, layers: LayerAgg | str = LayerAgg.MEAN,
                  step: Step = "last", n_boot: int = DEFAULT_N_BOOT, rng_seed: int = 0,
-                 include_failed: bool = False) -> pl.DataFrame:
+                 include_failed: bool = False, min_widths: int = MIN_WIDTHS) -> pl.DataFrame:
     """The slope rows behind the paper's table: ‖x‖, ‖y‖, ‖Δx‖, ‖Δy‖ (totals), with a `column` label.
 
     Defaults: the last step of each configuration, and layers="mean" — one exponent per cell for the
     mean over layers of log2‖·‖, which equals the mean of the per-layer exponents and gets its CI from
-    the same seed bootstrap (use layers="each" for a row per layer).
+    the same seed bootstrap (use layers="each" for a row per layer). min_widths as fit_slopes.
     """
     check_columns(frame)
     selector = pl.lit(False)
@@ -43,7 +44,7 @@ def paper_slopes(frame: pl.DataFrame, *, convention: Convention | str = Conventi
         label = pl.when(hit).then(pl.lit(name)).otherwise(label)
     subset = frame.filter(selector & (pl.col("group") == ""))
     slopes = fit_slopes(subset, convention=convention, design=design, layers=layers, step=step,
-                        n_boot=n_boot, rng_seed=rng_seed, include_failed=include_failed)
+                        n_boot=n_boot, rng_seed=rng_seed, include_failed=include_failed, min_widths=min_widths)
     keys = [c for c in slopes.columns if c in config_keys(frame)]
     order = pl.Enum(list(PAPER_COLUMNS))
     return (slopes.with_columns(label.cast(order).alias("column"))

@@ -1,0 +1,146 @@
+"""Which presets are the same parameterization for a selection, judged from their resolved width exponents.
+
+Two presets build the same model at a width point (N_u, N_x) when they share a base width and every
+parameter role gets the same init scale, learning-rate factor and forward multiplier there. Presets
+that coincide at every width point of a selection produce identical runs, so their rows in a slope
+table coincide; the tables say so instead of leaving two equal rows to look like a bug. The classic
+case: µP and µP-SSM under ZOH + Adam on the joint axis N_u = N_x, where W_B and W_C scale as
+N_u^-1·N_x^½ and N_u^-½ — different splits of the same power of the width.
+
+Nothing is hard-coded: the preset TOML tables are read (ssm.tomlfiles, torch-free, so the dashboard
+stays free of torch) and resolved as ssm.presets resolves them — a role's common rule, overridden per
+discretisation, its learning rate per optimizer family (tests/test_equivalence.py checks the two agree
+for every built-in preset). A preset that cannot be read (a moved TOML file) is never reported equal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import cache
+from typing import Any
+
+import polars as pl
+
+from ssmscope.ssm.errors import ConfigError
+from ssmscope.ssm.tomlfiles import read_builtin_or_file
+
+FAMILY_OF_OPTIMIZER: Mapping[str, str] = {"sgd": "sgd", "adam": "adam", "adamw": "adam"}
+"""Optimizer → the learning-rate family a preset table names (as ssm.presets.Optimizer.family)."""
+SCALED = ("init", "lr", "mult")
+"""What a preset scales per role: init std (or value), learning rate, forward multiplier."""
+
+Pair = tuple[Fraction, Fraction]
+"""Exponents (of N_u/N_u0, of N_x/N_x0)."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One preset under one discretisation and optimizer family: its base width and per-role exponents."""
+
+    base: tuple[int, int]
+    roles: Mapping[str, Mapping[str, Pair]]  # role → {"init"|"lr"|"mult": (a, b)}
+
+
+def _fraction(value: Any) -> Fraction:
+    return Fraction(value.strip()) if isinstance(value, str) else Fraction(value)
+
+
+def _pair(table: Mapping[str, Any] | None) -> Pair:
+    table = table or {}
+    return _fraction(table.get("n_u", 0)), _fraction(table.get("n_x", 0))
+
+
+def _rule(table: Mapping[str, Any], family: str) -> dict[str, Pair]:
+    """init, lr (of `family`) and mult exponents named in one rule table; absent keys are left out."""
+    out = {}
+    if "init" in table:
+        out["init"] = _pair(table["init"])
+    if "lr" in table:
+        out["lr"] = _pair((table["lr"] or {}).get(family))
+    if "mult" in table:
+        out["mult"] = _pair(table["mult"])
+    return out
+
+
+@cache
+def resolve(preset: str, discretization: str, optimizer: str) -> Resolved | None:
+    """The exponents `preset` gives every role under a discretisation and optimizer; None if unreadable."""
+    family = FAMILY_OF_OPTIMIZER.get(optimizer)
+    if family is None:
+        return None
+    try:
+        data, _ = read_builtin_or_file("ssmscope.ssm", "presets", "preset", preset)
+        head, roles = data["preset"], data["roles"]
+        base = (int(head.get("base_n_u", 32)), int(head.get("base_n_x", 32)))
+        resolved = {}
+        for role, table in roles.items():
+            rule = {"mult": (Fraction(0), Fraction(0))} | _rule(table, family)
+            rule |= _rule(table.get(discretization) or {}, family)
+            resolved[role] = {k: rule[k] for k in SCALED}
+    except (ConfigError, KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError):
+        return None
+    return Resolved(base, resolved)
+
+
+def _log_factor(pair: Pair, base: tuple[int, int], width: tuple[int, int]) -> float:
+    """log of (N_u/N_u0)^a · (N_x/N_x0)^b at one width point."""
+    return float(pair[0]) * math.log(width[0] / base[0]) + float(pair[1]) * math.log(width[1] / base[1])
+
+
+def same_parameterization(a: str, b: str, discretization: str, optimizer: str,
+                          widths: Iterable[tuple[int, int]]) -> bool:
+    """True when presets a and b build identical models at every (N_u, N_x) in `widths`."""
+    ra, rb = resolve(a, discretization, optimizer), resolve(b, discretization, optimizer)
+    widths = list(widths)
+    if ra is None or rb is None or ra.base != rb.base or set(ra.roles) != set(rb.roles) or not widths:
+        return False
+    return all(math.isclose(_log_factor(ra.roles[role][k], ra.base, w), _log_factor(rb.roles[role][k], rb.base, w),
+                            abs_tol=1e-12)
+               for role in ra.roles for k in SCALED for w in widths)
+
+
+@dataclass(frozen=True)
+class Coincidence:
+    """Presets that are one parameterization for a (discretisation, optimizer) of a selection."""
+
+    presets: tuple[str, ...]
+    discretization: str
+    optimizer: str
+
+    def note(self) -> str:
+        names = ", ".join(self.presets[:-1]) + " and " + self.presets[-1]
+        return (f"{names} are the same parameterization for {self.discretization} · {self.optimizer} at these "
+                "widths (every role's init, learning-rate and multiplier scale coincide), so their rows coincide.")
+
+
+def coincidences(frame: pl.DataFrame, design: str, order: Iterable[str] = ()) -> list[Coincidence]:
+    """Groups of ≥ 2 presets that coincide per (discretisation, optimizer) over the width points of `frame`.
+
+    `frame` has preset, discretization, optimizer, n_u, n_x (a probe or runs frame); the width points are
+    those the fits of `design` use (joint: N_u = N_x only). `order` lists presets in display order.
+    """
+    need = {"preset", "discretization", "optimizer", "n_u", "n_x"}
+    if frame.is_empty() or not need <= set(frame.columns):
+        return []
+    points = frame.select(*need).unique()
+    if design == "joint":
+        points = points.filter(pl.col("n_u") == pl.col("n_x"))
+    rank = {p: i for i, p in enumerate(order)}
+    found = []
+    for (disc, opt), part in sorted(points.group_by("discretization", "optimizer"), key=lambda kv: kv[0]):
+        widths = {p: set(zip(g["n_u"], g["n_x"], strict=True)) for (p,), g in part.group_by("preset")}
+        presets = sorted(widths, key=lambda p: (rank.get(p, len(rank)), p))
+        classes: list[list[str]] = []
+        for p in presets:
+            for cls in classes:
+                head = cls[0]
+                if widths[p] == widths[head] and same_parameterization(head, p, disc, opt, widths[p]):
+                    cls.append(p)
+                    break
+            else:
+                classes.append([p])
+        found += [Coincidence(tuple(c), disc, opt) for c in classes if len(c) > 1]
+    return found

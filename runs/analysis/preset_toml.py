@@ -1,0 +1,175 @@
+"""Read and rewrite a preset's exponents in its raw TOML table, and write it back as a preset file.
+
+The solver (runs.analysis.solver) changes a few exponents of a preset and must hand back an ordinary
+preset file (docs/parameterizations.md) that `param show`, sweeps and the dashboard take like any other.
+It works on the table `tomllib` reads, not on ssm.presets objects, so that every key it does not touch —
+multipliers, descriptions, keys a newer preset format adds — passes through unchanged, and so that this
+module needs neither torch nor the model. The caller validates the result with ssm.presets.parse_preset.
+
+Exponent kinds: "init" (the role's init exponents), "lr.sgd", "lr.adam" (its learning-rate exponents for
+an optimizer family). A role's table holds the common rule and optional per-discretisation overrides
+(`[roles.<role>.zoh]`, `[roles.<role>.euler]`); an override's `init` or `lr` replaces the common one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from fractions import Fraction
+from typing import Any
+
+from ssmscope.ssm.errors import ConfigError
+
+DISCRETIZATIONS = ("zoh", "euler")
+"""The per-discretisation override tables a role may have."""
+EXPONENT_KINDS = ("init", "lr.sgd", "lr.adam")
+"""What the solver may shift: a role's init exponents or its learning-rate exponents per family."""
+_INLINE_KEYS = {"init", "lr", "mult"}  # role keys written as inline tables; other tables are sub-tables
+_AXES = ("n_u", "n_x")
+
+Pair = tuple[Fraction, Fraction]
+"""(n_u, n_x) exponents."""
+
+
+def _fraction(value: Any, where: str) -> Fraction:
+    try:
+        return Fraction(str(value).strip()) if not isinstance(value, float) else Fraction(value).limit_denominator(1000)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{where}={value!r}; allowed: a number such as -0.5 or '-1/2'") from None
+
+
+def _pair(table: Mapping[str, Any] | None, where: str) -> Pair:
+    table = table or {}
+    return _fraction(table.get("n_u", 0), f"{where}.n_u"), _fraction(table.get("n_x", 0), f"{where}.n_x")
+
+
+def _kind_table(role_table: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    """The exponent table of `kind` inside one role (or override) table, None when it has none."""
+    if kind == "init":
+        return role_table.get("init") if "init" in role_table else None
+    family = kind.split(".", 1)[1]
+    lr = role_table.get("lr")
+    return None if lr is None else lr.get(family, {})
+
+
+def exponents(raw: Mapping[str, Any], role: str, disc: str, kind: str) -> Pair:
+    """The effective (n_u, n_x) of `kind` for `role` under discretisation `disc` (override, else common)."""
+    if kind not in EXPONENT_KINDS:
+        raise ConfigError(f"exponent kind {kind!r}; allowed: {', '.join(EXPONENT_KINDS)}")
+    roles = raw.get("roles", {})
+    if role not in roles:
+        raise ConfigError(f"preset has no role {role!r}")
+    table = roles[role]
+    override = table.get(disc) if isinstance(table.get(disc), dict) else None
+    found = _kind_table(override, kind) if override is not None else None
+    if found is None:
+        found = _kind_table(table, kind)
+    return _pair(found, f"roles.{role}.{kind}")
+
+
+def _as_table(pair: Pair) -> dict[str, Any]:
+    """{n_u, n_x} with zero entries left out (a missing axis is 0), fractions as exact strings."""
+    out: dict[str, Any] = {}
+    for axis, value in zip(_AXES, pair, strict=True):
+        if value != 0:
+            out[axis] = int(value) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+    return out
+
+
+def with_exponents(raw: Mapping[str, Any], new: Mapping[tuple[str, str, str], Pair]) -> dict[str, Any]:
+    """A copy of `raw` in which each (role, disc, kind) has the exponents `new` gives; the rest unchanged.
+
+    Each touched role is rewritten per table: its `init`, and its `lr` (both families, as the preset format
+    requires of an override). When both discretisations end up equal the value goes to the common table and
+    the overrides of that table are dropped; otherwise the common table keeps what it had and each
+    discretisation whose value differs from it gets an override. Other keys (mult, sub-tables a newer
+    preset format adds) are kept as they were.
+    """
+    out = copy.deepcopy(dict(raw))
+    for role in sorted({role for role, _, _ in new}):
+        table = out["roles"][role]
+        eff = {d: {k: new.get((role, d, k), exponents(raw, role, d, k)) for k in EXPONENT_KINDS}
+               for d in DISCRETIZATIONS}
+        init = {d: eff[d]["init"] for d in DISCRETIZATIONS}
+        lr = {d: (eff[d]["lr.sgd"], eff[d]["lr.adam"]) for d in DISCRETIZATIONS}
+        common_lr = (_pair(_kind_table(table, "lr.sgd"), role), _pair(_kind_table(table, "lr.adam"), role))
+        common_init = _pair(table.get("init"), role)
+        if init["zoh"] == init["euler"]:
+            common_init = init["zoh"]
+        if lr["zoh"] == lr["euler"]:
+            common_lr = lr["zoh"]
+        table["init"] = _as_table(common_init)
+        table["lr"] = {"sgd": _as_table(common_lr[0]), "adam": _as_table(common_lr[1])}
+        for disc in DISCRETIZATIONS:
+            override = table.get(disc) if isinstance(table.get(disc), dict) else {}
+            override.pop("init", None)
+            override.pop("lr", None)
+            if init[disc] != common_init:
+                override["init"] = _as_table(init[disc])
+            if lr[disc] != common_lr:
+                override["lr"] = {"sgd": _as_table(lr[disc][0]), "adam": _as_table(lr[disc][1])}
+            if override:
+                table[disc] = override
+            else:
+                table.pop(disc, None)
+        # keep the usual key order: init, lr, the rest, then the per-discretisation tables
+        ordered = {k: table[k] for k in ("init", "lr") if k in table}
+        ordered |= {k: v for k, v in table.items() if k not in ordered and k not in DISCRETIZATIONS}
+        ordered |= {k: table[k] for k in DISCRETIZATIONS if k in table}
+        out["roles"][role] = ordered
+    return out
+
+
+# --- writing TOML ----------------------------------------------------------------------------------
+def _value(value: Any) -> str:
+    """A TOML value: strings, booleans, numbers, lists and inline tables."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
+    raise ConfigError(f"cannot write {value!r} to TOML")
+
+
+def _key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def _table(lines: list[str], path: str, table: Mapping[str, Any], notes: Mapping[str, list[str]]) -> None:
+    """[path] with its scalar and inline keys, then its sub-tables; notes[path] as comments above it."""
+    lines.append("")
+    lines += [f"# {n}" for n in notes.get(path, [])]
+    lines.append(f"[{path}]")
+    nested = []
+    for key, value in table.items():
+        if isinstance(value, dict) and key not in _INLINE_KEYS:
+            nested.append((key, value))
+        else:
+            lines.append(f"{_key(key)} = {_value(value)}")
+    for key, value in nested:
+        _table(lines, f"{path}.{_key(key)}", value, notes)
+
+
+def render(raw: Mapping[str, Any], header: list[str], notes: Mapping[str, list[str]] | None = None) -> str:
+    """The preset as TOML text: `header` as comment lines, then [preset], then one table per role.
+
+    notes maps a table path ("roles.x_proj_B", "roles.x_proj_B.euler") to comment lines written above it.
+    """
+    notes = notes or {}
+    lines = [f"# {h}" if h else "#" for h in header]
+    for key, value in raw.items():
+        if key == "roles":
+            continue
+        if isinstance(value, dict):
+            _table(lines, key, value, notes)
+        else:
+            lines.insert(len(header), f"{_key(key)} = {_value(value)}")
+    for role, table in raw.get("roles", {}).items():
+        _table(lines, f"roles.{role}", table, notes)
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -1,0 +1,260 @@
+"""What coord_check trains: a model at one width under a preset, with its optimizer, observer and loss.
+
+A `make_model` argument names the model family; `family_of` turns it into a `Family` that builds one
+`Subject` per (width, preset, discretisation, optimizer, lr, seed):
+  - ssmscope's MambaLM: an ssmscope MambaConfig (the template; d_model = N_u/expand, d_state = N_x per
+    width) — built, initialised and optimised exactly as a sweep's worker does (ssm.presets);
+  - transformers' Mamba: an ssm.adapters.hf.HFMamba, or a transformers MambaConfig — built by
+    transformers, rescaled by the adapter with the user's init at the base width as the base, optimised
+    by the row-scaled optimizers (ssm.adapters.optim), observed by probes.hf.HFObserver;
+  - any callable (N_u, N_x) → one of those two models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssmscope.probes import Observer
+from ssmscope.ssm.adapters.hf import DISCRETIZATION as HF_DISCRETIZATION
+from ssmscope.ssm.adapters.hf import HFMamba, HFWidths, apply_preset_hf, is_hf_mamba
+from ssmscope.ssm.adapters.optim import build_row_optimizer
+from ssmscope.ssm.config import Discretization, MambaConfig
+from ssmscope.ssm.errors import ConfigError
+from ssmscope.ssm.model import MambaLM
+from ssmscope.ssm.presets import Preset, apply_preset, build_optimizer, load_preset
+
+LossFn = Callable[[nn.Module, Any], Tensor]
+"""(model, batch) → scalar loss."""
+
+
+def lm_loss(model: nn.Module, ids: Tensor) -> Tensor:
+    """Next-token cross entropy on token ids (B, L+1): inputs ids[:, :-1], targets ids[:, 1:] (as a sweep)."""
+    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.shape[1] < 2:
+        raise ConfigError(f"a batch must be token ids of shape (batch, length + 1), got "
+                          f"{tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__}; "
+                          "for other batches pass loss=")
+    if isinstance(model, MambaLM):
+        logits = model(ids[:, :-1])
+    else:
+        logits = model(input_ids=ids[:, :-1], use_cache=False).logits
+    if logits.dtype in (torch.float16, torch.bfloat16):  # a half-precision model: the loss in fp32
+        logits = logits.float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+
+@dataclass
+class Subject:
+    """One model ready to train and observe."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    observer: Observer
+    discretization: Discretization
+    n_layers: int
+    d_model: int
+    dt_min: float
+    dt_max: float
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One run's choices (besides the width)."""
+
+    preset: Preset
+    discretization: Discretization
+    optimizer: str
+    lr: float
+    seed: int
+    weight_decay: float
+    grads: bool
+    state_prev: bool
+    scan: str
+
+
+class Family:
+    """Builds a Subject at a width; `describe()` is stored with each run (and keys its run id)."""
+
+    def discretizations(self, requested: Discretization | None) -> Discretization:
+        raise NotImplementedError
+
+    def build(self, n_u: int, n_x: int, setting: Setting, device: torch.device,
+              dtype: torch.dtype | None) -> Subject:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class SsmscopeFamily(Family):
+    """ssmscope's MambaLM from a config template, or from a callable returning MambaLMs."""
+
+    def __init__(self, template: MambaConfig | None = None, make: Callable[[int, int], nn.Module] | None = None,
+                 own: Discretization | None = None):
+        self.template, self.make = template, make
+        self.own = template.discretization if template is not None else own
+
+    def discretizations(self, requested: Discretization | None) -> Discretization:
+        if requested is None:
+            return self.own
+        if self.template is None and Discretization(requested) != self.own:
+            raise ConfigError(f"discretization={requested!r}: the model callable builds {self.own} models; pass an "
+                              "ssmscope MambaConfig as make_model to choose the discretisation per run")
+        return Discretization(requested)
+
+    def build(self, n_u: int, n_x: int, setting: Setting, device: torch.device,
+              dtype: torch.dtype | None) -> Subject:
+        torch.manual_seed(setting.seed)
+        disc = setting.discretization
+        if self.template is not None:
+            if n_u % self.template.expand:
+                raise ConfigError(f"N_u={n_u} is not a multiple of expand={self.template.expand}")
+            cfg = replace(self.template, d_model=n_u // self.template.expand, d_state=n_x, discretization=disc,
+                          scan=setting.scan)
+            model = MambaLM(cfg)
+        else:
+            model = self.make(n_u, n_x)
+            cfg = model.cfg
+            _check_widths(n_u, n_x, cfg.d_inner, cfg.d_state)
+            if cfg.discretization != disc:
+                raise ConfigError(f"make_model({n_u}, {n_x}) discretises with {cfg.discretization}, not {disc}")
+        groups = apply_preset(model, cfg, setting.preset, setting.optimizer, setting.lr, seed=setting.seed)
+        model.to(device=device, dtype=dtype)
+        opt = build_optimizer(groups, setting.optimizer, weight_decay=setting.weight_decay)
+        obs = Observer(model, grads=setting.grads, state_prev=setting.state_prev)
+        return Subject(model, opt, obs, cfg.discretization, cfg.n_layers, cfg.d_model, cfg.dt_min, cfg.dt_max)
+
+    def describe(self) -> dict[str, Any]:
+        if self.template is not None:
+            return {"model": "ssmscope.MambaLM", "config": {k: v for k, v in self.template.to_dict().items()
+                                                           if k not in ("d_model", "d_state", "discretization",
+                                                                        "scan")}}
+        return {"model": "ssmscope.MambaLM", "factory": _qualname(self.make)}
+
+
+class HFFamily(Family):
+    """transformers' Mamba from an HFMamba (or a callable returning one), under the adapter."""
+
+    def __init__(self, make: Callable[[int, int], nn.Module]):
+        self.make = make
+
+    def discretizations(self, requested: Discretization | None) -> Discretization:
+        if requested is not None and Discretization(requested) != HF_DISCRETIZATION:
+            raise ConfigError(f"discretization={requested!r}: transformers' Mamba scan is Euler (B̄ = Δ·B); "
+                              "its coordinate check takes discretizations=['euler'] (or none)")
+        return HF_DISCRETIZATION
+
+    def build(self, n_u: int, n_x: int, setting: Setting, device: torch.device,
+              dtype: torch.dtype | None) -> Subject:
+        from ssmscope.probes.hf import HFObserver  # probes.hf needs the adapter only here
+
+        preset = setting.preset
+        torch.manual_seed(setting.seed)
+        base = self.make(preset.base_n_u, preset.base_n_x)  # the user's init at the base width: the base
+        torch.manual_seed(setting.seed)
+        model = self.make(n_u, n_x)
+        if not is_hf_mamba(model):
+            raise ConfigError(f"make_model returned {type(model).__name__}; expected one model family per check")
+        widths = HFWidths.of(model)
+        _check_widths(n_u, n_x, widths.n_u, widths.n_x)
+        groups = apply_preset_hf(model, preset, setting.optimizer, setting.lr, base=base)
+        model.to(device=device, dtype=dtype)
+        model.train()
+        opt = build_row_optimizer(groups, setting.optimizer, weight_decay=setting.weight_decay)
+        obs = HFObserver(model, grads=setting.grads, state_prev=setting.state_prev, scan=setting.scan)
+        cfg = model.config
+        return Subject(model, opt, obs, HF_DISCRETIZATION, widths.n_layers, widths.d_model,
+                       float(cfg.time_step_min), float(cfg.time_step_max))
+
+    def describe(self) -> dict[str, Any]:
+        if isinstance(self.make, HFMamba):
+            return self.make.describe()
+        return {"model": "transformers Mamba", "factory": _qualname(self.make)}
+
+
+def _check_widths(n_u: int, n_x: int, got_u: int, got_x: int) -> None:
+    if (got_u, got_x) != (n_u, n_x):
+        raise ConfigError(f"make_model({n_u}, {n_x}) built a model with N_u={got_u}, N_x={got_x}; it must build "
+                          "N_u (= expand · d_model, intermediate_size) and N_x (d_state, state_size) as asked")
+
+
+def _qualname(fn: object) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def _is_hf_config(obj: object) -> bool:
+    cls = type(obj)
+    return cls.__name__ == "MambaConfig" and cls.__module__.startswith("transformers")
+
+
+def family_of(make_model: Any) -> Family:
+    """The Family behind a `make_model` argument (see the module docstring); ConfigError otherwise."""
+    if isinstance(make_model, MambaConfig):
+        return SsmscopeFamily(template=make_model)
+    if isinstance(make_model, HFMamba):
+        return HFFamily(make_model)
+    if _is_hf_config(make_model):  # its widths and rank are set per width (rank: ceil(hidden_size / 16))
+        return HFFamily(HFMamba({k: v for k, v in make_model.to_dict().items() if k in _HF_CONFIG_KEYS}))
+    if callable(make_model):
+        return _CallableFamily(make_model)
+    raise ConfigError(f"make_model={type(make_model).__name__}; allowed: an ssmscope MambaConfig, a transformers "
+                      "MambaConfig, ssmscope.HFMamba(...), or a callable (n_u, n_x) -> model")
+
+
+_HF_CONFIG_KEYS = {"vocab_size", "num_hidden_layers", "layer_norm_epsilon", "expand", "conv_kernel", "use_bias",
+                   "use_conv_bias", "hidden_act", "initializer_range", "residual_in_fp32", "time_step_scale",
+                   "time_step_min", "time_step_max", "time_step_init_scheme", "time_step_floor",
+                   "rescale_prenorm_residual", "tie_word_embeddings"}
+
+
+class _CallableFamily(Family):
+    """A user callable (N_u, N_x) → model: the family is decided by the first model it returns."""
+
+    def __init__(self, make: Callable[[int, int], nn.Module]):
+        self.make = make
+        self.inner: Family | None = None
+
+    def _resolve(self, n_u: int, n_x: int) -> Family:
+        if self.inner is None:
+            probe = self.make(n_u, n_x)
+            if isinstance(probe, MambaLM):
+                self.inner = SsmscopeFamily(make=self.make, own=probe.cfg.discretization)
+            elif is_hf_mamba(probe):
+                self.inner = HFFamily(self.make)
+            else:
+                raise ConfigError(f"make_model returned {type(probe).__module__}.{type(probe).__name__}; coord_check "
+                                  "observes ssmscope's MambaLM and transformers' MambaForCausalLM / MambaModel")
+        return self.inner
+
+    def prepare(self, n_u: int, n_x: int) -> Family:
+        return self._resolve(n_u, n_x)
+
+    def discretizations(self, requested: Discretization | None) -> Discretization:
+        assert self.inner is not None, "prepare() first"
+        return self.inner.discretizations(requested)
+
+    def build(self, n_u: int, n_x: int, setting: Setting, device: torch.device,
+              dtype: torch.dtype | None) -> Subject:
+        return self._resolve(n_u, n_x).build(n_u, n_x, setting, device, dtype)
+
+    def describe(self) -> dict[str, Any]:
+        assert self.inner is not None, "prepare() first"
+        return self.inner.describe()
+
+
+def resolve_family(make_model: Any, first_width: tuple[int, int]) -> Family:
+    """family_of, with a callable resolved (by building its first width once)."""
+    family = family_of(make_model)
+    if isinstance(family, _CallableFamily):
+        return family.prepare(*first_width)
+    return family
+
+
+def preset_of(preset: Preset | str) -> Preset:
+    """A preset object from a name or path (presets are validated once per check)."""
+    return preset if isinstance(preset, Preset) else load_preset(preset)

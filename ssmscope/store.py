@@ -1,0 +1,85 @@
+"""The store from a notebook: save a probe frame where the CLI and the dashboard read it, and load it back.
+
+    save(frame, db)    one Parquet shard per run of the frame (runs.store.shards), then ingest into db
+    load(db, **keys)   the probe frame of the store (runs.store.db.load_probe_frame), filtered by run keys
+    ingest(db)         load the shards beside db (what `ssmscope ingest` does; Monitor's shards, say)
+
+DuckDB and pyarrow load on the first call, not on `import ssmscope`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+__all__ = ["default_db", "ingest", "load", "save"]
+
+
+def default_db() -> Path:
+    """The store the CLI and dashboard use by default: ./ssmscope-data/ssmscope.duckdb (env SSMSCOPE_DB)."""
+    from ssmscope.runs.store.db import default_db_path
+
+    return default_db_path()
+
+
+def save(frame: pl.DataFrame, db: str | Path | None = None, *, shards: str | Path | None = None) -> Any:
+    """Write every run of a probe frame as a shard and ingest them into `db`; returns the IngestReport.
+
+    A run made by ssmscope.coord_check in this process keeps its full row (config, timings, provenance)
+    and its losses; a run known only from the frame (e.g. a frame read back from a file) is saved with
+    the keys the frame carries, its last logged step, and no losses. Shards go to `shards`, default
+    `<db folder>/shards` (as sweeps). Raises StoreError (one line naming the file) when a shard or the
+    store cannot be written; shards written before the failure stay and a later save or
+    `ssmscope ingest` completes the store.
+    """
+    from ssmscope.probes.schema import PROBE_COLUMNS
+    from ssmscope.runs.library.records import RUNS, loss_rows, run_row
+    from ssmscope.runs.store.db import StoreError, default_db_path, shard_dir_for
+    from ssmscope.runs.store.db import ingest as ingest_shards
+    from ssmscope.runs.store.schema import FRAME_RUN_KEYS, OPTIONAL_RUN_KEYS, PROBE_FRAME_COLUMNS, RUN_COLUMNS
+    from ssmscope.runs.store.shards import write_shard
+    from ssmscope.ssm.errors import ConfigError
+
+    if not isinstance(frame, pl.DataFrame):
+        raise ConfigError(f"save takes a polars DataFrame (a probe frame), not {type(frame).__name__}")
+    missing = [c for c in PROBE_FRAME_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"not a probe frame: it lacks {', '.join(missing)}")
+    db_path = Path(db) if db is not None else default_db_path()
+    shard_root = Path(shards) if shards is not None else shard_dir_for(db_path)
+    for (run_id,), part in frame.partition_by("run_id", as_dict=True, maintain_order=True).items():
+        known = RUNS.get(run_id)
+        if known is not None:
+            row, losses = known.row, known.losses
+        else:
+            first = part.row(0, named=True)
+            keys = {k: first[k] for k in (*FRAME_RUN_KEYS, *OPTIONAL_RUN_KEYS) if k in first and k in RUN_COLUMNS}
+            row, losses = run_row(**keys, last_finite_step=int(part["step"].max())), []
+        records = part.select(list(PROBE_COLUMNS)).to_dicts()
+        try:
+            write_shard(shard_root, row, records, loss_rows(losses))
+        except OSError as exc:
+            raise StoreError(f"cannot write the shard of run {run_id} under {shard_root}: {exc.strerror or exc}; "
+                             "free space or choose another folder (shards=)") from None
+    try:
+        return ingest_shards(db_path, shard_root)
+    except OSError as exc:
+        raise StoreError(f"cannot write the store {db_path}: {exc.strerror or exc}; the shards are in "
+                         f"{shard_root}: `ssmscope ingest --db {db_path}` loads them once it can") from None
+
+
+def load(db: str | Path | None = None, **keys: Any) -> pl.DataFrame:
+    """The probe frame of a store (all runs, or those whose run keys equal `keys`, e.g. spec="coord_check")."""
+    from ssmscope.runs.store.db import default_db_path, load_probe_frame
+
+    return load_probe_frame(Path(db) if db is not None else default_db_path(), keys or None)
+
+
+def ingest(db: str | Path | None = None, shards: str | Path | None = None) -> Any:
+    """Load every complete shard under `shards` (default `<db folder>/shards`) into `db`; idempotent."""
+    from ssmscope.runs.store.db import default_db_path
+    from ssmscope.runs.store.db import ingest as ingest_shards
+
+    return ingest_shards(Path(db) if db is not None else default_db_path(), None if shards is None else Path(shards))

@@ -1,0 +1,334 @@
+"""The library: a cheap `import ssmscope`, coord_check = a sweep's records, save/load through the store,
+the figure and the fits on its frame, and Monitor in a user's own loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+import ssmscope
+from ssmscope.runs.library.records import FRAME_SCHEMA, RUNS
+from ssmscope.runs.store.db import StoreError, connect, ingest, load_losses, load_probe_frame, load_runs
+from ssmscope.runs.store.layout import shard_dir_for
+from ssmscope.runs.store.schema import PROBE_FRAME_COLUMNS
+from ssmscope.runs.sweeps import corpus
+from ssmscope.runs.sweeps.spec import RunConfig
+from ssmscope.runs.sweeps.worker import run_one
+from ssmscope.ssm.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = ["run_id", "step", "layer", "site", "quantity", "group"]
+
+
+def tiny(**kw) -> ssmscope.MambaConfig:
+    return ssmscope.MambaConfig(n_layers=kw.pop("n_layers", 2), **kw)
+
+
+def initialised(cfg: ssmscope.MambaConfig, preset: str = "sp") -> ssmscope.MambaLM:
+    """A MambaLM initialised by a preset (a bare MambaLM's A_log and D are uninitialised memory)."""
+    from ssmscope.ssm import apply_preset, load_preset
+
+    torch.manual_seed(0)
+    model = ssmscope.MambaLM(cfg)
+    apply_preset(model, cfg, load_preset(preset), "sgd", 0.1)
+    return model
+
+
+def batch(seed: int = 0, size: int = 2, length: int = 8) -> torch.Tensor:
+    return corpus.batch("pydoc", "train", size, length, seed)
+
+
+# ----------------------------------------------------------------------------- import ssmscope
+def test_import_ssmscope_is_cheap_and_loads_nothing_heavy(tmp_path):
+    code = ("import sys, time\nt = time.perf_counter()\nimport ssmscope\nt = time.perf_counter() - t\n"
+            "heavy = [m for m in ('torch', 'polars', 'duckdb', 'streamlit', 'plotly', 'pyarrow', 'transformers') "
+            "if m in sys.modules]\nprint(t, heavy)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    wall = time.perf_counter() - t0
+    assert done.returncode == 0, done.stderr
+    seconds, heavy = done.stdout.split(" ", 1)
+    assert heavy.strip() == "[]"
+    assert float(seconds) < 1.0 and wall < 5.0  # the import itself; the interpreter's start on a busy machine
+
+
+def test_every_public_name_resolves():
+    for name in ssmscope.__all__:
+        assert getattr(ssmscope, name) is not None, name
+    assert set(ssmscope.__all__) <= set(dir(ssmscope))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ssmscope.nope  # noqa: B018
+
+
+# ----------------------------------------------------------------------------- coord_check = a sweep
+@pytest.mark.parametrize("fixed", [True, False])
+def test_coord_check_on_ssmscopes_model_returns_the_records_of_a_one_run_sweep(tmp_path, fixed):
+    cfg = RunConfig(preset="sp", discretization="zoh", optimizer="adam", lr=0.01, seed=0, n_u=16, n_x=16,
+                    n_layers=2, steps=3, log_every=2, batch=2, seq_len=8, fixed_batch=fixed,
+                    base="mamba")  # sp's own base, as a spec expands it (a bare RunConfig keeps the legacy one)
+    assert run_one(cfg, tmp_path / "shards", spec="one-run") == "completed"
+    ingest(tmp_path / "s.duckdb", tmp_path / "shards")
+    swept = load_probe_frame(tmp_path / "s.duckdb")
+    if fixed:
+        batches = batch(0)
+    else:  # the worker's stream of training batches, and its probe batch
+        batches = [corpus.batch("pydoc", "train", 2, 8, corpus.train_batch_seed(0, s)) for s in range(4)]
+    frame = ssmscope.coord_check(tiny(), [16], batches, probe_batch=None if fixed else batch(0), presets="sp",
+                                 discretizations="zoh", optimizer="adam", lr=0.01, steps=3, log_every=2, seeds=[0])
+    assert frame.columns == list(swept.columns) and frame.schema == swept.schema
+    assert sorted(frame["step"].unique().to_list()) == [0, 2, 3]
+    ours = frame.drop("run_id", "spec", "task").sort(KEYS[1:])
+    theirs = swept.drop("run_id", "spec", "task").sort(KEYS[1:])
+    assert ours.height == theirs.height > 100
+    assert ours.equals(theirs)  # the same numbers, bit for bit (same seeds, same order of operations)
+
+
+def test_coord_check_fits_and_figure_work_on_its_frame_and_it_saves_into_the_store(tmp_path):
+    frame = ssmscope.coord_check(tiny(n_layers=1), [8, 16, 32], batch(0), presets=["sp", "mup-ssm"],
+                                 discretizations="zoh", optimizer="sgd", lr=0.05, steps=2, seeds=[0, 1],
+                                 conventions=["rms", "l2"], name="lib-test")
+    assert frame.select("preset", "seed", "n_u").unique().height == 2 * 2 * 3
+    assert all(c in frame.columns for c in PROBE_FRAME_COLUMNS) and {"norm_rms", "norm_l2"} <= set(frame.columns)
+    row = frame.row(0, named=True)
+    assert row["norm_rms"] == pytest.approx((row["sumsq"] / row["count"]) ** 0.5)
+
+    slopes = ssmscope.fit_slopes(frame, step="last", n_boot=20)
+    x = slopes.filter((pl.col("site") == "x") & (pl.col("quantity") == "value") & (pl.col("group") == ""))
+    assert set(x["preset"]) == {"sp", "mup-ssm"} and (x["status"] == "ok").all() and (x["n_seeds"] == 2).all()
+    assert x["estimate"].is_finite().all()
+
+    fig = ssmscope.coord_figure(frame, rows=("x", "dy"), n_boot=0)
+    assert fig.layout.meta["kind"] == "coord_check" and fig.layout.meta["panels"] == ["sp", "mup-ssm"]
+    assert fig.layout.meta["step"] == 2 and fig.layout.meta["rows"] == ["x", "dy"]
+    means = [t for t in fig.data if (t.meta or {}).get("kind") == "mean"]
+    assert len(means) == 2 * 2  # (sp, mup-ssm) × (x, Δy), one layer
+
+    db = tmp_path / "store.duckdb"
+    report = ssmscope.store.save(frame, db)
+    assert len(report.loaded) == 12
+    back = ssmscope.store.load(db, spec="lib-test")
+    assert back.sort(KEYS).equals(frame.drop("norm_rms", "norm_l2").sort(KEYS))
+    runs = load_runs(db)
+    assert runs.height == 12 and set(runs["status"]) == {"completed"} and (runs["n_layers"] == 1).all()
+    assert (runs["batch"] == 2).all() and (runs["seq_len"] == 8).all() and (runs["fixed_batch"]).all()
+    con = connect(db, read_only=True)
+    config = json.loads(con.execute("SELECT config_json FROM runs LIMIT 1").fetchone()[0])
+    con.close()
+    assert config["family"]["model"] == "ssmscope.MambaLM" and config["steps"] == 2
+    assert load_losses(db).height == 12 * 3  # steps 0, 1, 2 of every run
+    assert ssmscope.store.save(frame, db).skipped == 12  # idempotent, like `ssmscope ingest`
+
+    done = subprocess.run([str(Path(sys.executable).with_name("ssmscope")), "slopes", "--db", str(db), "--format",
+                           "csv", "--where", "preset=mup-ssm"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "mup-ssm" in done.stdout and "sp," not in done.stdout
+
+
+def test_a_diverging_run_keeps_its_records_up_to_the_divergence():
+    frame = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), presets="sp", discretizations="zoh",
+                                 optimizer="sgd", lr=1e4, steps=4)
+    (run_id,) = frame["run_id"].unique().to_list()
+    assert set(frame["status"]) == {"diverged"}
+    assert sorted(frame["step"].unique().to_list()) == [0, 1]  # step 1 went non-finite: stopped there
+    step0 = frame.filter(pl.col("step") == 0)
+    assert step0["sumsq"].is_finite().all() and step0.height > 30
+    assert RUNS[run_id].row["last_finite_step"] == 0 and len(RUNS[run_id].losses) == 2
+
+
+def test_a_frame_from_elsewhere_saves_with_the_keys_it_carries(tmp_path):
+    frame = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), presets="sp", discretizations="zoh", steps=1)
+    path = tmp_path / "frame.parquet"
+    frame.write_parquet(path)
+    reread = pl.read_parquet(path).with_columns(pl.lit("from-file").alias("run_id"))
+    ssmscope.store.save(reread, tmp_path / "s.duckdb")
+    runs = load_runs(tmp_path / "s.duckdb")
+    assert runs["run_id"].to_list() == ["from-file"] and runs["last_finite_step"].to_list() == [1]
+    assert runs["preset"].to_list() == ["sp"] and load_losses(tmp_path / "s.duckdb").height == 0
+
+
+def test_a_shard_that_cannot_be_written_is_a_store_error_naming_the_folder(tmp_path):
+    frame = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), presets="sp", discretizations="zoh", steps=1)
+    blocked = tmp_path / "shards"
+    blocked.write_text("a file where the shard folder should be")
+    with pytest.raises(StoreError, match=r"cannot write the shard .* under .*shards"):
+        ssmscope.store.save(frame, tmp_path / "s.duckdb", shards=blocked)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"widths": 16}, "widths=16"),
+    ({"widths": [16, (32,)]}, r"widths: \(32,\)"),
+    ({"widths": [16, 16]}, "repeats"),
+    ({"presets": "nope"}, "nope"),
+    ({"optimizer": "lion"}, "optimizer='lion'; allowed: sgd, adam, adamw"),
+    ({"lr": -1.0}, "lr=-1.0"),
+    ({"steps": 0}, "steps=0"),
+    ({"seeds": []}, "seeds=\\[\\]"),
+    ({"discretizations": "rk4"}, "discretization='rk4'"),
+    ({"scan": "cuda"}, "scan='cuda'"),
+    ({"conventions": ["l3"]}, "convention='l3'"),
+    ({"batches": "text"}, "batches"),
+    ({"batches": torch.zeros(3, dtype=torch.long)}, r"shape \(batch, length \+ 1\)"),
+    ({"make_model": 3}, "make_model=int"),
+    ({"widths": [15]}, "multiple of expand"),
+])
+def test_a_mistake_is_one_config_error_naming_it(kwargs, match):
+    args = {"make_model": tiny(n_layers=1), "widths": [16], "batches": batch(0), "steps": 1, "presets": "sp"}
+    args.update(kwargs)
+    with pytest.raises(ConfigError, match=match):
+        ssmscope.coord_check(args.pop("make_model"), args.pop("widths"), args.pop("batches"), **args)
+
+
+# ----------------------------------------------------------------------------- Monitor
+def test_monitor_logs_every_k_steps_into_shards_the_store_ingests_while_training(tmp_path):
+    model = initialised(tiny(d_model=8))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    db = tmp_path / "live.duckdb"
+    seen_while_training = []
+    with ssmscope.Monitor(model, db, probe_batch=batch(0), every=10, name="live", preset="sp", optimizer="adam",
+                          lr=0.01) as mon:
+        for step in range(30):
+            mon.step(step)
+            if step == 10:  # the store already holds the run, marked running, with steps 0 and 10
+                runs = load_runs(db)
+                seen_while_training.append((runs["status"].to_list(), sorted(
+                    load_probe_frame(db)["step"].unique().to_list())))
+            ids = corpus.batch("pydoc", "train", 2, 8, corpus.train_batch_seed(0, step))
+            loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).reshape(-1, 256), ids[:, 1:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.log_loss(step, loss)
+    assert seen_while_training == [(["running"], [0, 10])]
+    ingest(db)  # what `ssmscope ingest` does: nothing new, the monitor ingested its last flush itself
+    runs = load_runs(db)
+    assert runs["status"].to_list() == ["completed"] and runs["spec"].to_list() == ["live"]
+    assert runs["last_finite_step"].to_list() == [20] and runs["n_u"].to_list() == [16]
+    frame = load_probe_frame(db)
+    assert sorted(frame["step"].unique().to_list()) == [0, 10, 20]
+    assert frame.filter((pl.col("site") == "x") & (pl.col("quantity") == "delta_init") & (pl.col("step") == 20)
+                        )["sumsq"].min() > 0  # the weights moved: Δx against step 0 is not zero
+    assert load_losses(db)["step"].to_list() == list(range(30))
+
+
+def test_monitor_probing_leaves_the_users_gradients_untouched(tmp_path):
+    model = initialised(tiny(d_model=8))
+    ids = batch(3)
+    loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).reshape(-1, 256), ids[:, 1:].reshape(-1))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    with ssmscope.Monitor(model, tmp_path / "g.duckdb", probe_batch=batch(0), every=1, ingest=False) as mon:
+        records = mon.step(0)
+    assert any(r["site"] == "grad_x" for r in records)  # the probe pass did backpropagate
+    assert all(torch.equal(grads[n], p.grad) for n, p in model.named_parameters())
+
+
+def test_a_run_that_raises_is_stored_as_failed_with_its_records_and_error(tmp_path):
+    model = initialised(tiny(d_model=8, n_layers=1))
+    db = tmp_path / "f.duckdb"
+    with pytest.raises(RuntimeError, match="simulated"):
+        with ssmscope.Monitor(model, db, probe_batch=batch(0), every=2, flush_every=10) as mon:
+            for step in range(5):
+                mon.step(step)
+                if step == 4:
+                    raise RuntimeError("simulated failure in the user's loop")
+    runs = load_runs(db)
+    assert runs["status"].to_list() == ["failed"] and runs["last_finite_step"].to_list() == [4]
+    con = connect(db, read_only=True)
+    error = con.execute("SELECT error FROM runs").fetchone()[0]
+    con.close()
+    assert error.startswith("RuntimeError: simulated failure")
+    assert sorted(load_probe_frame(db)["step"].unique().to_list()) == [0, 2, 4]
+
+
+def test_monitor_waits_for_a_store_locked_by_another_writer_and_keeps_the_shard(tmp_path):
+    model = initialised(tiny(d_model=8, n_layers=1))
+    db = tmp_path / "locked.duckdb"
+    code = ("import duckdb, sys, time\ncon = duckdb.connect(sys.argv[1])\nprint('locked', flush=True)\n"
+            "time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with ssmscope.Monitor(model, db, probe_batch=batch(0), every=1) as mon:
+            mon.step(0)
+        assert (shard_dir_for(db) / mon.run_id / "probes.parquet").exists()  # the store's own shard folder
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(ingest(db).loaded) == 1  # once the writer is gone, `ssmscope ingest` loads what the monitor kept
+    assert load_runs(db)["status"].to_list() == ["completed"]
+
+
+def test_a_shard_folder_that_cannot_be_written_does_not_stop_training_and_is_reported_at_the_end(tmp_path, caplog):
+    model = initialised(tiny(d_model=8, n_layers=1))
+    blocked = tmp_path / "shards"
+    blocked.write_text("a file where the shard folder should be")  # every write under it fails: a real OSError
+    mon = ssmscope.Monitor(model, tmp_path / "b.duckdb", shards=blocked, probe_batch=batch(0), every=1)
+    with pytest.raises(StoreError, match=r"cannot write the shard .* under .*shards.*Monitor.records"):
+        with mon:
+            for step in range(3):
+                assert mon.step(step)  # training and probing go on
+    assert sorted({r["step"] for r in mon.records}) == [0, 1, 2]
+    assert sum("the next flush tries again" in r.getMessage() for r in caplog.records) == 1
+    blocked.unlink()
+    mon.flush()  # once the folder can be written, nothing was lost: the shard is written and ingested
+    assert load_runs(tmp_path / "b.duckdb")["status"].to_list() == ["completed"]
+    assert sorted(load_probe_frame(tmp_path / "b.duckdb")["step"].unique().to_list()) == [0, 1, 2]
+
+
+def test_monitor_refuses_a_model_it_cannot_observe(tmp_path):
+    with pytest.raises(ConfigError, match="Monitor observes"):
+        ssmscope.Monitor(torch.nn.Linear(2, 2), tmp_path / "x.duckdb", probe_batch=None)
+    with pytest.raises(ConfigError, match="every=0"):
+        ssmscope.Monitor(ssmscope.MambaLM(tiny(d_model=8, n_layers=1)), tmp_path / "x.duckdb", probe_batch=None,
+                         every=0)
+
+
+# ----------------------------------------------------------------------------- transformers through the library
+@pytest.mark.slow
+def test_the_documented_example_coordinate_checks_a_transformers_mamba(tmp_path):
+    pytest.importorskip("transformers")
+    db = tmp_path / "ex.duckdb"
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "examples" / "coord_check_hf.py"), "--widths", "16",
+                           "32", "64", "--steps", "2", "--layers", "1", "--seq-len", "8", "--batch", "2", "--db",
+                           str(db), "--html", str(tmp_path / "fig.html")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    table = done.stdout
+    for preset in ("sp", "mup-ssm"):
+        assert table.count(f"│ {preset}") >= 4  # x, y, Δx, Δy rows of each preset
+    assert "saved 6 run(s)" in table and (tmp_path / "fig.html").stat().st_size > 10_000
+    frame = load_probe_frame(db)
+    assert set(frame["discretization"]) == {"euler"} and sorted(set(frame["n_u"])) == [16, 32, 64]
+    assert frame.schema == pl.Schema(FRAME_SCHEMA)
+
+
+def test_a_transformers_mamba_monitored_in_a_loop(tmp_path):
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = ssmscope.HFMamba({"num_hidden_layers": 1, "vocab_size": 256})(32, 16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with ssmscope.Monitor(model, tmp_path / "hf.duckdb", probe_batch=batch(0), every=2) as mon:
+        for step in range(4):
+            mon.step(step)
+            ids = batch(step + 1)
+            loss = torch.nn.functional.cross_entropy(model(input_ids=ids[:, :-1]).logits.reshape(-1, 256),
+                                                     ids[:, 1:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.log_loss(step, loss)
+    frame = load_probe_frame(tmp_path / "hf.duckdb")
+    assert sorted(frame["step"].unique().to_list()) == [0, 2] and set(frame["discretization"]) == {"euler"}
+    params = frame.filter(pl.col("site") == "param")["group"].unique().to_list()
+    assert "x_proj_B:layers.0.mixer.x_proj.B.weight" in params  # ssmscope's names and roles
+    assert frame.filter(pl.col("site") == "grad_x")["sumsq"].min() > 0
