@@ -5,8 +5,9 @@ Downloads are produced by runs.analysis.export exactly as `ssmscope slopes` prod
 saved from the app equals the CLI's output for the same options.
 
 On screen the paper's table has two layouts. "compact": a row per configuration and one cell per
-quantity, a number (so the column sorts by the measured exponent) shown as "−0.48±0.05 (−½) ✓" and
-coloured by agreement; narrow enough that all four quantities fit a 1280-px window beside the sidebar.
+quantity, a number (so the column sorts by the measured exponent) shown as "−0.48±0.05 (−½) ✓" (with NL
+and a trend arrow where they apply) and coloured by agreement; narrow enough that all four quantities fit
+a 1280-px window beside the sidebar.
 "numeric": a row per fitted exponent with estimate, CI, prediction and verdict each in its own column.
 """
 
@@ -84,7 +85,8 @@ def compact_styled(paper: pl.DataFrame) -> tuple[Any, dict[str, Any]]:
         style = style.apply(lambda _s, c=colours: c, subset=[title], axis=0)
     config: dict[str, Any] = {k: st.column_config.Column(SHORT_HEADERS.get(k, k)) for k in compact.keys}
     config |= {t: NUMBER(t, help=f"{t}: measured exponent ± half its 95 % CI (predicted exponent); ✓ agrees, "
-                         "✗ disagrees; sorts by the measured exponent") for t in compact.labels}
+                         "✗ disagrees; NL outside linear response; →/← the local slopes still move toward/away "
+                         "from the prediction; sorts by the measured exponent") for t in compact.labels}
     return style, config
 
 

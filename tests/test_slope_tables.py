@@ -91,12 +91,23 @@ def test_numeric_table_has_one_row_per_exponent_and_passes_annotation_columns(pa
     assert numeric.columns[3:] == ["quantity", "estimate", "ci_low", "ci_high", "predicted", "verdict", "agreement",
                                    "regime", "n_seeds", "n_widths", "status"]
     assert numeric.schema["estimate"] == pl.Float64 and numeric.schema["predicted"] == pl.Float64
-    # the compact table gives it a column of its own: one value per row, or the quantities' values in order
-    mixed = annotated.with_columns(pl.when(pl.col("column") == "dy").then(pl.lit("transient"))
-                                   .otherwise(pl.col("regime")).alias("regime"))
-    compact = export.compact_paper(mixed)
-    assert compact.keys == ["preset", "discretization", "optimizer", "regime"]
-    assert compact.values["regime"].to_list() == ["asymptotic/transient"] * 6
+
+
+def test_compact_cells_carry_their_own_regime_and_trend_marks(paper):
+    """Regime and trend belong to a cell, not a row: the compact table marks the cell and adds no column."""
+    marked = paper.with_columns(
+        pl.when(pl.col("column") == "dy").then(pl.lit("nonlinear")).otherwise(pl.lit("linear")).alias("regime"),
+        pl.when(pl.col("column") == "x").then(pl.lit("toward"))
+        .when(pl.col("column") == "dx").then(pl.lit("away")).otherwise(pl.lit("settled")).alias("trend"))
+    compact = export.compact_paper(marked)
+    assert compact.keys == ["preset", "discretization", "optimizer"]
+    assert compact.values.columns == [*compact.keys, "‖x‖", "‖y‖", "‖Δx‖", "‖Δy‖"]
+    assert all(t.endswith(("✓ NL", "✗ NL")) for t in compact.labels["‖Δy‖"])
+    assert all(t.endswith(("✓ →", "✗ →")) for t in compact.labels["‖x‖"])
+    assert all(t.endswith(("✓ ←", "✗ ←")) for t in compact.labels["‖Δx‖"])
+    assert all(t.endswith(("✓", "✗")) for t in compact.labels["‖y‖"])  # linear and settled: no mark
+    assert "NL: outside linear response" in export.compact_caption(marked)
+    assert "NL:" not in export.compact_caption(paper)  # no annotation columns, no legend
 
 
 # --- the CLI --------------------------------------------------------------------------------------
@@ -122,7 +133,8 @@ def test_terminal_table_is_compact_ordered_and_notes_coinciding_presets(cli):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     header = next(line for line in lines if "‖x‖" in line)
-    assert header.split()[:3] == ["preset", "disc", "optim"] and max(len(line) for line in lines[:10]) <= 120
+    table = lines[:next(i for i, line in enumerate(lines) if line.startswith("Each cell"))]
+    assert header.split()[:3] == ["preset", "disc", "optim"] and max(len(line) for line in table) <= 124
     rows = [line.split()[0] for line in lines if line.strip().startswith(("sp ", "mup "))
             or line.strip().startswith("mup-ssm ")]
     assert rows == ["sp", "sp", "mup", "mup", "mup-ssm", "mup-ssm"]

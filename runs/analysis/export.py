@@ -442,9 +442,10 @@ def paper_caption(paper: pl.DataFrame, notes: Iterable[str] = ()) -> str:
 class CompactPaper:
     """The paper's table with one number per quantity (sortable) and the text shown for it.
 
-    values: the row keys (and any ANNOTATION_COLUMNS: one value per row, "a/b" when its quantities differ),
-    then per quantity title (‖x‖ …) the measured exponent (2-D: the N_u one), Float64.
-    labels / agreements: quantity title → per row, the cell's text ("−0.48±0.05 (−½) ✓") and agreement.
+    values: the row keys, then per quantity title (‖x‖ …) the measured exponent (2-D: the N_u one), Float64.
+    labels / agreements: quantity title → per row, the cell's text ("−0.48±0.05 (−½) ✓ NL→") and agreement.
+    The regime and the trend are properties of each cell, not of the row: they are marks at the end of the
+    cell's text (CELL_MARKS), so the table keeps one narrow column per quantity.
     """
 
     values: pl.DataFrame
@@ -453,8 +454,26 @@ class CompactPaper:
     agreements: dict[str, list[str]]
 
 
+REGIME_MARKS = {"nonlinear": "NL"}
+"""Mark of a compact cell by its regime (runs.analysis.regime): NL = outside linear response."""
+TREND_MARKS = {"toward": "→", "away": "←", "moving": "~"}
+"""Mark of a compact cell by the trend of its running exponents (runs.analysis.running); settled: none."""
+CELL_MARKS_NOTE = ("NL: outside linear response (‖Δq‖/‖q₀‖ above {threshold:g} at the largest width; the slope "
+                   "reflects saturation). → / ←: the local slopes still move toward / away from the prediction; "
+                   "~: still moving (no prediction); no arrow: settled.")
+"""How a reader decodes the marks of compact cells (the caption says it when a table carries them)."""
+
+
+def _cell_marks(terms: list[dict]) -> str:
+    """The regime and trend marks of one compact cell (" NL→", " →", " NL"), from its first term's annotation
+    columns; written together so that the four quantity columns fit a terminal of about 120 columns."""
+    marks = REGIME_MARKS.get(terms[0].get("regime") or "", "") + TREND_MARKS.get(terms[0].get("trend") or "", "")
+    return f" {marks}" if marks else ""
+
+
 def _compact_cell(terms: list[dict]) -> tuple[float | None, str, str]:
-    """(sort value, text, agreement) of one compact cell: "−0.48±0.05 (−½) ✓", 2-D "+0.51·−0.02 (+1·0) ✓"."""
+    """(sort value, text, agreement) of one compact cell: "−0.48±0.05 (−½) ✓", 2-D "+0.51·−0.02 (+1·0) ✓",
+    with the cell's regime and trend marks at the end ("… ✓ NL→")."""
     if not terms:
         return None, "—", "not fitted"
     if terms[0]["status"] != "ok":
@@ -473,7 +492,8 @@ def _compact_cell(terms: list[dict]) -> tuple[float | None, str, str]:
         log_x = any(t["log_x"] for t in terms)
         pred = "·".join(exponent_text(t["predicted"], log_x and i == len(terms) - 1) for i, t in enumerate(terms))
     mark = MARKS.get(agreement, "")
-    return terms[0]["estimate"], f"{'·'.join(measured)} ({pred}) {mark}".rstrip(), agreement
+    text = f"{'·'.join(measured)} ({pred}) {mark}".rstrip() + _cell_marks(terms)
+    return terms[0]["estimate"], text, agreement
 
 
 def _signed(value: float) -> str:
@@ -486,26 +506,21 @@ def compact_paper(paper: pl.DataFrame) -> CompactPaper:
     """The paper's table as a compact, sortable grid: a row per configuration, a number and a label per quantity."""
     keys, rows = _paper_rows(paper)
     keys = [k for k in keys if k != "step" or paper.get_column("step").n_unique() > 1]
-    notes = [c for c in ANNOTATION_COLUMNS if c in paper.columns]
     titles = [QUANTITY_TITLES[c] for c in PAPER_COLUMNS]
-    values: dict[str, list] = {k: [] for k in [*keys, *notes, *titles]}
+    values: dict[str, list] = {k: [] for k in [*keys, *titles]}
     labels: dict[str, list[str]] = {t: [] for t in titles}
     agreements: dict[str, list[str]] = {t: [] for t in titles}
     for cells in rows.values():
         first = next(iter(cells.values()))[0]
         for k in keys:
             values[k].append(first[k])
-        for note in notes:  # one value per row, or the quantities' values in order when they differ
-            seen = list(dict.fromkeys(str(t[note]) for c in PAPER_COLUMNS for t in cells.get(c, [])
-                                      if t[note] is not None))
-            values[note].append("/".join(seen) if seen else None)
         for column, title in zip(PAPER_COLUMNS, titles, strict=True):
             value, label, agreement = _compact_cell(cells.get(column, []))
             values[title].append(value)
             labels[title].append(label)
             agreements[title].append(agreement)
-    schema = {k: paper.schema[k] for k in keys} | dict.fromkeys(notes, pl.String) | dict.fromkeys(titles, pl.Float64)
-    return CompactPaper(pl.DataFrame(values, schema=schema), [*keys, *notes], labels, agreements)
+    schema = {k: paper.schema[k] for k in keys} | dict.fromkeys(titles, pl.Float64)
+    return CompactPaper(pl.DataFrame(values, schema=schema), keys, labels, agreements)
 
 
 def compact_caption(paper: pl.DataFrame, notes: Iterable[str] = ()) -> str:
@@ -514,7 +529,10 @@ def compact_caption(paper: pl.DataFrame, notes: Iterable[str] = ()) -> str:
     cell = ("s_u·s_x (predicted s_u·s_x)" if two_d else "s ± half the CI (predicted s)")
     step = paper["step"].unique().to_list() if "step" in paper.columns else []
     at = f" at step {step[0]}" if len(step) == 1 else ""
-    return f"Each cell: {cell}{at}. " + paper_caption(paper, notes)
+    marks = any(c in paper.columns for c in ("regime", "trend"))
+    legend = " " + CELL_MARKS_NOTE.format(threshold=REGIME_THRESHOLD) if marks else ""
+    described = paper.drop("trend", "regime", strict=False)  # the marks' legend says what these columns would
+    return f"Each cell: {cell}{at}.{legend} " + paper_caption(described, notes)
 
 
 # --- the paper's table, numeric: one row per fitted exponent, every number its own column ------------

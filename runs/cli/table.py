@@ -2,7 +2,7 @@
 
 The paper's table is drawn compact (runs.analysis.export.compact_paper: one short cell per quantity,
 "−0.48±0.05 (−½) ✓", green where the measurement agrees with the prediction, red where it does not),
-so the four quantities fit a 110-column terminal; every fitted cell (`--table full`) is drawn from
+so the four quantities fit a terminal of about 120 columns; every fitted cell (`--table full`) is drawn from
 slope_display's columns with numbers at three decimals. Plain text (no markup) when written to a file.
 """
 
@@ -42,7 +42,7 @@ FULL_COLUMNS = ("term", "estimate", "ci_low", "ci_high", "predicted", "verdict",
 
 
 def _table(title: str | None) -> Table:
-    return Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    return Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, show_edge=False)
 
 
 def paper_rich_table(paper: pl.DataFrame, title: str | None = None) -> Table:

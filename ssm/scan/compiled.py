@@ -51,8 +51,8 @@ from ssmscope.ssm.config import Discretization
 from ssmscope.ssm.scan.types import ScanInputs, StateProbe, softplus_delta
 
 SOURCES = ("scan.c", "scan_kernel.h")
-CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-std=gnu11", "-shared",
-          "-fPIC")
+CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-std=gnu11",
+          "-shared", "-fPIC")
 THREAD_FLAGS = (("-fopenmp",), ("-fopenmp-simd",))  # tried in order: OpenMP threads, else one thread
 ABI_VERSION = 3
 MAX_REFS = 4
