@@ -52,6 +52,19 @@ def config_select(state: UrlState, runs: pl.DataFrame, *, where: Any = st.sideba
                         url_format=lambda c: f"{c[0]}@{c[1]:g}", where=where)
 
 
+def base_select(state: UrlState, runs: pl.DataFrame, *, where: Any = st.sidebar) -> str | None:
+    """The init base when the runs hold more than one (a sweep with `grid.bases`), most runs first; else None.
+
+    Runs of one preset on two bases are different measurements: a figure shows one base at a time."""
+    if "init_base" not in runs.columns or runs["init_base"].n_unique() < 2:
+        return None
+    n = dict(runs.group_by("init_base").len().iter_rows())
+    bases = sorted(n, key=lambda b: (-n[b], str(b)))
+    return state.select("Init base", "base", bases, format_func=lambda b: f"{b} ({n[b]} runs)", where=where,
+                        share="base", help="The initialisation the presets' width exponents scale (ssm/presets/"
+                        "bases): `mamba` = state-spaces/mamba's, `ssmscope-v0` = the constants used before bases.")
+
+
 def axis_select(state: UrlState, runs: pl.DataFrame, *, where: Any = st.sidebar) -> WidthAxis | None:
     """The width axis: joint (N_u = N_x), N_u at a fixed N_x, or N_x at a fixed N_u; None if no axis has 2 widths."""
     axes = width_axes(runs)

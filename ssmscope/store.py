@@ -9,6 +9,7 @@ DuckDB and pyarrow load on the first call, not on `import ssmscope`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ def save(frame: pl.DataFrame, db: str | Path | None = None, *, shards: str | Pat
         else:
             first = part.row(0, named=True)
             keys = {k: first[k] for k in (*FRAME_RUN_KEYS, *OPTIONAL_RUN_KEYS) if k in first and k in RUN_COLUMNS}
+            if first.get("init_base"):  # a derived key: the store reads it back from the config
+                keys["config_json"] = json.dumps({"base": first["init_base"]})
             row, losses = run_row(**keys, last_finite_step=int(part["step"].max())), []
         records = part.select(list(PROBE_COLUMNS)).to_dicts()
         try:

@@ -503,3 +503,42 @@ def test_param_show_prints_distribution_std_and_base():
     assert "tied" in result.output
     old = CliRunner().invoke(app, ["param", "show", "sp", "--d-model", "64", "--base", LEGACY_BASE])
     assert old.exit_code == 0 and "untied" in old.output and "tied (one tensor" not in old.output
+
+
+# ----------------------------------------------------------------------------- the store keeps bases apart
+
+
+def test_store_derives_init_base_and_fits_two_bases_of_one_preset_apart(tmp_path):
+    """One store, one spec, sp drawn on two bases: the fits are per base (init_base is a key), old runs with
+    no base in their config read as the legacy base, and init_base filters in SQL."""
+    from conftest import tiny_spec_toml
+
+    from ssmscope.runs.analysis.slopes import fit_slopes
+    from ssmscope.runs.store import db as store
+    from ssmscope.runs.store.schema import LEGACY_INIT_BASE
+    from ssmscope.runs.sweeps.sweep import run_sweep
+
+    assert LEGACY_INIT_BASE == LEGACY_BASE  # the store's literal is the model package's legacy base
+    data = tomllib.loads(tiny_spec_toml(widths=(16, 32, 64)))
+    data["grid"] |= {"presets": ["sp"], "bases": ["mamba", LEGACY_BASE]}
+    db_path = tmp_path / "s.duckdb"
+    run_sweep(parse_spec(data, "bases"), db_path, device="cpu", workers=1)
+    frame = store.load_probe_frame(db_path)
+    assert set(frame["init_base"]) == {"mamba", LEGACY_BASE}
+    runs = store.load_runs(db_path)
+    legacy_ids = set(runs.filter(runs["init_base"] == LEGACY_BASE)["run_id"])
+    configs = {r.run_id: r for r in parse_spec(data, "bases").runs}
+    assert legacy_ids and all(configs[i].base == LEGACY_BASE for i in legacy_ids)
+    import duckdb  # a store written before bases existed: its configs have no "base" key
+
+    with duckdb.connect(str(db_path)) as con:
+        con.execute("UPDATE runs SET config_json = json_remove(config_json, '$.base') WHERE run_id IN "
+                    f"({', '.join('?' for _ in legacy_ids)})", list(legacy_ids))
+        assert con.execute("SELECT count(*) FROM runs WHERE config_json LIKE '%\"base\"%'").fetchone()[0] == 3
+    assert store.load_probe_frame(db_path).equals(frame)
+    slopes = fit_slopes(frame.filter(frame["site"] == "y"), n_boot=20)
+    assert set(slopes["init_base"]) == {"mamba", LEGACY_BASE}
+    per_base = slopes.filter(slopes["quantity"] == "value").group_by("init_base").len()
+    assert per_base["len"].n_unique() == 1  # the same cells under each base, never one merged cell
+    only = store.load_probe_frame(db_path, {"init_base": "mamba"})
+    assert set(only["init_base"]) == {"mamba"} and only.height == frame.filter(frame["init_base"] == "mamba").height

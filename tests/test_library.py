@@ -154,6 +154,7 @@ def test_a_frame_from_elsewhere_saves_with_the_keys_it_carries(tmp_path):
     runs = load_runs(tmp_path / "s.duckdb")
     assert runs["run_id"].to_list() == ["from-file"] and runs["last_finite_step"].to_list() == [1]
     assert runs["preset"].to_list() == ["sp"] and load_losses(tmp_path / "s.duckdb").height == 0
+    assert runs["init_base"].to_list() == frame["init_base"].unique().to_list() == ["mamba"]  # sp's own base
 
 
 def test_a_shard_that_cannot_be_written_is_a_store_error_naming_the_folder(tmp_path):

@@ -85,6 +85,8 @@ def test_a_crossover_curve_settles_at_its_asymptotic_slope():
     (lambda L: 0.05 * (L - 5) ** 2, 0.0, "away"),  # slope 0 → 0.5 while the prediction is 0
     (lambda L: -0.05 * (L - 10) ** 2, 0.0, "toward"),  # slope 0.5 → 0: approaching the prediction
     (lambda L: 0.2 * L, 0.0, "settled"),  # a straight line: the slope does not move, whatever its value
+    # slope 0 → 0.06: resolved from zero with this little noise, but below the flat tolerance — no verdict moves
+    (lambda L: 0.006 * (L - 5) ** 2, 0.0, "settled"),
 ])
 def test_trend_reads_toward_away_or_settled_from_the_running_exponents(curve, predicted_slope, trend):
     frame = curved(curve)

@@ -51,6 +51,9 @@ def main() -> None:
         in_sweep = runs.filter(pl.col("spec") == sweep)
         optimizer, lr = controls.config_select(state, in_sweep)
         in_config = in_sweep.filter((pl.col("optimizer") == optimizer) & (pl.col("lr") == lr))
+        base = controls.base_select(state, in_config)
+        if base is not None:
+            in_config = in_config.filter(pl.col("init_base") == base)
         axis = controls.axis_select(state, in_config)
         layout = state.select("Columns", "layout", list(LAYOUTS), "presets", format_func=LAYOUTS.get, widget="radio")
         discs = ordered(in_config["discretization"], DISC_ORDER)
@@ -72,7 +75,7 @@ def main() -> None:
         st.stop()
 
     shown_discs = discs if disc_mode == "side by side" else [disc_mode]
-    sel = data.where(optimizer=optimizer, lr=lr, preset=presets, discretization=shown_discs)
+    sel = data.where(optimizer=optimizer, lr=lr, preset=presets, discretization=shown_discs, init_base=base)
     frame = data.apply(data.probe_frame(db, sweep), sel)
     logged = sorted(frame["step"].unique().to_list()) or [0]
 

@@ -199,6 +199,9 @@ def main() -> None:
         in_sweep = runs.filter(pl.col("spec") == sweep)
         optimizer, lr = controls.config_select(state, in_sweep)
         in_config = in_sweep.filter((pl.col("optimizer") == optimizer) & (pl.col("lr") == lr))
+        base = controls.base_select(state, in_config)
+        if base is not None:
+            in_config = in_config.filter(pl.col("init_base") == base)
         axis = controls.axis_select(state, in_config)
         presets = controls.multi_filter(state, "Presets", "presets", in_config["preset"], order=PRESET_ORDER)
         discs = controls.multi_filter(state, "Discretisations", "discs", in_config["discretization"],
@@ -223,7 +226,7 @@ def main() -> None:
         state.sync()
         st.stop()
 
-    sel = data.where(optimizer=optimizer, lr=lr, preset=presets, discretization=discs)
+    sel = data.where(optimizer=optimizer, lr=lr, preset=presets, discretization=discs, init_base=base)
     local, whole = running(db, sweep, sel, axis_key=axis.key, convention=convention, step=step, layers=layers,
                            window=window)
     panels = [(p, d) for p in presets for d in discs]

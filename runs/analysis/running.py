@@ -11,7 +11,8 @@ axis, with the same machinery (runs.analysis.slopes.fit_slopes: OLS, seed bootst
 
 and judges each cell's `trend` from its running exponents (`trend_frame`):
 
-    settled   the first and last local slopes differ by less than their combined CI half-widths
+    settled   the first and last local slopes differ by less than their combined CI half-widths, or by
+              less than TREND_MIN_CHANGE (the flat tolerance: a change no verdict could see)
     toward    they differ, and the last is closer to the predicted exponent than the first
     away      they differ, and the last is farther from the prediction
     moving    they differ, and the cell has no prediction to judge against
@@ -39,6 +40,7 @@ from ssmscope.runs.analysis.slopes.fit import (
     check_columns,
     fit_slopes,
 )
+from ssmscope.runs.analysis.slopes.verdicts import FLAT_TOL
 from ssmscope.runs.analysis.stats import normal_z
 from ssmscope.ssm.errors import ConfigError
 
@@ -208,13 +210,22 @@ def _ends(running: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     return pl.concat([triples, pairs], how="vertical_relaxed")
 
 
+TREND_MIN_CHANGE = FLAT_TOL
+"""The smallest change of the local slope (per doubling of width) a trend reports as moving.
+
+A change resolved from zero but smaller than the tolerance within which a slope counts as flat cannot move
+any verdict; with many seeds and little noise (synthetic data, long sweeps) the CI alone would call such
+changes "toward"/"away". The same number as the flat tolerance, so the two judgements share one scale."""
+
+
 def trend_frame(running: pl.DataFrame) -> pl.DataFrame:
     """One row per fitted term of `running` (running_slopes output): TREND_COLUMNS and the slope keys.
 
     local_change = local_last − local_first; local_change_ci = √(h_first² + h_last²), h a CI half-width
     (the two windows' points overlap in at most one width, so their errors are treated as independent;
     sharing seeds makes them positively correlated, which makes this test conservative). A change larger
-    than local_change_ci is a moving slope; the trend then says whether it moves toward the prediction.
+    than local_change_ci and than TREND_MIN_CHANGE is a moving slope; the trend then says whether it moves toward
+    the prediction.
     """
     keys = slope_keys(running)
     if running.is_empty():
@@ -223,7 +234,8 @@ def trend_frame(running: pl.DataFrame) -> pl.DataFrame:
     change = pl.col("local_last") - pl.col("local_first")
     bound = (pl.col("_h0") ** 2 + pl.col("_h1") ** 2).sqrt()
     closer = (pl.col("local_last") - pl.col("predicted")).abs() < (pl.col("local_first") - pl.col("predicted")).abs()
-    trend = (pl.when(bound.is_null()).then(None).when(change.abs() <= bound).then(pl.lit("settled"))
+    settled = (change.abs() <= bound) | (change.abs() <= TREND_MIN_CHANGE)
+    trend = (pl.when(bound.is_null()).then(None).when(settled).then(pl.lit("settled"))
              .when(pl.col("predicted").is_null()).then(pl.lit("moving"))
              .when(closer).then(pl.lit("toward")).otherwise(pl.lit("away")))
     judged = ends.select(*keys, trend.alias("trend"), "local_first", "local_last", change.alias("local_change"),

@@ -154,7 +154,8 @@ class _Context:
         preset = setting.preset
         description = {"family": self.family.describe(), "preset": preset.name, "preset_source": preset.source,
                        "discretization": str(setting.discretization), "optimizer": setting.optimizer,
-                       "lr": setting.lr, "seed": setting.seed, "n_u": n_u, "n_x": n_x, **self.common}
+                       "lr": setting.lr, "seed": setting.seed, "n_u": n_u, "n_x": n_x,
+                       "base": self.family.init_base(preset), **self.common}
         run_id = rec.run_id_of(description)
         batch_size, seq_len = _shape(self.probe_batch)
         row = rec.run_row(

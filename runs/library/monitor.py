@@ -200,7 +200,7 @@ class Monitor:
             error=self.error, preset=k["preset"], discretization=k["discretization"], optimizer=k["optimizer"],
             lr=k["lr"], seed=k["seed"], n_u=k["n_u"], n_x=k["n_x"], d_model=k["d_model"], n_layers=k["n_layers"],
             steps=self.last_step if self.last_step is not None else 0, task=k["task"], dt_min=k["dt_min"],
-            dt_max=k["dt_max"], config_json=rec.json_of({"monitor": k, "every": self.every}),
+            dt_max=k["dt_max"], config_json=rec.json_of({"monitor": k, "every": self.every, "base": rec.USER_BASE}),
             started_at=self.started, finished_at=rec.now_iso(), wall_s=time.perf_counter() - self._t0,
             device=_device(self.model), scan=str(getattr(self.observer, "scan", "")), **rec.provenance())
 

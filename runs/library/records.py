@@ -23,9 +23,11 @@ import polars as pl
 from ssmscope.probes.schema import PROBE_COLUMNS
 from ssmscope.runs.store.schema import (
     FRAME_RUN_KEYS,
+    LEGACY_INIT_BASE,
     LOSS_COLUMNS,
     OPTIONAL_RUN_KEYS,
     RUN_COLUMNS,
+    RUN_KEY_TYPES,
     SCHEMA_VERSION,
 )
 
@@ -33,7 +35,7 @@ POLARS_TYPES = {"string": pl.String, "int64": pl.Int64, "int32": pl.Int32, "floa
 """Arrow type alias of runs.store.schema → the polars type DuckDB hands back for it."""
 
 FRAME_SCHEMA: dict[str, pl.DataType] = {
-    **{k: POLARS_TYPES[RUN_COLUMNS[k]] for k in (*FRAME_RUN_KEYS, *OPTIONAL_RUN_KEYS)},
+    **{k: POLARS_TYPES[RUN_KEY_TYPES[k]] for k in (*FRAME_RUN_KEYS, *OPTIONAL_RUN_KEYS)},
     **{k: POLARS_TYPES[t] for k, t in PROBE_COLUMNS.items()},
 }
 """Columns and types of a probe frame, in the store loader's order."""
@@ -46,6 +48,9 @@ class RunData:
     row: dict[str, Any]
     losses: list[dict[str, Any]] = field(default_factory=list)
 
+
+USER_BASE = "user"
+"""init_base of runs on a user's own initialisation (transformers' Mamba under the adapter, a Monitor's model)."""
 
 RUNS: dict[str, RunData] = {}
 """Run id → RunData of every run this process made (see the module docstring)."""
@@ -99,10 +104,17 @@ def probe_frame(records: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) 
     for rec in records:
         run = runs[rec["run_id"]]
         for k in keys:
-            columns[k].append(run[k])
+            columns[k].append(run_key(run, k))
         for k in PROBE_COLUMNS:
             columns[k].append(rec[k])
     return pl.DataFrame(columns, schema=FRAME_SCHEMA)
+
+
+def run_key(run: dict[str, Any], key: str) -> Any:
+    """A run key of a run's row, derived ones (runs.store.schema.DERIVED_RUN_COLUMNS) as the store derives them."""
+    if key == "init_base":
+        return json.loads(run.get("config_json") or "{}").get("base", LEGACY_INIT_BASE)
+    return run[key]
 
 
 def loss_rows(losses: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmscope.probes import Observer
+from ssmscope.runs.library import records as rec
 from ssmscope.ssm.adapters.hf import DISCRETIZATION as HF_DISCRETIZATION
 from ssmscope.ssm.adapters.hf import HFMamba, HFWidths, apply_preset_hf, is_hf_mamba
 from ssmscope.ssm.adapters.optim import build_row_optimizer
@@ -89,6 +90,10 @@ class Family:
 
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def init_base(self, preset: Preset) -> str:
+        """The init base a run's exponents act on (stored as the run's `base`, the store's init_base key)."""
+        return preset.init_base.name
 
 
 class SsmscopeFamily(Family):
@@ -171,6 +176,10 @@ class HFFamily(Family):
         return Subject(model, opt, obs, HF_DISCRETIZATION, widths.n_layers, widths.d_model,
                        float(cfg.time_step_min), float(cfg.time_step_max))
 
+    def init_base(self, preset: Preset) -> str:
+        """The user's own initialisation is the base under the adapter (ssm.adapters.hf)."""
+        return rec.USER_BASE
+
     def describe(self) -> dict[str, Any]:
         if isinstance(self.make, HFMamba):
             return self.make.describe()
@@ -245,6 +254,10 @@ class _CallableFamily(Family):
     def describe(self) -> dict[str, Any]:
         assert self.inner is not None, "prepare() first"
         return self.inner.describe()
+
+    def init_base(self, preset: Preset) -> str:
+        assert self.inner is not None, "prepare() first"
+        return self.inner.init_base(preset)
 
 
 def resolve_family(make_model: Any, first_width: tuple[int, int]) -> Family:

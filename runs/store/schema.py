@@ -15,9 +15,10 @@ from enum import StrEnum
 from ssmscope.probes.schema import PROBE_COLUMNS, SCHEMA_VERSION
 
 __all__ = [
-    "DUCKDB_TYPES", "EXCLUDED_STATUSES", "FILTER_COLUMNS", "FINISHED_STATUSES", "FLOAT_FILTER_COLUMNS",
-    "FRAME_RUN_KEYS", "INT_FILTER_COLUMNS", "LOSS_COLUMNS", "OPTIONAL_RUN_KEYS", "PROBE_COLUMNS",
-    "PROBE_FRAME_COLUMNS", "RUN_COLUMNS", "SCHEMA_VERSION", "WHERE_COLUMNS", "RunStatus", "ddl",
+    "DERIVED_RUN_COLUMNS", "DUCKDB_TYPES", "EXCLUDED_STATUSES", "FILTER_COLUMNS", "FINISHED_STATUSES",
+    "FLOAT_FILTER_COLUMNS", "FRAME_RUN_KEYS", "INT_FILTER_COLUMNS", "LEGACY_INIT_BASE", "LOSS_COLUMNS",
+    "OPTIONAL_RUN_KEYS", "PROBE_COLUMNS", "PROBE_FRAME_COLUMNS", "RUN_COLUMNS", "RUN_KEY_TYPES", "SCHEMA_VERSION",
+    "WHERE_COLUMNS", "RunStatus", "ddl", "run_key_filter_sql", "run_key_sql",
 ]
 
 
@@ -78,16 +79,45 @@ def ddl() -> str:
 # --- what the analyses and queries see ---------------------------------------------------------
 FRAME_RUN_KEYS = ("run_id", "preset", "discretization", "optimizer", "lr", "seed", "n_u", "n_x", "status")
 """Run keys every probe frame carries (joined onto each probe row)."""
-OPTIONAL_RUN_KEYS = ("spec", "task", "dt_max")
+LEGACY_INIT_BASE = "ssmscope-v0"
+"""The init base of a run whose config names none: every run made before bases existed (ssm.bases.LEGACY_BASE;
+tests/test_bases.py checks that the two agree — the store does not import the model package)."""
+DERIVED_RUN_COLUMNS: dict[str, tuple[str, str]] = {
+    "init_base": ("string", "coalesce(CASE WHEN json_valid({alias}.config_json) THEN "
+                  f"json_extract_string({{alias}}.config_json, '$.base') END, '{LEGACY_INIT_BASE}')"),
+}
+"""Run keys computed from config_json in SQL: name → (Arrow type alias, expression over the runs table `{alias}`).
+
+They have no column of their own, so every store has them, old ones included, without a migration. init_base
+separates runs of one preset drawn on different init bases (`grid.bases`): without it their fits would merge."""
+OPTIONAL_RUN_KEYS = ("spec", "task", "dt_max", "init_base")
 """Run keys the store adds to probe frames when present; they separate sweep configurations."""
 PROBE_FRAME_COLUMNS = (*FRAME_RUN_KEYS, *PROBE_COLUMNS)
 """The columns an analysis may rely on in a probe frame (OPTIONAL_RUN_KEYS may come on top)."""
 FILTER_COLUMNS = ("run_id", "spec", "preset", "discretization", "optimizer", "lr", "seed", "n_u", "n_x",
-                  "status", "task", "dt_max", "n_layers")
+                  "status", "task", "dt_max", "n_layers", "init_base")
 """Run columns the store's loaders filter on in SQL (whitelisted: never user text in a query)."""
 WHERE_COLUMNS = (*PROBE_FRAME_COLUMNS, *OPTIONAL_RUN_KEYS)
 """Columns a `--where` clause may name."""
-_ALL_TYPES = {**RUN_COLUMNS, **PROBE_COLUMNS}
+_ALL_TYPES = {**RUN_COLUMNS, **{k: t for k, (t, _) in DERIVED_RUN_COLUMNS.items()}, **PROBE_COLUMNS}
+RUN_KEY_TYPES = {**RUN_COLUMNS, **{k: t for k, (t, _) in DERIVED_RUN_COLUMNS.items()}}
+"""Arrow type alias of every run key a frame may carry: stored columns and derived ones."""
+
+
+def run_key_sql(key: str, alias: str = "r") -> str:
+    """The SQL for run key `key` of the runs table aliased `alias`: its column, or its derived expression."""
+    if key in DERIVED_RUN_COLUMNS:
+        return f"{DERIVED_RUN_COLUMNS[key][1].format(alias=alias)} AS {key}"
+    return f"{alias}.{key}"
+
+
+def run_key_filter_sql(key: str, alias: str = "r") -> str:
+    """The SQL a filter on run key `key` compares (no alias name: usable in a WHERE clause)."""
+    if key in DERIVED_RUN_COLUMNS:
+        return DERIVED_RUN_COLUMNS[key][1].format(alias=alias)
+    return f"{alias}.{key}"
+
+
 INT_FILTER_COLUMNS = frozenset(c for c in WHERE_COLUMNS if _ALL_TYPES.get(c, "").startswith("int"))
 FLOAT_FILTER_COLUMNS = frozenset(c for c in WHERE_COLUMNS if _ALL_TYPES.get(c) == "float64")
-assert set(FILTER_COLUMNS) <= set(RUN_COLUMNS), "FILTER_COLUMNS must name run columns"
+assert set(FILTER_COLUMNS) <= set(RUN_KEY_TYPES), "FILTER_COLUMNS must name run columns or derived run keys"
