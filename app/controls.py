@@ -7,6 +7,7 @@ choices from, and returns the choice. Pages call them from top to bottom in the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -50,6 +51,31 @@ def config_select(state: UrlState, runs: pl.DataFrame, *, where: Any = st.sideba
     options = [(o, lr) for o, lr, _ in combos.iter_rows()]
     return state.select(label, name, options, format_func=lambda c: f"{c[0]} · lr {fmt_lr(c[1])}",
                         url_format=lambda c: f"{c[0]}@{c[1]:g}", where=where)
+
+
+@dataclass(frozen=True)
+class RunSelection:
+    """What the width-figure pages (coordinate check, running exponents) fix before anything else."""
+
+    sweep: str
+    optimizer: str
+    lr: float
+    base: str | None
+    """The init base, when the sweep holds more than one; else None (no restriction)."""
+    runs: pl.DataFrame
+    """The runs of that sweep, optimizer, learning rate (and base)."""
+
+
+def run_selection(state: UrlState, runs: pl.DataFrame) -> RunSelection:
+    """Sweep, then optimizer · learning rate, then the init base where there is a choice (in the sidebar)."""
+    sweep = sweep_select(state, runs)
+    in_sweep = runs.filter(pl.col("spec") == sweep)
+    optimizer, lr = config_select(state, in_sweep)
+    chosen = in_sweep.filter((pl.col("optimizer") == optimizer) & (pl.col("lr") == lr))
+    base = base_select(state, chosen)
+    if base is not None:
+        chosen = chosen.filter(pl.col("init_base") == base)
+    return RunSelection(sweep, optimizer, lr, base, chosen)
 
 
 def base_select(state: UrlState, runs: pl.DataFrame, *, where: Any = st.sidebar) -> str | None:

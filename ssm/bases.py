@@ -28,7 +28,7 @@ from typing import Any
 
 from ssmscope.ssm.config import MambaConfig
 from ssmscope.ssm.errors import ConfigError
-from ssmscope.ssm.roles import FAN_IN, STRUCTURAL_RULES, InitKind, Role
+from ssmscope.ssm.roles import FAN_IN, STRUCTURAL_RULES, InitKind, Role, role_table
 from ssmscope.ssm.tomlfiles import builtin_toml_names, parse_number, read_builtin_or_file
 
 DEFAULT_BASE = "mamba"
@@ -201,17 +201,7 @@ def parse_base(data: dict[str, Any], source: str) -> Base:
     tied = head.get("tied_readout", False)
     if not isinstance(tied, bool):
         raise ConfigError(f"{source}: base.tied_readout={tied!r}; allowed: true or false")
-    roles = data.get("roles")
-    if not isinstance(roles, dict):
-        raise ConfigError(f"{source}: missing table [roles]")
-    allowed = ", ".join(r.value for r in Role)
-    for key in roles:
-        if key not in Role._value2member_map_:
-            raise ConfigError(f"{source}: roles.{key}: unknown role; allowed: {allowed}")
-    missing = [r.value for r in Role if r.value not in roles]
-    if missing:
-        raise ConfigError(f"{source}: roles.{missing[0]}: missing; a base initialises every role "
-                          f"(roles: {allowed})")
+    roles = role_table(source, data, "a base initialises every role")
     rules = {role: _role_base(f"{source}: roles.{role.value}", roles[role.value], role) for role in Role}
     return Base(name=name, description=str(head.get("description", "")), tied_readout=tied, roles=rules,
                 source=source)

@@ -39,6 +39,7 @@ from ssmscope.ssm.roles import (
     InitKind,
     Role,
     role_of,
+    role_table,
     split_name,
 )
 from ssmscope.ssm.tomlfiles import builtin_toml_names, parse_number, read_builtin_or_file
@@ -217,17 +218,7 @@ def parse_preset(data: dict[str, Any], source: str) -> Preset:
         base = load_base(base_name, relative_to=Path(source) if source.endswith(".toml") else None)
     except ConfigError as exc:
         raise ConfigError(f"{source}: preset.base: {exc}") from None
-    roles = data.get("roles")
-    if not isinstance(roles, dict):
-        raise ConfigError(f"{source}: missing table [roles]")
-    allowed = ", ".join(r.value for r in Role)
-    for key in roles:
-        if key not in Role._value2member_map_:
-            raise ConfigError(f"{source}: roles.{key}: unknown role; allowed: {allowed}")
-    missing = [r.value for r in Role if r.value not in roles]
-    if missing:
-        raise ConfigError(f"{source}: roles.{missing[0]}: missing; every role needs a rule "
-                          f"(roles: {allowed})")
+    roles = role_table(source, data, "every role needs a rule")
     rules: dict[Discretization, dict[Role, RoleScaling]] = {d: {} for d in Discretization}
     tied_mult = None
     for role in Role:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
+
+from ssmscope.ssm.errors import ConfigError
 
 
 class Role(StrEnum):
@@ -122,3 +125,21 @@ def split_name(name: str) -> tuple[int | None, str]:
 def role_of(name: str) -> Role | None:
     """The role of a parameter name, or None when no rule covers it."""
     return ROLE_OF_NAME.get(split_name(name)[1])
+
+
+def role_table(source: str, data: dict[str, Any], what: str) -> dict[str, Any]:
+    """The `[roles]` table of a preset or base TOML, checked to name every role exactly once.
+
+    `what` ends the message for a missing role ("every role needs a rule"). Errors are one line naming
+    the file and the key, e.g. "sp.toml: roles.x_proj_Q: unknown role; allowed: …"."""
+    roles = data.get("roles")
+    if not isinstance(roles, dict):
+        raise ConfigError(f"{source}: missing table [roles]")
+    allowed = ", ".join(r.value for r in Role)
+    for key in roles:
+        if key not in Role._value2member_map_:
+            raise ConfigError(f"{source}: roles.{key}: unknown role; allowed: {allowed}")
+    missing = [r.value for r in Role if r.value not in roles]
+    if missing:
+        raise ConfigError(f"{source}: roles.{missing[0]}: missing; {what} (roles: {allowed})")
+    return roles

@@ -47,13 +47,8 @@ def main() -> None:
     # --- selection -----------------------------------------------------------------------------------
     with st.sidebar:
         st.header("Coordinate check")
-        sweep = controls.sweep_select(state, runs)
-        in_sweep = runs.filter(pl.col("spec") == sweep)
-        optimizer, lr = controls.config_select(state, in_sweep)
-        in_config = in_sweep.filter((pl.col("optimizer") == optimizer) & (pl.col("lr") == lr))
-        base = controls.base_select(state, in_config)
-        if base is not None:
-            in_config = in_config.filter(pl.col("init_base") == base)
+        chosen = controls.run_selection(state, runs)
+        sweep, optimizer, lr, base, in_config = chosen.sweep, chosen.optimizer, chosen.lr, chosen.base, chosen.runs
         axis = controls.axis_select(state, in_config)
         layout = state.select("Columns", "layout", list(LAYOUTS), "presets", format_func=LAYOUTS.get, widget="radio")
         discs = ordered(in_config["discretization"], DISC_ORDER)

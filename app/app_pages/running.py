@@ -195,13 +195,8 @@ def main() -> None:
 
     with st.sidebar:
         st.header("Running exponents")
-        sweep = controls.sweep_select(state, runs)
-        in_sweep = runs.filter(pl.col("spec") == sweep)
-        optimizer, lr = controls.config_select(state, in_sweep)
-        in_config = in_sweep.filter((pl.col("optimizer") == optimizer) & (pl.col("lr") == lr))
-        base = controls.base_select(state, in_config)
-        if base is not None:
-            in_config = in_config.filter(pl.col("init_base") == base)
+        chosen = controls.run_selection(state, runs)
+        sweep, optimizer, lr, base, in_config = chosen.sweep, chosen.optimizer, chosen.lr, chosen.base, chosen.runs
         axis = controls.axis_select(state, in_config)
         presets = controls.multi_filter(state, "Presets", "presets", in_config["preset"], order=PRESET_ORDER)
         discs = controls.multi_filter(state, "Discretisations", "discs", in_config["discretization"],

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ssmscope.runs.cli.console import DB_HELP, console, db_path, err_console, fail
+from ssmscope.ssm.config import ScanBackend  # light: the enum, no torch
 
 if TYPE_CHECKING:
     import polars as pl
@@ -49,7 +50,7 @@ def param_fit(
     name: Annotated[str | None, typer.Option(help="preset name (default: the file name of --out)")] = None,
     workers: Annotated[int | None, typer.Option(help="parallel worker processes for the sweeps")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
-    scan: Annotated[str, typer.Option(help="scan backend: auto, reference, fast or triton")] = "auto",
+    scan: Annotated[str, typer.Option(help="scan backend: " + ", ".join(b.value for b in ScanBackend))] = "auto",
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the seeds")] = 1000,
     force: Annotated[bool, typer.Option(help="overwrite --out if it exists")] = False,
 ) -> None:
@@ -113,7 +114,6 @@ def _with_options(goal: Objective, tolerance: float | None, grid: Any, max_iter:
 
 
 def _check_device(device: str, scan: str) -> None:
-    from ssmscope.ssm.config import ScanBackend
     from ssmscope.ssm.errors import ConfigError
 
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
