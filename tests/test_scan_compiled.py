@@ -215,3 +215,23 @@ def test_auto_picks_the_compiled_scan_on_cpu(caplog, fresh_dispatch):
     assert [r.getMessage() for r in caplog.records if r.name == "ssmscope.ssm.scan.dispatch"] == [
         "scan=auto on cpu → compiled"]
     assert dispatch.get_backend("auto", torch.device("cpu")) is compiled.scan_compiled
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_either_lane_width_matches_reference(tmp_path, monkeypatch, fresh_dispatch, lanes):
+    """The channel-block width is a build choice (16 float lanes where the CPU has AVX-512, else 8): both
+    layouts give the reference's y, gradients and probe sums (odd E: a partial block; N_x = 70: two tiles)."""
+    monkeypatch.setenv(compiled.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(compiled.CC_ENV, f"{' '.join(compiled.compiler())} -DLANES={lanes}")
+    assert compiled.load_library().lanes == lanes
+    inputs = make_scan_inputs(2, 29, 21, 70, torch.float64)
+    for disc in Discretization:
+        for name, r, f in zip(NAMES, _run("reference", inputs, disc), _run("compiled", inputs, disc), strict=True):
+            torch.testing.assert_close(f, r, **TOL[torch.float64], msg=f"{name} ({disc}, {lanes} lanes)")
+        probes = {b: StateProbe(want_grad=True) for b in ("reference", "compiled")}
+        for backend, probe in probes.items():
+            _run(backend, inputs, disc, probe=probe)
+        for field in ("state_sumsq", "state_maxabs", "grad_sumsq"):
+            assert getattr(probes["compiled"], field) is not None, field
+            torch.testing.assert_close(getattr(probes["compiled"], field), getattr(probes["reference"], field),
+                                       **TOL[torch.float64], msg=f"{field} ({disc}, {lanes} lanes)")

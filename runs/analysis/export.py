@@ -242,6 +242,14 @@ def verdict_text(verdict: str | None, agreement: str | None, predicted: float | 
 
 MARKS = {"agrees": "✓", "disagrees": "✗"}
 """The mark after a cell: ✓ = agrees with the prediction, ✗ = disagrees; nothing without a prediction."""
+REGIME_MARKS = {"nonlinear": "NL"}
+"""Mark of a compact cell by its regime (runs.analysis.regime): NL = outside linear response."""
+TREND_MARKS = {"toward": "→", "away": "←", "moving": "~"}
+"""Mark of a compact cell by the trend of its running exponents (runs.analysis.running); settled: none."""
+CELL_MARKS_NOTE = ("NL: outside linear response (‖Δq‖/‖q₀‖ above {threshold:g} at the largest width; the slope "
+                   "reflects saturation). → / ←: the local slopes still move toward / away from the prediction; "
+                   "~: still moving (no prediction); no arrow: settled.")
+"""How a reader decodes the marks of compact cells (the caption says it when a table carries them)."""
 
 
 # --- what a reader sees of a slope frame --------------------------------------------------------
@@ -393,14 +401,22 @@ def _paper_rows(paper: pl.DataFrame) -> tuple[list[str], dict[tuple, dict[str, l
     return keys, rows
 
 
+def _ratio_text(ratio: float) -> str:
+    """ρ for a caption-sized cell: 2.3, 950, 5.7e+07."""
+    return f"{ratio:.1f}" if ratio < 100 else f"{ratio:.0f}" if ratio < 10_000 else f"{ratio:.1e}"
+
+
 def _regime_mark(term: dict, style: PaperStyle) -> str:
-    """The mark of a cell outside linear response (runs.analysis.regime), e.g. " [nonlinear: ‖Δ‖/‖q₀‖ = 2.3]"."""
-    if term.get("regime") != "nonlinear":
-        return ""
-    ratio = f"{term['regime_ratio']:.1f}"
-    if style == "latex":
-        return rf" [nonlinear: $\|\Delta\|/\|q_0\| = {ratio}$]"
-    return f" [nonlinear: ‖Δ‖/‖q₀‖ = {ratio}]"
+    """The mark of a cell outside linear response (runs.analysis.regime), e.g. " [nonlinear: ‖Δ‖/‖q₀‖ = 2.3]",
+    and of a cell whose running exponents still move (runs.analysis.running), e.g. " [trend: toward]"."""
+    marks = ""
+    if term.get("regime") == "nonlinear":
+        ratio = _ratio_text(term["regime_ratio"])
+        marks += (rf" [nonlinear: $\|\Delta\|/\|q_0\| = {ratio}$]" if style == "latex"
+                  else f" [nonlinear: ‖Δ‖/‖q₀‖ = {ratio}]")
+    if term.get("trend") in TREND_MARKS:
+        marks += f" [trend: {term['trend']}]"
+    return marks
 
 
 def format_paper_table(paper: pl.DataFrame, style: PaperStyle = "text") -> pl.DataFrame:
@@ -452,16 +468,6 @@ class CompactPaper:
     keys: list[str]
     labels: dict[str, list[str]]
     agreements: dict[str, list[str]]
-
-
-REGIME_MARKS = {"nonlinear": "NL"}
-"""Mark of a compact cell by its regime (runs.analysis.regime): NL = outside linear response."""
-TREND_MARKS = {"toward": "→", "away": "←", "moving": "~"}
-"""Mark of a compact cell by the trend of its running exponents (runs.analysis.running); settled: none."""
-CELL_MARKS_NOTE = ("NL: outside linear response (‖Δq‖/‖q₀‖ above {threshold:g} at the largest width; the slope "
-                   "reflects saturation). → / ←: the local slopes still move toward / away from the prediction; "
-                   "~: still moving (no prediction); no arrow: settled.")
-"""How a reader decodes the marks of compact cells (the caption says it when a table carries them)."""
 
 
 def _cell_marks(terms: list[dict]) -> str:

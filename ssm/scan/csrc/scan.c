@@ -25,7 +25,13 @@
 #endif
 
 #define SCAN_ABI_VERSION 3
-#define LANES 8      /* channels per task and SIMD loop (scan_kernel.h) */
+#ifndef LANES /* channels per task and SIMD loop (scan_kernel.h): one 512-bit vector of float where there is one */
+#if defined(__AVX512F__)
+#define LANES 16
+#else
+#define LANES 8
+#endif
+#endif
 #define MODE_TILE 64 /* state modes whose states and coefficients stay in L1 while t advances */
 #define SCAN_MAX_REFS 4
 #define SCAN_MAX_THREADS 256

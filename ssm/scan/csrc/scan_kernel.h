@@ -255,9 +255,13 @@ typedef struct {
     int64_t nblocks;
     char *scratch;
     int64_t per_thread;
-    T *lanes; /* per thread: 2 × B·L·N·LANES per-lane sums of ∂L/∂B, ∂L/∂C */
+    T *lanes; /* per thread: 2 × L·N·LANES per-lane sums of ∂L/∂B, ∂L/∂C for the batch row in hand (small enough
+               * to stay in L2 while the adjoint accumulates into them), then 2 × B·L·N sums over lanes */
     T *At, *iAt;
 } FN(bwd_ctx);
+
+/* Elements of one thread's part of bwd_ctx.lanes: 2 × (L, N, LANES) lane sums + 2 × (B, L, N) thread sums. */
+static int64_t FN(bwd_lanes)(int64_t B, int64_t L, int64_t N) { return 2 * L * N * LN + 2 * B * L * N; }
 
 static int64_t FN(bwd_scratch)(int64_t L, int64_t N, int64_t TC) {
     return round_up(((3 + 3 * TC) * MODE_TILE * LN + N * LN + 3 * L * LN) * (int64_t)sizeof(T), 64);
@@ -357,8 +361,10 @@ static void FN(bwd_task)(void *vctx, int64_t blk, int tid) {
     const int64_t nck = (L + TC - 1) / TC; /* chunks; nck − 1 stored chunk-start states */
     const int64_t e0 = blk * LN, ne = E - e0 < LN ? E - e0 : LN;
     const int zoh = a->zoh != 0;
-    T *restrict gBl = ctx->lanes + (int64_t)tid * 2 * nb * L * S; /* (B, L, N, LANES) */
-    T *restrict gCl = gBl + nb * L * S;
+    T *restrict gBl = ctx->lanes + (int64_t)tid * FN(bwd_lanes)(nb, L, N); /* (L, N, LANES): this batch row */
+    T *restrict gCl = gBl + L * S;
+    T *restrict gBs = gCl + L * S; /* (B, L, N): this thread's sums over its channels */
+    T *restrict gCs = gBs + nb * L * N;
     T *restrict g = (T *)(ctx->scratch + (int64_t)tid * ctx->per_thread);
     T *restrict anx = g + ST;    /* Ā at the first step of the chunk after this one */
     T *restrict zero = anx + ST;
@@ -371,6 +377,7 @@ static void FN(bwd_task)(void *vctx, int64_t blk, int tid) {
     memset(gacc, 0, (size_t)S * sizeof(T));
     for (int64_t b = 0; b < nb; b++) {
         memset(sg, 0, (size_t)(3 * L * LN) * sizeof(T));
+        memset(gBl, 0, (size_t)(2 * L * S) * sizeof(T));
         for (int64_t n0 = 0; n0 < N; n0 += MODE_TILE) {
             const int64_t nt = N - n0 < MODE_TILE ? N - n0 : MODE_TILE;
             const T *At = ctx->At + blk * S + n0 * LN, *iAt = ctx->iAt ? ctx->iAt + blk * S + n0 * LN : At;
@@ -392,7 +399,7 @@ static void FN(bwd_task)(void *vctx, int64_t blk, int tid) {
                     const T *xt = xs + (t - k0) * ST, *at = as + (t - k0) * ST, *kt = ks + (t - k0) * ST;
                     const T *an = t + 1 < k1 ? as + (t + 1 - k0) * ST : anx; /* Ā_{t+1} */
                     const T *xq = t > k0 ? xs + (t - k0 - 1) * ST : x0;     /* x_{t−1} */
-                    T *gBt = gBl + row * S + n0 * LN, *gCt = gCl + row * S + n0 * LN;
+                    T *gBt = gBl + t * S + n0 * LN, *gCt = gCl + t * S + n0 * LN;
                     if (zoh)
                         FN(adjoint_step)(g, an, at, kt, xt, xq, At, Bt, Ct, dd, uu, gy, nt, gBt, gCt, gacc + n0 * LN,
                                          sg + t * LN, s1 + t * LN, s2 + t * LN, 1);
@@ -402,6 +409,15 @@ static void FN(bwd_task)(void *vctx, int64_t blk, int tid) {
                 }
                 memcpy(anx, as, (size_t)(nt * LN) * sizeof(T)); /* Ā_{k0} for the previous chunk's last step */
             }
+        }
+        for (int64_t k = 0; k < L * N; k++) { /* fold this row's lanes into the thread's (B, L, N) sums */
+            T sb = 0, sc = 0;
+            for (int64_t j = 0; j < LN; j++) {
+                sb += gBl[k * LN + j];
+                sc += gCl[k * LN + j];
+            }
+            gBs[b * L * N + k] += sb;
+            gCs[b * L * N + k] += sc;
         }
         for (int64_t t = 0; t < L; t++) {
             const int64_t base = (b * L + t) * E + e0;
@@ -466,7 +482,7 @@ int FN(ssm_scan_bwd)(const scan_bwd_args *a) {
     if (nthreads > nblocks) nthreads = (int)nblocks;
     FN(bwd_ctx) ctx = {a, nblocks, NULL, FN(bwd_scratch)(a->L, a->N, a->chunk), NULL, NULL, NULL};
     ctx.scratch = (char *)aligned_alloc(64, (size_t)(ctx.per_thread * nthreads));
-    ctx.lanes = (T *)calloc((size_t)(nthreads * 2 * BLN * LN), sizeof(T));
+    ctx.lanes = (T *)calloc((size_t)(nthreads * FN(bwd_lanes)(a->batch, a->L, a->N)), sizeof(T));
     int rc = ctx.scratch && ctx.lanes ? FN(alayout)((const T *)a->A, a->E, a->N, a->zoh != 0, nthreads, &ctx.At, &ctx.iAt)
                                       : 2;
     if (rc != 0) {
@@ -479,18 +495,14 @@ int FN(ssm_scan_bwd)(const scan_bwd_args *a) {
     parallel_for(FN(bwd_task), &ctx, nblocks, nthreads);
     free(ctx.At);
     free(ctx.iAt);
-    /* ∂L/∂B, ∂L/∂C: the sums over channels, i.e. over lanes and threads */
+    /* ∂L/∂B, ∂L/∂C: the sums over channels, i.e. over the threads' sums (each already over its lanes) */
     T *gB = (T *)a->gB, *gC = (T *)a->gC;
+    const int64_t LNs = 2 * a->L * a->N * LN;
     for (int i = 0; i < nthreads; i++) {
-        const T *lB = ctx.lanes + (int64_t)i * 2 * BLN * LN, *lC = lB + BLN * LN;
+        const T *sB = ctx.lanes + (int64_t)i * FN(bwd_lanes)(a->batch, a->L, a->N) + LNs, *sC = sB + BLN;
         for (int64_t k = 0; k < BLN; k++) {
-            T sb = 0, sc = 0;
-            for (int64_t j = 0; j < LN; j++) {
-                sb += lB[k * LN + j];
-                sc += lC[k * LN + j];
-            }
-            gB[k] += sb;
-            gC[k] += sc;
+            gB[k] += sB[k];
+            gC[k] += sC[k];
         }
     }
     free(ctx.lanes);
