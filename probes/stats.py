@@ -32,9 +32,8 @@ def channel_sums(channel_sumsq: Tensor, per_channel: int, maxabs: Tensor | float
 
 
 def activation_sums(v: Tensor) -> tuple[dict[str, int], Tensor]:
-    """Raw sums of a plain (B, L, C) activation."""
-    v = v.detach()
-    return channel_sums(v.double().square(), 1, v.abs().max())
+    """Raw sums of a plain (B, L, C) activation (as many_activation_sums, for one tensor)."""
+    return many_activation_sums([v])[0]
 
 
 def _counts(shape: torch.Size, per_channel: int) -> dict[str, int]:
@@ -56,12 +55,17 @@ def many_channel_sums(channel_sumsq: list[Tensor], per_channel: int,
 
 
 def many_activation_sums(vs: list[Tensor]) -> list[tuple[dict[str, int], Tensor]]:
-    """activation_sums of several same-shape (B, L, C) activations at once."""
-    v = torch.stack([t.detach() for t in vs]).double()  # (K, B, L, C)
+    """activation_sums of several same-shape (B, L, C) activations at once.
+
+    No float64 copy of the activations: the token norms accumulate in float64 inside one reduction, a
+    coordinate's channel norm is its |v| (exact in the input's dtype), summed in float64; sumsq is the
+    sum of the squared token norms. The same numbers as a float64 computation to ~1e-16 relative."""
+    v = torch.stack([t.detach() for t in vs])  # (K, B, L, C), the activations' dtype
     dims = tuple(range(1, v.dim()))
-    c = v.square()
-    token = c.sum(-1).sqrt()
-    sums = torch.stack([c.sum(dims), v.abs().amax(dims), token.sum(dims[:-1]), c.sqrt().sum(dims)], dim=1)
+    a = v.abs()
+    token = torch.linalg.vector_norm(v, dim=-1, dtype=torch.float64)  # (K, B, L)
+    sums = torch.stack([token.square().sum(dims[:-1]), a.amax(dims).double(), token.sum(dims[:-1]),
+                        a.sum(dims, dtype=torch.float64)], dim=1)
     counts = _counts(vs[0].shape, 1)
     return [(counts, row) for row in sums.unbind(0)]
 
