@@ -5,8 +5,8 @@
  *     Ā = exp(ΔA),  κ = expm1(ΔA)/A (ZOH) or Δ (Euler),  x_t = Ā x_{t−1} + κ B_t u_t,
  *     readout_t = Σ_n C_t[n] x_t[n].
  *
- * Layout. A task owns LANES consecutive channels e0..e0+LANES−1 of one batch row (forward) or of
- * every batch row (backward). The SIMD lanes are channels: the innermost loop (`#pragma omp simd`
+ * Layout. A task owns LANES consecutive channels e0..e0+LANES−1 (16 with AVX-512, else 8; scan.c) of one
+ * batch row (forward) or of every batch row (backward). The SIMD lanes are channels: the innermost loop (`#pragma omp simd`
  * over the LANES channels) is one or two vector instructions per state mode n, the modes of a
  * step are independent chains for the out-of-order core, and every sum over n (the readout,
  * the probe sums, the contractions of backward) is a per-lane accumulation with no horizontal
