@@ -336,3 +336,23 @@ def test_param_fit_sweeps_writes_an_ordinary_preset_and_reuses_its_runs(tmp_path
     shown = CliRunner().invoke(app, ["param", "show", str(out), "--d-model", "64"])
     assert shown.exit_code == 0 and "covered by preset 'solved'" in shown.output
     assert Path(tmp_path / "store.duckdb").exists()
+
+
+def test_the_documented_solved_preset_is_an_ordinary_preset_that_differs_from_mup_ssm_where_docs_say():
+    """docs/examples/solved-paper-figure.toml (docs/results.md, docs/theory.md §8) loads like any preset and
+    moves exactly the four exponents the docs list: W_B init and Adam LR and A_log Adam LR under Euler by
+    +1/4, +3/4, +3/4 in N_x; W_C Adam LR under ZOH by −1/4 in N_x."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "examples" / "solved-paper-figure.toml"
+    solved, base = load_preset(str(path)), load_preset("mup-ssm")
+    assert solved.init_base.name == base.init_base.name == "mamba"
+    moved = {}
+    for disc in solved.rules:
+        for role, rule in solved.rules[disc].items():
+            other = base.rules[disc][role]
+            for kind, a, b in (("init", rule.init, other.init), ("lr.adam", rule.lr["adam"], other.lr["adam"]),
+                               ("lr.sgd", rule.lr["sgd"], other.lr["sgd"])):
+                for axis in ("n_u", "n_x"):
+                    if getattr(a, axis) != getattr(b, axis):
+                        moved[(str(disc), role.value, kind, axis)] = getattr(a, axis) - getattr(b, axis)
+    assert moved == {("euler", "x_proj_B", "init", "n_x"): F(1, 4), ("euler", "x_proj_B", "lr.adam", "n_x"): F(3, 4),
+                     ("euler", "A_log", "lr.adam", "n_x"): F(3, 4), ("zoh", "x_proj_C", "lr.adam", "n_x"): F(-1, 4)}
