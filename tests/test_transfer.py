@@ -70,6 +70,18 @@ def test_drift_of_the_optimum_is_recovered_with_a_covering_ci(true_drift):
     assert d["n_interior"] == 4
 
 
+def test_one_preset_on_two_init_bases_gets_two_drifts_never_one_pooled():
+    """SP on Mamba's constants transfers badly, the same name on another base well: two rows, each its own."""
+    final = pl.concat([_synthetic(-1.0).with_columns(pl.lit("mamba").alias("init_base")),
+                       _synthetic(0.0).with_columns(pl.lit("ssmscope-v0").alias("init_base"))])
+    opt = optima(final, n_boot=50)
+    assert opt.height == 8 and set(opt["init_base"]) == {"mamba", "ssmscope-v0"}
+    d = {r["init_base"]: r["drift"] for r in drift(opt, final, n_boot=50).iter_rows(named=True)}
+    assert d["mamba"] == pytest.approx(-1.0, abs=0.05) and d["ssmscope-v0"] == pytest.approx(0.0, abs=0.05)
+    one_base = optima(_synthetic(0.0).with_columns(pl.lit("mamba").alias("init_base")), n_boot=10)
+    assert "init_base" not in one_base.columns  # one base: the tables keep their columns
+
+
 def test_diverged_widths_are_counted_not_fitted():
     final = _synthetic(0.0).with_columns(
         pl.when(pl.col("n_u") == 512).then(float("inf")).otherwise(pl.col("loss")).alias("loss"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from ssmscope.app import data, figures, tables
+from ssmscope.app import controls, data, figures, tables
 from ssmscope.app.frames import DISC_ORDER, PRESET_ORDER, lr_grid, ordered, transfer_curves, width_column
 from ssmscope.app.widgets import UrlState, download_buttons, export_figure
 
@@ -51,6 +51,11 @@ def main() -> None:
         state.sync()
         st.stop()
 
+    with st.sidebar:  # a sweep drawn on two init bases: one base at a time (its optima are never pooled)
+        base = controls.base_select(state, result.final)
+    if base is not None:
+        chosen = pl.col("init_base") == base
+        result = data.Transfer(result.final.filter(chosen), result.optima.filter(chosen), result.drift.filter(chosen))
     groups = lr_grid(result.final)
     with st.sidebar:
         preset = state.select("Preset", "preset", ordered(groups["preset"], PRESET_ORDER))

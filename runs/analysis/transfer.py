@@ -21,6 +21,16 @@ from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT, interval_quantiles, nor
 from ssmscope.runs.store.schema import RunStatus
 
 GROUP_KEYS = ("preset", "discretization", "optimizer")
+"""What one learning-rate curve (and one drift) belongs to; `init_base` joins them where it varies."""
+
+
+def group_keys(frame: pl.DataFrame) -> list[str]:
+    """GROUP_KEYS, plus init_base when `frame` holds runs of more than one init base (a preset on two
+    bases is two parameterizations: their optima are never pooled)."""
+    keys = list(GROUP_KEYS)
+    if "init_base" in frame.columns and frame["init_base"].n_unique() > 1:
+        keys.insert(1, "init_base")
+    return keys
 _PERCENTILES = [100 * q for q in interval_quantiles()]
 
 
@@ -67,7 +77,7 @@ def final_losses(losses: pl.DataFrame, use: str = "eval_loss") -> pl.DataFrame:
     last = have.sort("step").group_by("run_id").agg(pl.all().last())
     return last.with_columns(
         pl.when(pl.col("status") == RunStatus.DIVERGED).then(float("inf")).otherwise(pl.col(use)).alias("loss")
-    ).select("run_id", *GROUP_KEYS, "lr", "seed", "n_u", "n_x", "status", "loss")
+    ).select("run_id", *group_keys(losses), "lr", "seed", "n_u", "n_x", "status", "loss")
 
 
 def _width_column(frame: pl.DataFrame) -> str:
@@ -77,9 +87,10 @@ def _width_column(frame: pl.DataFrame) -> str:
 def optima(final: pl.DataFrame, n_boot: int = DEFAULT_N_BOOT, rng_seed: int = 0) -> pl.DataFrame:
     """Per (preset, discretisation, optimizer, width): η* of the seed-mean curve with a bootstrap CI."""
     width = _width_column(final)
+    keys = group_keys(final)
     rng = np.random.default_rng(rng_seed)
     rows = []
-    for key, sub in final.group_by([*GROUP_KEYS, width], maintain_order=True):
+    for key, sub in final.group_by([*keys, width], maintain_order=True):
         lrs = np.sort(sub["lr"].unique().to_numpy())
         seeds = np.sort(sub["seed"].unique().to_numpy())
         grid = np.full((len(seeds), len(lrs)), np.nan)
@@ -95,12 +106,12 @@ def optima(final: pl.DataFrame, n_boot: int = DEFAULT_N_BOOT, rng_seed: int = 0)
                 if math.isfinite(o.log2_lr):
                     boot.append(o.log2_lr)
         lo, hi = (np.percentile(boot, _PERCENTILES) if boot else (math.nan, math.nan))
-        rows.append({**dict(zip([*GROUP_KEYS, "width"], key, strict=True)),
+        rows.append({**dict(zip([*keys, "width"], key, strict=True)),
                      "log2_lr_opt": best.log2_lr, "lr_opt": 2**best.log2_lr if math.isfinite(best.log2_lr)
                      else math.nan, "ci_low": float(lo), "ci_high": float(hi), "loss_at_opt": best.loss,
                      "status": best.status, "n_seeds": len(seeds), "n_lrs": len(lrs),
                      "n_diverged": int(np.sum(~np.isfinite(grid)))})
-    return pl.DataFrame(rows).sort([*GROUP_KEYS, "width"])
+    return pl.DataFrame(rows).sort([*keys, "width"])
 
 
 def _mean_curve(grid: np.ndarray) -> np.ndarray:
@@ -118,7 +129,8 @@ def drift(opt: pl.DataFrame, final: pl.DataFrame | None = None, n_boot: int = DE
     `reason` says why a drift or its CI is missing (null when both are there).
     """
     rows = []
-    for key, sub in opt.group_by(list(GROUP_KEYS), maintain_order=True):
+    keys = group_keys(opt)
+    for key, sub in opt.group_by(keys, maintain_order=True):
         ok = sub.filter(pl.col("status") == "interior")
         xs, ys = np.log2(ok["width"].to_numpy().astype(float)), ok["log2_lr_opt"].to_numpy()
         slope = lo = hi = math.nan
@@ -126,14 +138,14 @@ def drift(opt: pl.DataFrame, final: pl.DataFrame | None = None, n_boot: int = DE
             slope = float(np.polyfit(xs, ys, 1)[0])
         if len(xs) >= 3:
             if final is not None:
-                lo, hi = _drift_bootstrap(final, dict(zip(GROUP_KEYS, key, strict=True)),
+                lo, hi = _drift_bootstrap(final, dict(zip(keys, key, strict=True)),
                                           ok["width"].to_list(), n_boot, rng_seed)
             else:
                 resid = ys - np.polyval(np.polyfit(xs, ys, 1), xs)
                 se = math.sqrt(resid @ resid / (len(xs) - 2) / np.sum((xs - xs.mean()) ** 2))
                 lo, hi = slope - normal_z() * se, slope + normal_z() * se
         loss = sub["loss_at_opt"].to_numpy()
-        rows.append({**dict(zip(GROUP_KEYS, key, strict=True)), "drift": slope, "ci_low": lo, "ci_high": hi,
+        rows.append({**dict(zip(keys, key, strict=True)), "drift": slope, "ci_low": lo, "ci_high": hi,
                      "reason": _missing_reason(len(xs), slope, lo),
                      "n_widths": len(sub), "n_interior": len(ok),
                      "widths_at_edge": int(sub["status"].str.starts_with("edge").sum()),

@@ -21,7 +21,7 @@ from ssmscope.runs.store.connection import DEFAULT_DB, check_schema, check_writa
 from ssmscope.runs.store.errors import StoreError, StoreLocked
 from ssmscope.runs.store.ingest import IngestInterrupted, IngestReport, ingest
 from ssmscope.runs.store.layout import shard_dir_for
-from ssmscope.runs.store.schema import FILTER_COLUMNS, FINISHED_STATUSES, run_key_filter_sql
+from ssmscope.runs.store.schema import FILTER_COLUMNS, FINISHED_STATUSES
 from ssmscope.runs.store.shards import shard_status
 from ssmscope.ssm.errors import ConfigError
 
@@ -39,7 +39,7 @@ def where_clause(filters: Mapping[str, Any] | None, alias: str = "r") -> tuple[s
         if key not in FILTER_COLUMNS:
             raise ConfigError(f"filter {key!r}; allowed: {', '.join(FILTER_COLUMNS)}")
         values = list(value) if isinstance(value, list | tuple | set) else [value]
-        parts.append(f"{run_key_filter_sql(key, alias)} IN ({', '.join('?' for _ in values)})")
+        parts.append(f"{alias}.{key} IN ({', '.join('?' for _ in values)})")
         params.extend(values)
     return "WHERE " + " AND ".join(parts), params
 

@@ -6,7 +6,7 @@ Table names are fixed; filters are composed only from whitelisted column names
 
 from __future__ import annotations
 
-from ssmscope.runs.store.schema import FRAME_RUN_KEYS, OPTIONAL_RUN_KEYS, PROBE_COLUMNS, ddl, run_key_sql
+from ssmscope.runs.store.schema import FRAME_RUN_KEYS, OPTIONAL_RUN_KEYS, PROBE_COLUMNS, RUNS_RELATION, ddl
 
 SCHEMA = ddl()
 """Every table, generated from runs.store.schema (the one place columns are declared)."""
@@ -32,16 +32,16 @@ SELECT (SELECT count(*) FROM runs) AS runs, (SELECT count(*) FROM probes) AS pro
 
 # Probe rows joined with the run keys the analyses need. `{where}` is built by
 # runs.store.db.where_clause from whitelisted columns and `?` placeholders only.
-_PROBE_SELECT = ", ".join([*(run_key_sql(k) for k in (*FRAME_RUN_KEYS, *OPTIONAL_RUN_KEYS)),
+_PROBE_SELECT = ", ".join([*(f"r.{k}" for k in (*FRAME_RUN_KEYS, *OPTIONAL_RUN_KEYS)),
                            *(f'p."{c}"' if c == "group" else f"p.{c}" for c in PROBE_COLUMNS)])
-PROBE_FRAME = f"SELECT {_PROBE_SELECT}\nFROM probes p JOIN runs r USING (run_id)\n{{where}}\n"
-RUNS_FRAME = (f"SELECT * EXCLUDE (config_json), {run_key_sql('init_base')} FROM runs r {{where}} "
+PROBE_FRAME = f"SELECT {_PROBE_SELECT}\nFROM probes p JOIN {RUNS_RELATION} r USING (run_id)\n{{where}}\n"
+RUNS_FRAME = (f"SELECT * EXCLUDE (config_json) FROM {RUNS_RELATION} r {{where}} "
               "ORDER BY preset, discretization, n_u, n_x, seed")
 LOSS_FRAME = """
 SELECT l.run_id, l.step, l.train_loss, l.eval_loss, l.lr AS base_lr, r.preset, r.discretization,
-       r.optimizer, r.lr, r.seed, r.n_u, r.n_x, r.status, {init_base}
-FROM losses l JOIN runs r USING (run_id)
+       r.optimizer, r.lr, r.seed, r.n_u, r.n_x, r.status, r.init_base
+FROM losses l JOIN {runs} r USING (run_id)
 {where}
 ORDER BY l.run_id, l.step
-""".replace("{init_base}", run_key_sql("init_base"))
+""".replace("{runs}", RUNS_RELATION)
 RUN_CONFIG = "SELECT config_json FROM runs WHERE run_id = ?"

@@ -17,8 +17,8 @@ from ssmscope.probes.schema import PROBE_COLUMNS, SCHEMA_VERSION
 __all__ = [
     "DERIVED_RUN_COLUMNS", "DUCKDB_TYPES", "EXCLUDED_STATUSES", "FILTER_COLUMNS", "FINISHED_STATUSES",
     "FLOAT_FILTER_COLUMNS", "FRAME_RUN_KEYS", "INT_FILTER_COLUMNS", "LEGACY_INIT_BASE", "LOSS_COLUMNS",
-    "OPTIONAL_RUN_KEYS", "PROBE_COLUMNS", "PROBE_FRAME_COLUMNS", "RUN_COLUMNS", "RUN_KEY_TYPES", "SCHEMA_VERSION",
-    "WHERE_COLUMNS", "RunStatus", "ddl", "run_key_filter_sql", "run_key_sql",
+    "OPTIONAL_RUN_KEYS", "PROBE_COLUMNS", "PROBE_FRAME_COLUMNS", "RUNS_RELATION", "RUN_COLUMNS", "RUN_KEY_TYPES",
+    "SCHEMA_VERSION", "WHERE_COLUMNS", "RunStatus", "ddl",
 ]
 
 
@@ -83,13 +83,17 @@ LEGACY_INIT_BASE = "ssmscope-v0"
 """The init base of a run whose config names none: every run made before bases existed (ssm.bases.LEGACY_BASE;
 tests/test_bases.py checks that the two agree — the store does not import the model package)."""
 DERIVED_RUN_COLUMNS: dict[str, tuple[str, str]] = {
-    "init_base": ("string", "coalesce(CASE WHEN json_valid({alias}.config_json) THEN "
-                  f"json_extract_string({{alias}}.config_json, '$.base') END, '{LEGACY_INIT_BASE}')"),
+    "init_base": ("string", "coalesce(CASE WHEN json_valid(config_json) THEN json_extract_string(config_json, "
+                  f"'$.base') END, '{LEGACY_INIT_BASE}')"),
 }
-"""Run keys computed from config_json in SQL: name → (Arrow type alias, expression over the runs table `{alias}`).
+"""Run keys computed from config_json in SQL: name → (Arrow type alias, expression over a runs row).
 
-They have no column of their own, so every store has them, old ones included, without a migration. init_base
-separates runs of one preset drawn on different init bases (`grid.bases`): without it their fits would merge."""
+They have no column of their own, so every store has them, old ones included, without a migration; the
+queries read runs through RUNS_RELATION, which adds them once per run (not once per probe row). init_base
+separates runs of one preset drawn on different init bases (`grid.bases`): without it their fits merge."""
+RUNS_RELATION = ("(SELECT *, " + ", ".join(f"{expr} AS {name}" for name, (_, expr) in DERIVED_RUN_COLUMNS.items())
+                 + " FROM runs)")
+"""The runs table with its derived keys, for FROM clauses (`FROM {RUNS_RELATION} r`)."""
 OPTIONAL_RUN_KEYS = ("spec", "task", "dt_max", "init_base")
 """Run keys the store adds to probe frames when present; they separate sweep configurations."""
 PROBE_FRAME_COLUMNS = (*FRAME_RUN_KEYS, *PROBE_COLUMNS)
@@ -102,20 +106,6 @@ WHERE_COLUMNS = (*PROBE_FRAME_COLUMNS, *OPTIONAL_RUN_KEYS)
 _ALL_TYPES = {**RUN_COLUMNS, **{k: t for k, (t, _) in DERIVED_RUN_COLUMNS.items()}, **PROBE_COLUMNS}
 RUN_KEY_TYPES = {**RUN_COLUMNS, **{k: t for k, (t, _) in DERIVED_RUN_COLUMNS.items()}}
 """Arrow type alias of every run key a frame may carry: stored columns and derived ones."""
-
-
-def run_key_sql(key: str, alias: str = "r") -> str:
-    """The SQL for run key `key` of the runs table aliased `alias`: its column, or its derived expression."""
-    if key in DERIVED_RUN_COLUMNS:
-        return f"{DERIVED_RUN_COLUMNS[key][1].format(alias=alias)} AS {key}"
-    return f"{alias}.{key}"
-
-
-def run_key_filter_sql(key: str, alias: str = "r") -> str:
-    """The SQL a filter on run key `key` compares (no alias name: usable in a WHERE clause)."""
-    if key in DERIVED_RUN_COLUMNS:
-        return DERIVED_RUN_COLUMNS[key][1].format(alias=alias)
-    return f"{alias}.{key}"
 
 
 INT_FILTER_COLUMNS = frozenset(c for c in WHERE_COLUMNS if _ALL_TYPES.get(c, "").startswith("int"))
