@@ -46,6 +46,7 @@ def _spec(tmp_path: Path, text: str = TINY, name: str = "tiny.toml") -> Path:
         ("lrs = [0.01]", "lrs = [-0.01]", "grid.lrs[0]=-0.01; allowed: > 0"),
         ("batch = 2", "batch = 2\ndt_max = inf", "train.dt_max=inf"),
         ('presets = ["sp", "mup-ssm"]', 'presets = ["sp", "no-such-preset.toml"]', "grid.presets[1]"),
+        ("batch = 2", "batch = 2\nparam_every = 0", "train.param_every=0; allowed: a positive integer"),
     ],
 )
 def test_bad_specs_name_the_key(tmp_path, old, new, key):
@@ -73,11 +74,48 @@ def test_builtin_specs_load_with_expected_grids():
     assert {tuple(getattr(r, k) for k in recipe) for r in wide.runs} == {tuple(getattr(fig.runs[0], k) for k in recipe)}
 
 
+def test_every_spec_key_is_documented():
+    """docs/specs.md names every [grid] and [train] key the loader accepts."""
+    from ssmscope.runs.sweeps import spec as spec_module
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "specs.md").read_text()
+    missing = [k for k in sorted(spec_module._GRID_KEYS | spec_module._RECIPE_KEYS) if f"`{k}`" not in text]
+    assert not missing, f"docs/specs.md does not document {missing}"
+
+
 def test_run_ids_are_stable_hashes_of_the_config():
     a = parse_spec(__import__("tomllib").loads(TINY), "a").runs
     b = parse_spec(__import__("tomllib").loads(TINY), "b").runs
     assert [r.run_id for r in a] == [r.run_id for r in b]
     assert len({r.run_id for r in a}) == len(a)
+
+
+def test_param_every_thins_parameter_records_and_keeps_old_run_ids(tmp_path):
+    """train.param_every = k: ‖W‖, ‖W − W₀‖ on logged steps 0, k, 2k, … only; every other record is the same.
+    At its default (1) it stays out of the run id, so runs stored before it existed keep theirs."""
+    import tomllib
+
+    from ssmscope.runs.store.db import load_probe_frame
+    from ssmscope.runs.sweeps.spec import HASH_OMITTED_DEFAULTS
+
+    data = tomllib.loads(tiny_spec_toml(widths=(16,)))
+    data["train"] |= {"steps": 4}
+    plain = parse_spec(data, "every")
+    data["train"]["param_every"] = 3
+    thinned = parse_spec(data, "every")
+    assert [r.param_every for r in plain.runs] == [1, 1] and HASH_OMITTED_DEFAULTS["param_every"] == 1
+    assert {r.run_id for r in plain.runs}.isdisjoint(r.run_id for r in thinned.runs)
+    frames = {}
+    for name, spec in (("plain", plain), ("thinned", thinned)):
+        db = tmp_path / f"{name}.duckdb"
+        run_sweep(spec, db, device="cpu", workers=1)
+        frames[name] = load_probe_frame(db, {"preset": "sp"})
+    params = {k: sorted(f.filter(f["site"] == "param")["step"].unique().to_list()) for k, f in frames.items()}
+    assert params == {"plain": [0, 1, 2, 3, 4], "thinned": [0, 3]}
+    others = {k: f.filter(f["site"] != "param").drop("run_id").sort("step", "layer", "site", "quantity")
+              for k, f in frames.items()}
+    keys = ("step", "site", "quantity")
+    assert others["plain"].select(keys).equals(others["thinned"].select(keys))
 
 
 def test_sweep_fills_the_store_and_resume_skips_finished_runs(tmp_path):

@@ -25,6 +25,9 @@ from ssmscope.ssm.tomlfiles import builtin_toml_names, read_builtin_or_file
 
 TASKS = ("pydoc", "copy")
 
+HASH_OMITTED_DEFAULTS: dict[str, Any] = {"base": LEGACY_BASE, "param_every": 1}
+"""Fields newer than some stored runs, and the value those runs had: left out of run ids at that value."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
@@ -63,6 +66,10 @@ class RunConfig:
     """Per-parameter-group update probes (one extra forward per group per logged step)."""
     state_delta_prev: bool = False
     """Also Δx against the previous logged step (one more state recurrence per layer and logged step)."""
+    param_every: int = 1
+    """Parameter records (‖W‖, ‖W − W₀‖ per parameter) on every k-th logged step, the first one always;
+    1 = every logged step. About a third of the Observer's own cost per logged step at width 256
+    (bench/RESULTS_CPU.md); a long run with many logged steps can thin them."""
     base: str = LEGACY_BASE
     """Init base (ssm.bases): a built-in name or a base TOML path. Spec expansion fills in the
     preset's own base; the default is the constants every run used before bases existed, so a
@@ -81,12 +88,14 @@ class RunConfig:
     def run_id(self) -> str:
         """16 hex digits of the SHA-256 of the canonical JSON of this config.
 
-        The legacy base is left out of the hash, so runs made before bases existed keep their ids;
-        any other base (sp on `mamba` included) gives a different id from the same run on it.
+        Fields added after runs were stored (HASH_OMITTED_DEFAULTS) are left out of the hash at the value
+        every older run had, so runs made before them keep their ids: the legacy base (any other base, sp on
+        `mamba` included, gives a different id), parameter records on every logged step.
         """
         d = asdict(self)
-        if d["base"] == LEGACY_BASE:
-            del d["base"]
+        for key, value in HASH_OMITTED_DEFAULTS.items():
+            if d[key] == value:
+                del d[key]
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

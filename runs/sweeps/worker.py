@@ -79,7 +79,7 @@ def train_and_probe(cfg: RunConfig, device: torch.device, scan: str = "auto",
     probes: list[dict[str, Any]] = []
     losses: list[dict[str, Any]] = []
     status, last_finite = RunStatus.COMPLETED, -1
-    with Observer(model, grads=cfg.grads, state_prev=cfg.state_delta_prev) as obs:
+    with Observer(model, grads=cfg.grads, state_prev=cfg.state_delta_prev, param_every=cfg.param_every) as obs:
         for step in range(cfg.steps + 1):
             logged = step % cfg.log_every == 0 or step == cfg.steps
             ids = probe_batch if cfg.fixed_batch else data.batch(
