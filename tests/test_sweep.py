@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import tiny_spec_toml
 from typer.testing import CliRunner
@@ -112,10 +113,12 @@ def test_param_every_thins_parameter_records_and_keeps_old_run_ids(tmp_path):
         frames[name] = load_probe_frame(db, {"preset": "sp"})
     params = {k: sorted(f.filter(f["site"] == "param")["step"].unique().to_list()) for k, f in frames.items()}
     assert params == {"plain": [0, 1, 2, 3, 4], "thinned": [0, 3]}
-    others = {k: f.filter(f["site"] != "param").drop("run_id").sort("step", "layer", "site", "quantity")
+    others = {k: f.filter(f["site"] != "param").drop("run_id").sort("step", "layer", "site", "quantity", "group")
               for k, f in frames.items()}
-    keys = ("step", "site", "quantity")
+    keys = ("step", "layer", "site", "quantity", "group")
     assert others["plain"].select(keys).equals(others["thinned"].select(keys))
+    # and the training is the same: thinning the records does not touch what they record
+    np.testing.assert_allclose(others["thinned"]["sumsq"].to_numpy(), others["plain"]["sumsq"].to_numpy(), rtol=1e-6)
 
 
 def test_sweep_fills_the_store_and_resume_skips_finished_runs(tmp_path):
