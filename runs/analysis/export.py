@@ -461,7 +461,7 @@ class CompactPaper:
     values: the row keys, then per quantity title (‖x‖ …) the measured exponent (2-D: the N_u one), Float64.
     labels / agreements: quantity title → per row, the cell's text ("−0.48±0.05 (−½) ✓ NL→") and agreement.
     The regime and the trend are properties of each cell, not of the row: they are marks at the end of the
-    cell's text (CELL_MARKS), so the table keeps one narrow column per quantity.
+    cell's text (REGIME_MARKS, TREND_MARKS), so the table keeps one narrow column per quantity.
     """
 
     values: pl.DataFrame

@@ -31,6 +31,8 @@ def group_keys(frame: pl.DataFrame) -> list[str]:
     if "init_base" in frame.columns and frame["init_base"].n_unique() > 1:
         keys.insert(1, "init_base")
     return keys
+
+
 _PERCENTILES = [100 * q for q in interval_quantiles()]
 
 
