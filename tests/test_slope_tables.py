@@ -147,6 +147,12 @@ def test_full_table_in_the_terminal_says_each_verdict_in_words(cli):
     result = _run(cli, "--format", "table", "--table", "full")
     assert result.exit_code == 0, result.output
     assert "as predicted" in result.output and "delta_init" in result.output
+    lines = result.output.splitlines()
+    header = next(line for line in lines if line.split()[:2] == ["preset", "disc"])
+    assert "optim" not in header.split() and "optim adam" in result.output  # one value: said once, above
+    assert "regime" in header.split() and "trend" in header.split()
+    assert max(len(line) for line in lines[:lines.index(header) + 40]) <= 160  # nothing cut with "…"
+    assert "…" not in result.output
 
 
 def test_default_format_is_markdown_when_stdout_is_not_a_terminal(cli):

@@ -35,9 +35,11 @@ def _text(value: object, digits: int = 3) -> str:
 
 
 SHORT_HEADERS = {"discretization": "disc", "optimizer": "optim", "quantity": "qty", "estimate": "s",
-                 "predicted": "pred", "n_seeds": "seeds", "fixed_width": "fixed"}
+                 "predicted": "pred", "n_seeds": "seeds", "fixed_width": "fixed", "contribution_ratio": "alone/all",
+                 "energy_share": "share"}
 """Column headers shortened for a terminal (the data keeps its names)."""
-FULL_COLUMNS = ("term", "estimate", "ci_low", "ci_high", "predicted", "verdict", "n_seeds", "status")
+FULL_COLUMNS = ("term", "estimate", "ci_low", "ci_high", "predicted", "verdict", "regime", "trend",
+                "contribution_ratio", "energy_share", "n_seeds", "status")
 """What the terminal shows of each fit after its keys (files keep every column)."""
 
 
@@ -65,8 +67,19 @@ def paper_rich_table(paper: pl.DataFrame, title: str | None = None) -> Table:
     return table
 
 
+def constant_columns(frame: pl.DataFrame, columns: list[str]) -> dict[str, object]:
+    """The columns among `columns` that hold one value in every row (with that value), for a table to state
+    once above itself instead of repeating in every row."""
+    if frame.height < 2:
+        return {}
+    return {c: frame[c][0] for c in columns if frame[c].n_unique() == 1}
+
+
 def full_rich_table(slopes: pl.DataFrame, title: str | None = None) -> Table:
-    """Every fitted cell: its keys, then s, CI, prediction and the verdict in words, coloured by agreement."""
+    """Every fitted cell: its keys, then s, CI, prediction and the verdict in words, coloured by agreement.
+
+    A terminal is narrow: key columns that hold one value in every row (and a `term` that is always
+    `width`) are said once in the title ("optimizer adam · step 4") instead of in every row."""
     import polars as pl
 
     from ssmscope.runs.analysis.export import FLOAT_DIGITS, slope_display, verdict_text
@@ -75,14 +88,19 @@ def full_rich_table(slopes: pl.DataFrame, title: str | None = None) -> Table:
     shown = slope_display(slopes.with_columns(pl.Series("verdict", words, pl.String)))
     keys = shown.columns[:shown.columns.index("term")]
     columns = [*keys, *(c for c in FULL_COLUMNS if c in shown.columns)]
+    same = constant_columns(shown, [c for c in columns if c not in ("estimate", "verdict")])
+    columns = [c for c in columns if c not in same]
+    said = " · ".join(f"{SHORT_HEADERS.get(k, k)} {'mean' if k == 'layer' and v is None else _text(v)}"
+                      for k, v in same.items())
+    title = " — ".join(t for t in (title, said) if t) or None
     table = _table(title)
     for name in columns:
         table.add_column(SHORT_HEADERS.get(name, name), no_wrap=True,
                          justify="right" if shown.schema[name].is_numeric() else "left")
     for row in shown.iter_rows(named=True):
         style = AGREEMENT_STYLES.get(row["agreement"], "")
-        table.add_row(*(Text(_text(row[name], FLOAT_DIGITS), style=style if name == "verdict" else "")
-                        for name in columns))
+        table.add_row(*(Text("all" if name == "group" and not row[name] else _text(row[name], FLOAT_DIGITS),
+                             style=style if name == "verdict" else "") for name in columns))
     return table
 
 
