@@ -29,7 +29,7 @@ from typing import Any
 from ssmscope.ssm.config import MambaConfig
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.roles import FAN_IN, STRUCTURAL_RULES, InitKind, Role, role_table
-from ssmscope.ssm.tomlfiles import builtin_toml_names, parse_number, read_builtin_or_file
+from ssmscope.ssm.tomlfiles import builtin_toml_names, head_table, parse_number, read_builtin_or_file
 
 DEFAULT_BASE = "mamba"
 """The base a preset uses when it names none: SP is meant to be Mamba's own initialisation."""
@@ -38,7 +38,7 @@ LEGACY_BASE = "ssmscope-v0"
 
 BASE_FOLDER = "presets/bases"
 DISTS = (InitKind.NORMAL, InitKind.UNIFORM, InitKind.CONSTANT, InitKind.STRUCTURAL)
-_HEAD_KEYS = {"name", "description", "tied_readout"}
+_HEAD_KEYS = ("name", "description", "tied_readout")
 _ROLE_KEYS = {"dist", "std", "bound", "value", "fan_in_power", "n_layer_power", "rule"}
 _SCALE_KEYS = {  # dist → the keys that may give its scale (exactly one is needed)
     InitKind.NORMAL: ("std",),
@@ -188,16 +188,7 @@ def parse_base(data: dict[str, Any], source: str) -> Base:
     unknown = set(data) - {"base", "roles"}
     if unknown:
         raise ConfigError(f"{source}: {sorted(unknown)[0]}: unknown key; allowed: base, roles")
-    head = data.get("base")
-    if not isinstance(head, dict):
-        raise ConfigError(f"{source}: missing table [base] (name, description, tied_readout)")
-    unknown = set(head) - _HEAD_KEYS
-    if unknown:
-        raise ConfigError(f"{source}: base.{sorted(unknown)[0]}: unknown key; "
-                          f"allowed: {', '.join(sorted(_HEAD_KEYS))}")
-    name = head.get("name")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{source}: base.name={name!r}; allowed: a non-empty string")
+    head, name = head_table(source, "base", data.get("base"), _HEAD_KEYS)
     tied = head.get("tied_readout", False)
     if not isinstance(tied, bool):
         raise ConfigError(f"{source}: base.tied_readout={tied!r}; allowed: true or false")

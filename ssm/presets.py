@@ -42,7 +42,7 @@ from ssmscope.ssm.roles import (
     role_table,
     split_name,
 )
-from ssmscope.ssm.tomlfiles import builtin_toml_names, parse_number, read_builtin_or_file
+from ssmscope.ssm.tomlfiles import builtin_toml_names, head_table, parse_number, read_builtin_or_file
 
 TIED_READOUT = ("lm_head.weight", "embedding.weight")
 """(readout parameter, the parameter it is when tied)."""
@@ -122,7 +122,7 @@ class Preset:
 
 _EXP_KEYS = {"n_u", "n_x"}
 _ROLE_KEYS = {"init", "lr", "mult"}
-_HEAD_KEYS = {"name", "description", "base", "base_n_u", "base_n_x"}
+_HEAD_KEYS = ("name", "description", "base", "base_n_u", "base_n_x")
 
 
 def _exponents(path: str, table: Any) -> Exponents:
@@ -185,16 +185,8 @@ def _tied_mult(path: str, table: Any) -> Exponents:
     return _exponents(f"{path}.mult", table["mult"])
 
 
-def _head(source: str, head: Any) -> tuple[str, dict[str, int], str]:
-    if not isinstance(head, dict):
-        raise ConfigError(f"{source}: missing table [preset] (name, description, base, base_n_u, base_n_x)")
-    unknown = set(head) - _HEAD_KEYS
-    if unknown:
-        raise ConfigError(f"{source}: preset.{sorted(unknown)[0]}: unknown key; "
-                          f"allowed: {', '.join(sorted(_HEAD_KEYS))}")
-    name = head.get("name")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{source}: preset.name={name!r}; allowed: a non-empty string")
+def _head(source: str, table: Any) -> tuple[str, dict[str, int], str]:
+    head, name = head_table(source, "preset", table, _HEAD_KEYS)
     widths = {}
     for key in ("base_n_u", "base_n_x"):
         v = head.get(key, 32)

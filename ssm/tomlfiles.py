@@ -51,3 +51,17 @@ def parse_number(path: str, value: Any) -> float:
         except (ValueError, ZeroDivisionError):
             pass
     raise ConfigError(f"{path}={value!r}; allowed: a number such as -0.5 or '-1/2'")
+
+
+def head_table(source: str, table: str, head: Any, keys: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+    """The head table `[table]` of a preset or base TOML, checked: a table, no key outside `keys`, a
+    non-empty `name`. Returns (the table, its name); errors are one line naming the file and the key."""
+    if not isinstance(head, dict):
+        raise ConfigError(f"{source}: missing table [{table}] ({', '.join(keys)})")
+    unknown = set(head) - set(keys)
+    if unknown:
+        raise ConfigError(f"{source}: {table}.{sorted(unknown)[0]}: unknown key; allowed: {', '.join(sorted(keys))}")
+    name = head.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{source}: {table}.name={name!r}; allowed: a non-empty string")
+    return head, name
