@@ -32,6 +32,19 @@ static inline void FN(exp_expm1)(T x, T *e, T *em1) {
     *em1 = (s - (T)1) + s * q;
 }
 
+/* One lane's state update x ← Ā x + κ B u at Δ = d, A = a (ia = 1/a): ZOH Ā = exp(ΔA), κ = expm1(ΔA)/A;
+ * Euler κ = Δ. The forward's step and the probe reference's step both advance through it. */
+static inline T FN(advance)(T x, T d, T a, T ia, T bn, T u, const int zoh) {
+    if (zoh) {
+        T ea, em1;
+        FN(exp_expm1)(d * a, &ea, &em1);
+        return ea * x + (em1 * ia) * (bn * u);
+    }
+    T s, q;
+    FN(expq)(d * a, &s, &q);
+    return (s + s * q) * x + (d * u) * bn;
+}
+
 /* dst[j] = src[j] for the block's ne real channels, 0 for its padding */
 static inline void FN(load_lanes)(T *restrict dst, const T *restrict src, int64_t ne) {
     if (ne == LN) {
@@ -85,12 +98,11 @@ static inline void FN(step)(T *restrict x, const T *restrict At, const T *restri
                             const T *restrict Ct, const T *restrict dd, const T *restrict uu, int64_t nt,
                             T *restrict ay_row, T *restrict as_row, T *restrict am_row, const int zoh,
                             const int stats) {
-    T ay[LN], as[LN], am[LN], du[LN];
+    T ay[LN], as[LN], am[LN];
     for (int64_t j = 0; j < LN; j++) {
         ay[j] = ay_row[j];
         as[j] = stats ? as_row[j] : 0;
         am[j] = stats ? am_row[j] : 0;
-        du[j] = dd[j] * uu[j];
     }
     for (int64_t n = 0; n < nt; n++) {
         const T Bn = Bt[n], Cn = Ct[n];
@@ -98,16 +110,7 @@ static inline void FN(step)(T *restrict x, const T *restrict At, const T *restri
         const T *restrict An = At + n * LN, *restrict iAn = iAt + n * LN;
 #pragma omp simd
         for (int64_t j = 0; j < LN; j++) {
-            T v;
-            if (zoh) {
-                T ea, em1;
-                FN(exp_expm1)(dd[j] * An[j], &ea, &em1);
-                v = ea * xn[j] + (em1 * iAn[j]) * (Bn * uu[j]);
-            } else {
-                T s, q;
-                FN(expq)(dd[j] * An[j], &s, &q);
-                v = (s + s * q) * xn[j] + du[j] * Bn;
-            }
+            const T v = FN(advance)(xn[j], dd[j], An[j], iAn[j], Bn, uu[j], zoh);
             xn[j] = v;
             ay[j] += Cn * v;
             if (stats) {
@@ -130,11 +133,10 @@ static inline void FN(step)(T *restrict x, const T *restrict At, const T *restri
 static inline void FN(ref_step)(T *restrict xr, const T *restrict x, const T *restrict At, const T *restrict iAt,
                                 const T *restrict Bt, const T *restrict dd, const T *restrict uu, int64_t nt,
                                 T *restrict ds_row, T *restrict dm_row, const int zoh) {
-    T ds[LN], dm[LN], du[LN];
+    T ds[LN], dm[LN];
     for (int64_t j = 0; j < LN; j++) {
         ds[j] = ds_row[j];
         dm[j] = dm_row[j];
-        du[j] = dd[j] * uu[j];
     }
     for (int64_t n = 0; n < nt; n++) {
         const T Bn = Bt[n];
@@ -143,16 +145,7 @@ static inline void FN(ref_step)(T *restrict xr, const T *restrict x, const T *re
         const T *restrict An = At + n * LN, *restrict iAn = iAt + n * LN;
 #pragma omp simd
         for (int64_t j = 0; j < LN; j++) {
-            T v;
-            if (zoh) {
-                T ea, em1;
-                FN(exp_expm1)(dd[j] * An[j], &ea, &em1);
-                v = ea * xn[j] + (em1 * iAn[j]) * (Bn * uu[j]);
-            } else {
-                T s, q;
-                FN(expq)(dd[j] * An[j], &s, &q);
-                v = (s + s * q) * xn[j] + du[j] * Bn;
-            }
+            const T v = FN(advance)(xn[j], dd[j], An[j], iAn[j], Bn, uu[j], zoh);
             xn[j] = v;
             const T df = x0[j] - v;
             ds[j] += df * df;
