@@ -31,16 +31,19 @@ def save(frame: pl.DataFrame, db: str | Path | None = None, *, shards: str | Pat
     A run made by ssmscope.coord_check in this process keeps its full row (config, timings, provenance)
     and its losses; a run known only from the frame (e.g. a frame read back from a file) is saved with
     the keys the frame carries, its last logged step, and no losses. Shards go to `shards`, default
-    `<db folder>/shards` (as sweeps). Raises StoreError (one line naming the file) when a shard or the
-    store cannot be written; shards written before the failure stay and a later save or
-    `ssmscope ingest` completes the store.
+    the store's own shard folder `<db>.shards` (as sweeps). Raises StoreError (one line naming the file) when
+    a shard or the store cannot be written, or when `shards` is a folder of files ssmscope did not write
+    (nothing is written then); shards written before a failure stay and a later save or `ssmscope ingest`
+    completes the store. A frame holding a probe key (run, step, layer, site, quantity, group) twice — a
+    notebook cell run twice and concatenated, say — is refused (ConfigError) before anything is written.
     """
     from ssmscope.probes.schema import PROBE_COLUMNS
     from ssmscope.runs.library.records import RUNS, loss_rows, run_row
     from ssmscope.runs.store.db import StoreError, default_db_path, shard_dir_for
     from ssmscope.runs.store.db import ingest as ingest_shards
+    from ssmscope.runs.store.ownership import check_shard_root
     from ssmscope.runs.store.schema import FRAME_RUN_KEYS, OPTIONAL_RUN_KEYS, PROBE_FRAME_COLUMNS, RUN_COLUMNS
-    from ssmscope.runs.store.shards import write_shard
+    from ssmscope.runs.store.shards import PROBE_KEY, write_shard
     from ssmscope.ssm.errors import ConfigError
 
     if not isinstance(frame, pl.DataFrame):
@@ -48,8 +51,13 @@ def save(frame: pl.DataFrame, db: str | Path | None = None, *, shards: str | Pat
     missing = [c for c in PROBE_FRAME_COLUMNS if c not in frame.columns]
     if missing:
         raise ConfigError(f"not a probe frame: it lacks {', '.join(missing)}")
+    duplicated = frame.select(list(PROBE_KEY)).is_duplicated()
+    if duplicated.any():
+        raise ConfigError(f"the frame holds {int(duplicated.sum())} rows whose probe key ({', '.join(PROBE_KEY)}) "
+                          "is not unique (a frame concatenated with itself?): `frame.unique()` drops exact repeats")
     db_path = Path(db) if db is not None else default_db_path()
     shard_root = Path(shards) if shards is not None else shard_dir_for(db_path)
+    check_shard_root(shard_root)  # a folder of the user's own files: refused before any shard is written
     for (run_id,), part in frame.partition_by("run_id", as_dict=True, maintain_order=True).items():
         known = RUNS.get(run_id)
         if known is not None:
@@ -81,7 +89,8 @@ def load(db: str | Path | None = None, **keys: Any) -> pl.DataFrame:
 
 
 def ingest(db: str | Path | None = None, shards: str | Path | None = None) -> Any:
-    """Load every complete shard under `shards` (default `<db folder>/shards`) into `db`; idempotent."""
+    """Load every complete shard under `shards` (default: the store's own shard folder, `<db>.shards`) into `db`;
+    idempotent. Only shards ssmscope wrote are read or moved (see save)."""
     from ssmscope.runs.store.db import default_db_path
     from ssmscope.runs.store.db import ingest as ingest_shards
 

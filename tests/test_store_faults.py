@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import tiny_spec_toml
@@ -32,6 +33,7 @@ from ssmscope.runs.store import shards as shards_module
 from ssmscope.runs.store.db import StoreLocked, counts, ingest, shard_dir_for
 from ssmscope.runs.store.filelock import HeldLock
 from ssmscope.runs.store.layout import MIGRATED_MARKER
+from ssmscope.runs.store.schema import SCHEMA_VERSION
 from ssmscope.runs.store.shard_maintenance import clean_stale, stale_temporaries
 from ssmscope.runs.store.shards import QUARANTINE_DIR, list_shards, write_shard
 from ssmscope.runs.sweeps import sweep as sweep_module
@@ -138,10 +140,11 @@ def _temporary(folder: Path, name: str, age_s: float) -> Path:
 
 def test_ingest_never_touches_writers_temporaries_and_cleanup_takes_only_stale_ones(clean, tmp_path):
     folder = copy_shards(clean, tmp_path / "store.duckdb.shards")
-    live_lock = _temporary(folder, ".tmp-aaaa-host-11-01", 7200)  # old, but its writer lives (holds the lock)
-    _temporary(folder, ".tmp-bbbb-host-12-02", 7200)  # old, writer gone
-    _temporary(folder, ".tmp-cccc-host-13-03", 10)  # fresh, writer gone (could be slow): kept
-    legacy = folder / ".old-dddd-1234abcd"  # an older ssmscope's leftover (no lock file)
+    # named as writers name them (run id, host, pid, 8 hex digits)
+    live_lock = _temporary(folder, ".tmp-aaaa000000000001-host-11-0000aa01", 7200)  # old; its writer lives (locked)
+    _temporary(folder, ".tmp-bbbb000000000002-host-12-0000bb02", 7200)  # old, writer gone
+    _temporary(folder, ".tmp-cccc000000000003-host-13-0000cc03", 10)  # fresh, writer gone (could be slow): kept
+    legacy = folder / ".old-dddd000000000004-1234abcd"  # an older ssmscope's leftover (no lock file)
     legacy.mkdir()
     os.utime(legacy, (time.time() - 7200, time.time() - 7200))
     writer = HeldLock(live_lock)
@@ -151,15 +154,17 @@ def test_ingest_never_touches_writers_temporaries_and_cleanup_takes_only_stale_o
         assert len(report.loaded) == 4 and counts(db) == clean.counts
         leftovers = sorted(p.name for p in folder.iterdir() if p.name.startswith((".tmp-", ".old-")))
         assert len(leftovers) == 7  # 3 folders + 3 locks + the legacy one: ingest touched none
-        assert {t.name for t in stale_temporaries(folder)} == {".tmp-bbbb-host-12-02", ".old-dddd-1234abcd"}
+        assert {t.name for t in stale_temporaries(folder)} == {".tmp-bbbb000000000002-host-12-0000bb02",
+                                                                ".old-dddd000000000004-1234abcd"}
         result = CliRunner().invoke(app, ["ingest", "--db", str(db), "--clean-stale", "--older-than", "60"])
         assert result.exit_code == 0, result.output
         assert "removed 2 stale temporaries" in result.output
         assert sorted(p.name for p in folder.iterdir() if p.name.startswith((".tmp-", ".old-"))) == [
-            ".tmp-aaaa-host-11-01", ".tmp-aaaa-host-11-01.lock", ".tmp-cccc-host-13-03", ".tmp-cccc-host-13-03.lock"]
+            ".tmp-aaaa000000000001-host-11-0000aa01", ".tmp-aaaa000000000001-host-11-0000aa01.lock",
+            ".tmp-cccc000000000003-host-13-0000cc03", ".tmp-cccc000000000003-host-13-0000cc03.lock"]
     finally:
         writer.release()
-    assert clean_stale(folder, 3600) == [".tmp-aaaa-host-11-01"]  # its writer is gone now
+    assert clean_stale(folder, 3600) == [".tmp-aaaa000000000001-host-11-0000aa01"]  # its writer is gone now
     assert counts(db) == clean.counts
 
 
@@ -220,16 +225,25 @@ def test_without_locks_a_shard_swapped_while_read_is_read_again(clean, tmp_path,
 
 
 def test_older_shards_load_and_newer_ones_are_left_in_place(clean, tmp_path):
+    """An older shard (a column missing) loads with nulls; a shard declaring a newer schema is left in place
+    unloaded; a shard with an extra column but no newer schema loads its known columns and says which it left."""
     folder = copy_shards(clean, tmp_path / "shards")
-    old, new = sorted(clean.per_run)[:2]
+    old, new, extra = sorted(clean.per_run)[:3]
     runs = pq.read_table(folder / old / "runs.parquet")
     pq.write_table(runs.drop_columns(["hostname"]), folder / old / "runs.parquet")  # before a column existed
-    probes = pq.read_table(folder / new / "probes.parquet")
-    pq.write_table(probes.append_column("from_the_future", probes.column("step")), folder / new / "probes.parquet")
+    runs = pq.read_table(folder / new / "runs.parquet")
+    version = runs.column_names.index("schema_version")
+    pq.write_table(runs.set_column(version, "schema_version", pa.array([SCHEMA_VERSION + 1])),
+                   folder / new / "runs.parquet")
+    probes = pq.read_table(folder / extra / "probes.parquet")
+    pq.write_table(probes.append_column("from_the_future", probes.column("step")), folder / extra / "probes.parquet")
     db = tmp_path / "store.duckdb"
     report = ingest(db, folder)
     assert sorted(report.loaded) == sorted(r for r in clean.per_run if r != new) and not report.quarantined
-    assert list(report.newer) == [new] and "from_the_future" in report.newer[new] and (folder / new).is_dir()
+    assert report.newer == {new: f"schema version {SCHEMA_VERSION + 1} (this ssmscope reads {SCHEMA_VERSION})"}
+    assert (folder / new).is_dir()
+    assert report.unknown_columns == {extra: "probes.parquet:from_the_future"}
+    assert "without columns this ssmscope does not know" in report.problems()
     assert counts(db) == clean.without(new)
     con = duckdb.connect(str(db), read_only=True)
     try:

@@ -134,3 +134,5 @@ def sweep(
         fail(f"{report.stopped_by} (stopped scheduling; finished runs are stored, rerun the same command to resume)")
     if report.ingest_error:
         fail(report.ingest_error)
+    if report.lost:
+        fail(report.lost_line())

@@ -35,6 +35,7 @@ from ssmscope.probes.stats import is_finite_record
 from ssmscope.runs.library import records as rec
 from ssmscope.runs.library.subjects import LossFn, lm_loss
 from ssmscope.runs.store.db import StoreError, default_db_path, ingest, shard_dir_for
+from ssmscope.runs.store.ownership import check_shard_root
 from ssmscope.runs.store.schema import RunStatus
 from ssmscope.runs.store.shards import write_shard
 from ssmscope.ssm.adapters.hf import DISCRETIZATION as HF_DISCRETIZATION
@@ -77,7 +78,7 @@ class Monitor:
     Args:
         model: ssmscope MambaLM or transformers MambaForCausalLM / MambaModel.
         db: the store to ingest into (default ./ssmscope-data/ssmscope.duckdb); shards go to `shards`,
-            default `<db folder>/shards`.
+            default the store's own `<db>.shards` (a folder of files ssmscope did not write is refused).
         probe_batch: the fixed batch every logged step probes (token ids (B, L+1) for the default loss).
         every: probe every this many steps (step 0 included). flush_every: write the shard every this many
             logged steps (and on exit). ingest: load the shard into `db` at each flush.
@@ -103,6 +104,7 @@ class Monitor:
         self.observer = _observer(model, grads, params, scan)
         self.db = Path(db) if db is not None else default_db_path()
         self.shards = Path(shards) if shards is not None else shard_dir_for(self.db)
+        check_shard_root(self.shards)  # a folder of the user's own files is refused before training starts
         self.probe_batch = probe_batch
         self.every, self.flush_every, self.ingest = every, flush_every, ingest
         self.loss_fn = loss if loss is not None else lm_loss

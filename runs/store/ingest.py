@@ -5,7 +5,8 @@ store holds the same `finished_at` (idempotent); else read it whole and check it
 cannot be read — garbage, truncated, a file missing, an empty folder, rows of another run — is
 quarantined (moved aside with its reason; its run then reruns on the next sweep); a shard of a
 newer ssmscope is left where it is; every other shard loads, replacing its run's older rows in one
-transaction. Ingest never touches a writer's temporaries.
+transaction. Ingest never touches a writer's temporaries, nor anything in the folder that is not an
+ssmscope shard (runs.store.ownership): those are named in one warning line and left where they are.
 
 The store is held at most `hold_s` seconds at a time, then closed and reopened, so that the
 dashboard's read-only connections get in between; a lock held by another process is waited for up
@@ -26,13 +27,12 @@ from ssmscope.runs.store import queries
 from ssmscope.runs.store.connection import WaitFn, connect
 from ssmscope.runs.store.errors import StoreError, is_interrupt, storage_error
 from ssmscope.runs.store.layout import Migration, resolve_shard_dir
+from ssmscope.runs.store.ownership import QUARANTINE_DIR, check_shard_root, is_owned_shard
 from ssmscope.runs.store.shard_maintenance import quarantine
 from ssmscope.runs.store.shards import (
-    QUARANTINE_DIR,
     BadShard,
     NewerShard,
     ShardTables,
-    list_shards,
     publish_lock,
     read_run_row,
     read_shard,
@@ -64,6 +64,10 @@ class IngestReport:
     busy: list[str] = field(default_factory=list)
     """Runs whose publish lock a writer held too long: left for the next ingest."""
     migration: Migration | None = None
+    unknown_columns: dict[str, str] = field(default_factory=dict)
+    """run_id → columns its shard holds that this ssmscope does not know (loaded without them)."""
+    foreign: str | None = None
+    """One line naming the entries of the shard folder ssmscope did not write (left untouched), or None."""
 
     @property
     def ingested(self) -> list[str]:
@@ -85,6 +89,11 @@ class IngestReport:
         if self.busy:
             parts.append(f"{len(self.busy)} shard(s) being published right now, left for the next ingest: "
                          + ", ".join(self.busy))
+        if self.unknown_columns:
+            parts.append(f"loaded {len(self.unknown_columns)} shard(s) without columns this ssmscope does not know: "
+                         + "; ".join(f"{r} ({cols})" for r, cols in self.unknown_columns.items()))
+        if self.foreign:
+            parts.append(self.foreign)
         return " | ".join(parts) if parts else None
 
 
@@ -131,11 +140,16 @@ class _Store:
 def ingest(db_path: Path, shard_root: Path | None = None, *, run_ids: Iterable[str] | None = None,
            wait_s: float = 0.0, on_wait: WaitFn | None = None, hold_s: float = HOLD_S) -> IngestReport:
     """Load published shards into the store: all of `shard_root` (default: the store's own shard folder),
-    or only the shards of `run_ids`. See the module docstring for what happens to bad shards."""
+    or only the shards of `run_ids`. See the module docstring for what happens to bad shards.
+
+    Only shards ssmscope wrote are read or moved (runs.store.ownership); other entries of the folder are named
+    in the report. A folder that holds entries but no shard is refused (ForeignFolder, a StoreError) before
+    the store is opened or anything moves."""
     db_path = Path(db_path)
-    root, migration = resolve_shard_dir(db_path, shard_root)
-    report = IngestReport(shard_root=root, migration=migration)
-    shards = list_shards(root) if run_ids is None else [root / r for r in dict.fromkeys(run_ids) if (root / r).is_dir()]
+    root, migration = resolve_shard_dir(db_path, shard_root)  # migrates only into the store's own folder
+    found = check_shard_root(root)  # refused before the store opens or anything moves
+    report = IngestReport(shard_root=root, migration=migration, foreign=found.foreign_line())
+    shards = found.shards if run_ids is None else [root / r for r in dict.fromkeys(run_ids) if is_owned_shard(root / r)]
     store = _Store(db_path, wait_s, on_wait, hold_s)
     try:
         if run_ids is None:
@@ -243,4 +257,6 @@ def _insert(store: _Store, run_id: str, tables: ShardTables, report: IngestRepor
             return
         raise
     store.known[run_id] = tables.runs.column("finished_at")[0].as_py()
+    if tables.unknown:
+        report.unknown_columns[run_id] = ", ".join(tables.unknown)
     (report.replaced if had else report.loaded).append(run_id)

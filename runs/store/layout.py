@@ -23,11 +23,14 @@ from pathlib import Path
 
 import duckdb
 
-from ssmscope.runs.store.shards import TMP_PREFIX, list_shards, writer_token
+from ssmscope.runs.store.ownership import MIGRATED_MARKER, TMP_PREFIX
+from ssmscope.runs.store.shards import list_shards, writer_token
+
+__all__ = ["LEGACY_SHARDS", "MIGRATED_MARKER", "SHARDS_SUFFIX", "Migration", "is_duckdb_file", "migrate_legacy",
+           "resolve_shard_dir", "shard_dir_for"]
 
 SHARDS_SUFFIX = ".shards"
 LEGACY_SHARDS = "shards"
-MIGRATED_MARKER = ".migrated-from-legacy"
 DUCKDB_MAGIC = (8, b"DUCK")
 """Offset and bytes that mark a DuckDB database file."""
 

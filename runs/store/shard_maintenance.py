@@ -3,14 +3,17 @@
 Quarantine: ingest moves a shard it cannot load to `<shards>/.quarantine/<run_id>-<UTC time>/`
 with a REASON.txt, under the run's publish lock; the run then has no shard, so the next sweep
 reruns it. Stale temporaries: what writers killed mid-write left (`.tmp-<run_id>-<token>` and
-its `.lock`, `.old` swaps, and the `.tmp-*`/`.old-*` names of ssmscope before this protocol)
-are removed only by an explicit `ssmscope ingest --clean-stale`, and only when older than a
-given age (default STALE_AFTER_S) and not locked by a live writer.
+its `.lock`, `.old` swaps, and the `.tmp-<run id>-<8 hex>`/`.old-<run id>-<8 hex>` names of
+ssmscope before this protocol) are removed only by an explicit `ssmscope ingest --clean-stale`,
+and only when older than a given age (default STALE_AFTER_S) and not locked by a live writer.
+Both act only on what ssmscope wrote (runs.store.ownership): a user's `.old-backup` or `.tmp-notes`,
+or any folder that is not a shard, is never moved or deleted.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import platform
 import shutil
@@ -19,22 +22,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssmscope.runs.store.filelock import is_held
-from ssmscope.runs.store.shards import QUARANTINE_DIR, TMP_PREFIX
+from ssmscope.runs.store.ownership import (
+    QUARANTINE_DIR,
+    TMP_PREFIX,
+    check_shard_root,
+    is_owned_shard,
+    is_owned_temporary,
+    temporary_base,
+)
 
 STALE_AFTER_S = 3600.0
 """Default age (1 hour) after which an unlocked temporary counts as left by a dead writer."""
-LEGACY_TMP_PREFIXES = (".old-",)
-"""Temporary names of ssmscope before the writer-token protocol (no lock file)."""
 
 
 def quarantine(shard_root: Path, run_id: str, reason: str) -> Path:
     """Move `<shards>/<run_id>` to `.quarantine/<run_id>-<UTC time>/` with REASON.txt; returns the new path.
 
-    The caller holds the run's publish lock. Raises OSError when the folder cannot be moved."""
+    The caller holds the run's publish lock. Raises OSError when the folder cannot be moved, or is not a shard
+    ssmscope wrote (runs.store.ownership: then nothing is moved)."""
+    source = Path(shard_root) / run_id
+    if not is_owned_shard(source):
+        raise OSError(errno.EPERM, "not an ssmscope shard, left untouched", str(source))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     target = Path(shard_root) / QUARANTINE_DIR / f"{run_id}-{stamp}"
     target.parent.mkdir(exist_ok=True)
-    os.rename(Path(shard_root) / run_id, target)
+    os.rename(source, target)
     (target / "REASON.txt").write_text(
         f"run {run_id} was quarantined by ssmscope ingest at {stamp} on {platform.node()} (pid {os.getpid()}):\n"
         f"{reason}\nIts run has no shard now, so the next `ssmscope sweep` of its spec runs it again.\n")
@@ -66,20 +78,21 @@ class Temporary:
 
 
 def temporaries(shard_root: Path) -> list[Temporary]:
-    """Every writer's leftovers in a shard folder, grouped by writer token."""
+    """Every writer's leftovers in a shard folder, grouped by writer token: only entries named and shaped as
+    ssmscope's temporaries (runs.store.ownership.is_owned_temporary)."""
     root = Path(shard_root)
     if not root.is_dir():
         return []
     groups: dict[str, list[Path]] = {}
     for path in root.iterdir():
-        name = path.name
-        if name.startswith(TMP_PREFIX):
-            groups.setdefault(name.removesuffix(".lock").removesuffix(".old"), []).append(path)
-        elif name.startswith(LEGACY_TMP_PREFIXES):
-            groups.setdefault(name, []).append(path)
+        base = temporary_base(path.name)
+        if base is not None and is_owned_temporary(path):
+            groups.setdefault(base, []).append(path)
     out = []
     for base, paths in sorted(groups.items()):
         lock = root / f"{base}.lock" if base.startswith(TMP_PREFIX) else None
+        if lock is not None and not (lock.is_file() and is_owned_temporary(lock)):
+            lock = None
         out.append(Temporary(tuple(sorted(p for p in paths if p.suffix != ".lock")), lock))
     return out
 
@@ -92,12 +105,16 @@ def stale_temporaries(shard_root: Path, older_than_s: float = STALE_AFTER_S) -> 
 
 
 def clean_stale(shard_root: Path, older_than_s: float = STALE_AFTER_S) -> list[str]:
-    """Remove stale temporaries (see `stale_temporaries`); returns their names. Live writers' files stay."""
+    """Remove stale temporaries (see `stale_temporaries`); returns their names. Live writers' files stay. A folder
+    of the user's files that holds no shard is refused first (ForeignFolder), as ingest refuses it."""
+    check_shard_root(shard_root)
     removed = []
     for temp in stale_temporaries(shard_root, older_than_s):
         if temp.lock is not None and is_held(temp.lock):  # its writer came back to life between the checks
             continue
         for path in temp.paths:
+            if not is_owned_temporary(path):  # changed since it was listed: no longer ours to remove
+                continue
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:

@@ -2,6 +2,7 @@
 writers and ingesters.
 
     <shards>/<run_id>/{runs,probes,losses}.parquet   a published shard: complete, or absent
+    <shards>/<run_id>/.ssmscope-shard                 its marker: what makes it ssmscope's (runs.store.ownership)
     <shards>/.tmp-<run_id>-<token>/                   a shard being written, owned by its writer
     <shards>/.tmp-<run_id>-<token>.lock               locked by that writer while it lives
     <shards>/.locks/<run_id>.lock                     the run's publish lock
@@ -13,12 +14,14 @@ older shard is swapped out under the same lock); on any error it removes its own
 SIGINT and SIGTERM wait until a started shard is written, so Ctrl-C, `kill` or the death of a
 local worker's parent lets that shard publish. Read: ingest reads a shard whole under its publish
 lock, so it never sees half of a swap. Nothing that starts with '.' is touched by anyone but its
-writer, except stale temporaries by an explicit cleanup (runs.store.shard_maintenance).
+writer, except stale temporaries by an explicit cleanup (runs.store.shard_maintenance), and nothing
+ssmscope did not write is touched at all (runs.store.ownership).
 Imports pyarrow and the standard library only (the worker path).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import re
@@ -33,9 +36,19 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ssmscope.runs.store.filelock import HeldLock, locked
+from ssmscope.runs.store.ownership import (
+    LOCK_DIR,
+    MARKER_TEXT,
+    QUARANTINE_DIR,
+    SHARD_MARKER,
+    TMP_PREFIX,
+    is_owned_shard,
+    survey,
+)
 from ssmscope.runs.store.schema import (
     LOSS_COLUMNS,
     PROBE_TABLE_COLUMNS,
@@ -44,9 +57,11 @@ from ssmscope.runs.store.schema import (
     RunStatus,
 )
 
-TMP_PREFIX = ".tmp-"
-LOCK_DIR = ".locks"
-QUARANTINE_DIR = ".quarantine"
+__all__ = ["LOCK_DIR", "PROBE_KEY", "QUARANTINE_DIR", "REQUIRED_COLUMNS", "SHARD_TABLES", "TMP_PREFIX", "BadShard",
+           "NewerShard", "ShardTables", "arrow_schema", "check_folder_writable", "check_shard", "duplicate_keys",
+           "list_shards", "publish_lock", "read_run_row", "read_shard", "shard_status", "signals_deferred",
+           "write_shard", "writer_token"]
+
 PUBLISH_LOCK_TIMEOUT_S = 30.0
 """How long a writer or an ingest waits for a run's publish lock (held for one rename or one read)."""
 
@@ -55,10 +70,13 @@ SHARD_TABLES: dict[str, dict[str, str]] = {
 """The files of a shard and the columns of each."""
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "runs.parquet": ("run_id", "status", "finished_at"),
-    "probes.parquet": ("run_id", "step", "layer", "site", "quantity"),
+    "probes.parquet": ("run_id", "step", "layer", "site", "quantity", "sumsq", "count"),
     "losses.parquet": ("run_id", "step"),
 }
-"""Columns a shard file must carry; any other column missing (a shard of an older ssmscope) is read as null."""
+"""Columns a shard file must carry (the keys, and the raw sums every norm is derived from); any other column
+missing (a shard of an older ssmscope) is read as null."""
+PROBE_KEY = ("run_id", "step", "layer", "site", "quantity", "group")
+"""A probe record's key: a shard (and the store) holds at most one row per key."""
 
 
 class BadShard(ValueError):
@@ -135,6 +153,7 @@ def write_shard(shard_root: Path, run: dict[str, Any], probes: list[dict[str, An
         lock = HeldLock(shard_root / f"{base}.lock")
         try:
             tmp.mkdir()
+            (tmp / SHARD_MARKER).write_text(f"{MARKER_TEXT}run {run_id}\nwriter {base.removeprefix(TMP_PREFIX)}\n")
             for name, (rows, columns, keys) in {
                 "runs.parquet": ([run], RUN_COLUMNS, {}),
                 "probes.parquet": (probes, PROBE_TABLE_COLUMNS, {"run_id": run_id}),
@@ -144,7 +163,10 @@ def write_shard(shard_root: Path, run: dict[str, Any], probes: list[dict[str, An
                 _fsync(tmp / name)
             final = shard_root / run_id
             with publish_lock(shard_root, run_id):
-                swapped = final.exists()
+                swapped = final.exists() or final.is_symlink()
+                if swapped and not is_owned_shard(final):  # never swap out (and delete) what ssmscope did not write
+                    raise FileExistsError(errno.EEXIST, "exists and is not an ssmscope shard (left untouched)",
+                                          str(final))
                 if swapped:  # a retried run: swap the older shard out under the lock
                     os.rename(final, old)
                 try:
@@ -184,19 +206,17 @@ def check_folder_writable(shard_root: Path) -> None:
 
 
 def list_shards(shard_root: Path) -> list[Path]:
-    """Published shard folders (every name starting with '.' is protocol machinery, not a shard)."""
-    root = Path(shard_root)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir())
+    """Published shard folders ssmscope wrote (runs.store.ownership); every other entry is left alone."""
+    return survey(shard_root).shards
 
 
 # --- reading -----------------------------------------------------------------------------------
 def check_shard(shard: Path) -> str | None:
-    """Why a shard cannot be a finished run's (a file missing, not Parquet, no single run row), or None.
+    """Why a shard cannot be a finished run's (a file missing, not Parquet, a required column missing, no single
+    run row), or None.
 
-    Cheap: reads the Parquet footers and the run row only. Resume treats a shard that fails this as
-    absent (its run is redone); ingest reads everything (`read_shard`) and quarantines what fails."""
+    Cheap: reads the Parquet footers only. Resume treats a shard that fails this as absent (its run is redone);
+    ingest reads everything (`read_shard`) and quarantines what fails."""
     for name in SHARD_TABLES:
         path = Path(shard) / name
         try:
@@ -205,6 +225,9 @@ def check_shard(shard: Path) -> str | None:
             return f"{name} is missing"
         except (pa.ArrowException, OSError) as exc:
             return f"{name}: {_first_line(exc)}"
+        missing = [c for c in REQUIRED_COLUMNS[name] if c not in meta.schema.names]
+        if missing:
+            return f"{name} has no column {missing[0]!r}"
         if name == "runs.parquet" and meta.num_rows != 1:
             return f"runs.parquet holds {meta.num_rows} rows, expected 1"
     return None
@@ -242,13 +265,21 @@ class ShardTables:
     runs: pa.Table
     probes: pa.Table
     losses: pa.Table
+    unknown: tuple[str, ...] = ()
+    """`file:column` of columns the shard holds that this schema does not know (not loaded)."""
 
 
 def read_shard(shard: Path) -> ShardTables:
     """Read and check a whole shard; BadShard (corrupt, quarantine it) or NewerShard (leave it)."""
     shard = Path(shard)
     _refuse_empty(shard)
-    tables = {name: _conform(_read(shard / name), columns, name) for name, columns in SHARD_TABLES.items()}
+    raw = {name: _read(shard / name) for name in SHARD_TABLES}
+    version = _schema_version(raw["runs.parquet"])
+    if version > SCHEMA_VERSION:  # before any column check: a newer ssmscope may have changed them
+        raise NewerShard(f"schema version {version} (this ssmscope reads {SCHEMA_VERSION})")
+    tables = {name: _conform(raw[name], columns, name) for name, columns in SHARD_TABLES.items()}
+    unknown = tuple(f"{name}:{c}" for name, table in raw.items() for c in table.column_names
+                    if c not in SHARD_TABLES[name])
     runs = tables["runs.parquet"]
     if runs.num_rows != 1:
         raise BadShard(f"runs.parquet holds {runs.num_rows} rows, expected 1")
@@ -257,13 +288,33 @@ def read_shard(shard: Path) -> ShardTables:
         raise BadShard(f"runs.parquet is run {row['run_id']!r}, not the folder's {shard.name!r}")
     if row["status"] not in {s.value for s in RunStatus}:
         raise BadShard(f"runs.parquet: status {row['status']!r} is not one of {', '.join(s.value for s in RunStatus)}")
-    if (row.get("schema_version") or 0) > SCHEMA_VERSION:
-        raise NewerShard(f"schema version {row['schema_version']} (this ssmscope reads {SCHEMA_VERSION})")
     for name in ("probes.parquet", "losses.parquet"):
         ids = set(tables[name].column("run_id").unique().to_pylist())
         if ids - {shard.name}:
             raise BadShard(f"{name} holds rows of run(s) {', '.join(sorted(map(str, ids - {shard.name})))}")
-    return ShardTables(runs, tables["probes.parquet"], tables["losses.parquet"])
+    duplicates = duplicate_keys(tables["probes.parquet"])
+    if duplicates:
+        raise BadShard(f"probes.parquet holds {duplicates} probe key(s) more than once "
+                       f"({', '.join(PROBE_KEY)} must be unique)")
+    return ShardTables(runs, tables["probes.parquet"], tables["losses.parquet"], unknown)
+
+
+def duplicate_keys(probes: pa.Table) -> int:
+    """How many probe keys (PROBE_KEY) a probe table holds more than once."""
+    if probes.num_rows == 0:
+        return 0
+    counts = probes.select(list(PROBE_KEY)).group_by(list(PROBE_KEY)).aggregate([([], "count_all")])
+    return int(pc.sum(pc.greater(counts.column("count_all"), 1)).as_py() or 0)
+
+
+def _schema_version(runs: pa.Table) -> int:
+    """The schema version a shard's run row declares (0 when it declares none or nothing readable)."""
+    if "schema_version" not in runs.column_names or runs.num_rows != 1:
+        return 0
+    try:
+        return int(runs.column("schema_version")[0].as_py() or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _read(path: Path) -> pa.Table:
@@ -280,16 +331,15 @@ def _read(path: Path) -> pa.Table:
 
 
 def _conform(table: pa.Table, columns: dict[str, str], name: str) -> pa.Table:
-    """`table` with exactly `columns`, in order: older shards' missing columns as null; a type that does
-    not cast, or a missing required column, is BadShard; an unknown column is NewerShard."""
-    unknown = [c for c in table.column_names if c not in columns]
-    if unknown:
-        raise NewerShard(f"{name} has columns this ssmscope does not know: {', '.join(unknown)}")
+    """`table` with exactly `columns`, in order: older shards' missing columns as null, columns this schema does
+    not know left out (the caller checked that the shard claims no newer schema, and reports them); a missing
+    required column or a type that does not cast is BadShard."""
+    missing = [c for c in REQUIRED_COLUMNS[name] if c not in table.column_names]
+    if missing:
+        raise BadShard(f"{name} has no column {missing[0]!r}")
     arrays = []
     for field in arrow_schema(columns):
         if field.name not in table.column_names:
-            if field.name in REQUIRED_COLUMNS[name]:
-                raise BadShard(f"{name} has no column {field.name!r}")
             arrays.append(pa.nulls(table.num_rows, field.type))
             continue
         column = table.column(field.name)

@@ -29,18 +29,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ssmscope.runs.store import queries
 from ssmscope.runs.store.db import (
     IngestInterrupted,
     IngestReport,
     StoreError,
     StoreLocked,
     check_writable,
+    connect,
     finished_run_ids,
     ingest,
     shard_dir_for,
 )
 from ssmscope.runs.store.errors import FOLDER_WIDE_ERRNOS, storage_error
 from ssmscope.runs.store.layout import Migration, resolve_shard_dir
+from ssmscope.runs.store.ownership import check_shard_root
 from ssmscope.runs.store.schema import FINISHED_STATUSES, RunStatus
 from ssmscope.runs.store.shards import check_folder_writable, shard_status
 from ssmscope.runs.sweeps.executors import (
@@ -98,13 +101,28 @@ class SweepReport:
     """Why the final ingest did not load everything (locked, full, interrupted), one line with the fix."""
     ingest_problems: str | None = None
     """Shards the final ingest set aside or left (quarantined, newer, busy), one line."""
+    ran: list[str] = field(default_factory=list)
+    """This sweep's runs that trained to an outcome in this invocation (not the skipped ones)."""
+    lost: list[str] = field(default_factory=list)
+    """Runs of `ran` that are neither in the store nor in the shard folder after the final ingest: their shards
+    vanished (the shard folder deleted or moved during the sweep)."""
 
     @property
     def exit_code(self) -> int:
-        """0, 2 for a storage fault (nothing lost; the line says what to do), 128 + signal when stopped by one."""
+        """0; 2 for a storage fault or runs whose shards vanished (the line says what to do); 128 + signal when
+        stopped by one."""
         if self.interrupted:
             return 128 + (self.signal or 2)
-        return 2 if self.stopped_by or self.ingest_error else 0
+        return 2 if self.stopped_by or self.ingest_error or self.lost else 0
+
+    def lost_line(self) -> str | None:
+        """One line naming the runs whose shards vanished before they were stored, or None."""
+        if not self.lost:
+            return None
+        shown = ", ".join(self.lost[:6]) + (f" and {len(self.lost) - 6} more" if len(self.lost) > 6 else "")
+        return (f"{len(self.lost)} run(s) of this sweep trained but are not stored: their shards vanished from "
+                f"{self.shard_root} before they were ingested (was the folder deleted or moved?): {shown}; "
+                "rerun the same command to train them again")
 
 
 class _NullProgress:
@@ -167,6 +185,8 @@ def run_sweep(spec: SweepSpec, db_path: Path, *, device: str = "auto", workers: 
             _close(executor, started, cancel=not finished_cleanly)
             progress.stop()
         _final_ingest(report, db_path, root, live, lock_wait_s, tell)
+        if not report.ingest_error:
+            report.lost = _vanished(db_path, root, [r for r in report.ran if r not in report.unrecorded])
         report.signal = signals.received if report.interrupted else None
     report.live_rounds = live.rounds
     report.failures = {**_failures(root, [c.run_id for c in todo]),
@@ -190,6 +210,7 @@ def _prepare_storage(db_path: Path, shard_root: Path | None, wait_s: float,
     try:
         root, migration = resolve_shard_dir(db_path, shard_root)
         root = root.absolute()
+        check_shard_root(root)  # a folder of the user's files (`--shards ~`): refused before anything is written
         check_folder_writable(root)
     except OSError as exc:
         where = shard_root or shard_dir_for(db_path)
@@ -282,9 +303,25 @@ def _drive(executor: Executor, todo: list[RunConfig], shard_root: Path, spec_nam
                     pending.append(task.cfg)
                     continue
             report.statuses[status] += 1
+            report.ran.append(out.run_id)
             progress.end_run(out.run_id, status)
             live.finished(out.run_id)
         live.tick()
+
+
+def _vanished(db_path: Path, root: Path, run_ids: list[str]) -> list[str]:
+    """Runs among `run_ids` that have neither a row in the store nor a shard in `root` (their shards vanished)."""
+    if not run_ids:
+        return []
+    try:
+        con = connect(db_path, read_only=True)
+    except StoreError:  # held by a writer right now: cannot tell, say nothing
+        return []
+    try:
+        stored = {r for (r,) in con.execute(queries.STORED_RUN_IDS, [list(run_ids)]).fetchall()}
+    finally:
+        con.close()
+    return [r for r in run_ids if r not in stored and not (root / r).is_dir()]
 
 
 def _record_lost(task: Task, error: str, started_at: str, wall_s: float, report: SweepReport) -> None:
