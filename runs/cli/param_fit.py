@@ -113,12 +113,15 @@ def _with_options(goal: Objective, tolerance: float | None, grid: Any, max_iter:
 
 
 def _check_device(device: str, scan: str) -> None:
+    """--device and --scan name something that exists, and the scan can run on that device here."""
+    from ssmscope.runs.sweeps.preflight import check_scan
     from ssmscope.ssm.errors import ConfigError
 
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"--device={device!r}; allowed: auto, cpu, cuda")
     if scan not in {b.value for b in ScanBackend}:
         raise ConfigError(f"--scan={scan!r}; allowed: {', '.join(b.value for b in ScanBackend)}")
+    check_scan(scan, device, "local")
 
 
 def _check_out(out: Path, force: bool) -> Path:

@@ -100,7 +100,7 @@ def sweep(
             workers=workers, address=address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task,
             partition=partition, time_min=time_min, cluster=cluster, array_parallelism=array_parallelism,
             slurm_params=params))
-        check_plan(s, device, executor, workers, memory)  # before anything is printed or created
+        check_plan(s, device, executor, workers, memory, scan)  # before anything is printed or created
     except ConfigError as exc:
         fail(str(exc))
     path = db_path(db)
@@ -134,3 +134,5 @@ def sweep(
         fail(f"{report.stopped_by} (stopped scheduling; finished runs are stored, rerun the same command to resume)")
     if report.ingest_error:
         fail(report.ingest_error)
+    if report.failed_line():
+        fail(report.failed_line(), code=report.exit_code)
