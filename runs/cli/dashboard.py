@@ -110,6 +110,10 @@ def register(app: typer.Typer) -> None:
         """Start the dashboard: runs, the coordinate check, the slope table, comparisons, LR transfer."""
         from ssmscope.ssm.errors import ConfigError
 
+        try:
+            check_option("--port", port)  # before the store or Streamlit is looked at
+        except ConfigError as exc:
+            fail(str(exc))
         path = db_path(db).resolve()  # a FIFO or a folder is refused here
         if not path.exists():
             typer.echo(f"note: no store at {path} yet; the dashboard will say how to fill it", err=True)

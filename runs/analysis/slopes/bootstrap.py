@@ -21,8 +21,8 @@ RESAMPLE_COPIES = 6
 
 def bootstrap_bytes(n_boot: int, n_seeds: int) -> int:
     """Peak memory of bootstrap_ci for cells of up to `n_seeds` seeds: the resample arrays, which grow with
-    n_boot × n_seeds, plus a few copies of one batch (BOOT_CHUNK values). The CLI checks it before fitting."""
-    return RESAMPLE_COPIES * 8 * n_boot * (n_seeds + 1) + 8 * 8 * BOOT_CHUNK
+    n_boot × n_seeds, plus two copies of one batch (BOOT_CHUNK float64 values). The CLI checks it before fitting."""
+    return RESAMPLE_COPIES * 8 * n_boot * (n_seeds + 1) + 2 * 8 * BOOT_CHUNK
 
 
 @dataclass(frozen=True)
