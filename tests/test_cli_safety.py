@@ -457,9 +457,29 @@ def test_sigterm_stops_an_ingest_in_one_line_with_exit_143(store, tmp_path):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, (stdout, stderr)
     assert "Traceback" not in stderr and stderr.strip().count("\n") == 0, stderr
-    assert "ingest interrupted after loading" in stderr and "rerun `ssmscope ingest --db" in " ".join(stderr.split())
+    assert "ingest interrupted" in stderr and "rerun `ssmscope ingest --db" in " ".join(stderr.split())
     loaded = duckdb.connect(str(db), read_only=True).execute("SELECT count(*) FROM runs").fetchone()[0]
     assert loaded < 300  # stopped part-way (the line says how many)
     result = CliRunner().invoke(app, ["ingest", "--db", str(db)])
     assert result.exit_code == 0 and counts(db)["runs"] == 300, result.output
 
+
+
+@pytest.mark.parametrize("signalled", [True, False])
+def test_a_store_error_after_sigterm_is_the_interrupt(tmp_path, monkeypatch, signalled):
+    """A SIGTERM between two statements of a shard's transaction reaches the ingest as DuckDB's "transaction is
+    aborted" (the interrupt is replaced by it): after a stop signal that is the interrupt, exit 143; without
+    one it stays a store error, exit 2. (Seen in about 1 run of 5 of the SIGTERM test above.)"""
+    shard_dir_for(tmp_path / "x.duckdb").mkdir()
+
+    def aborted(*args, **kw):
+        if signalled:
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            except KeyboardInterrupt:
+                pass  # what DuckDB's cleanup does to it
+        raise StoreError("cannot write the store x.duckdb: TransactionContext Error: Current transaction is aborted")
+
+    monkeypatch.setattr(store_db, "ingest", aborted)
+    out = one_line(["ingest", "--db", str(tmp_path / "x.duckdb")], code=143 if signalled else 2)
+    assert ("ingest interrupted" in out) == signalled and ("transaction is aborted" in out) != signalled

@@ -27,7 +27,7 @@ def ingest(
     """Load run shards into the store (idempotent: already loaded shards are skipped; bad ones are quarantined)."""
     from pathlib import Path
 
-    from ssmscope.runs.store.db import IngestInterrupted, counts, shard_dir_for
+    from ssmscope.runs.store.db import IngestInterrupted, StoreError, counts, shard_dir_for
     from ssmscope.runs.store.db import ingest as do_ingest
     from ssmscope.runs.store.layout import LEGACY_SHARDS
     from ssmscope.runs.store.shard_maintenance import clean_stale as do_clean
@@ -50,9 +50,16 @@ def ingest(
     with stop_signals() as signals:  # SIGTERM stops an ingest as Ctrl-C does: one line, exit 143
         try:
             with one_line_errors(root):
-                removed = do_clean(root, older_than * 60) if clean_stale else []
-                rep = do_ingest(path, given, wait_s=wait, on_wait=note)
-                n = counts(path, wait_s=wait, on_wait=note)  # a reader may open it meanwhile: wait as asked
+                try:
+                    removed = do_clean(root, older_than * 60) if clean_stale else []
+                    rep = do_ingest(path, given, wait_s=wait, on_wait=note)
+                    n = counts(path, wait_s=wait, on_wait=note)  # a reader may open it meanwhile: wait as asked
+                except StoreError:
+                    # A signal that lands between two statements of a shard's transaction surfaces as DuckDB's
+                    # "transaction is aborted", not as an interrupt: after a stop signal, it is the interrupt.
+                    if signals.received is None:
+                        raise
+                    raise KeyboardInterrupt from None
         except IngestInterrupted as exc:
             fail(exc.describe(), code=signals.exit_code)
         except KeyboardInterrupt:
