@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 
 from ssmscope.runs.store import db as store
+from ssmscope.runs.store.connection import special_file
 
 RECENT_FILE = "recent-stores.json"
 MAX_RECENT = 8
@@ -72,6 +73,9 @@ def check_store_path(text: str) -> tuple[Path | None, str | None]:
         path = path / STORE_FILE
     if not path.exists():
         return None, f"no file at {path}: check the path, or fill a new store with `ssmscope sweep smoke --db {path}`"
+    kind = special_file(path)
+    if kind is not None:  # a FIFO would block the page forever when opened
+        return None, f"{path} is {kind}, not a store file: give the store's .duckdb file"
     try:
         store.counts(path)
     except (store.StoreError, duckdb.Error) as exc:

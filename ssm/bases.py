@@ -36,6 +36,10 @@ DEFAULT_BASE = "mamba"
 LEGACY_BASE = "ssmscope-v0"
 """The constants every run recorded before bases existed was initialised with."""
 
+SCALE_LIMIT = 1e3
+"""Largest |std|, |bound| or |value| of a role at the base width (the built-ins' are at most 1)."""
+POWER_LIMIT = 8.0
+"""Largest |fan_in_power| or |n_layer_power| (the built-ins' are 0 or -1/2); as ssm.presets.EXPONENT_LIMIT."""
 BASE_FOLDER = "presets/bases"
 DISTS = (InitKind.NORMAL, InitKind.UNIFORM, InitKind.CONSTANT, InitKind.STRUCTURAL)
 _HEAD_KEYS = ("name", "description", "tied_readout")
@@ -159,11 +163,9 @@ def _role_base(path: str, table: Any, role: Role) -> RoleBase:
     scale = 0.0
     if given:
         key = given[0]
-        scale = parse_number(f"{path}.{key}", table[key])
+        scale = parse_number(f"{path}.{key}", table[key], SCALE_LIMIT)
         if key != "value" and not scale > 0:
             raise ConfigError(f"{path}.{key}={table[key]!r}; allowed: a positive number")
-        if not math.isfinite(scale):
-            raise ConfigError(f"{path}.{key}={table[key]!r}; allowed: a finite number")
         if key == "bound":
             scale /= math.sqrt(3)
     powers = {}
@@ -173,7 +175,7 @@ def _role_base(path: str, table: Any, role: Role) -> RoleBase:
                 raise ConfigError(f"{path}.{key}: only normal and uniform inits scale; dist is {dist}")
             if key == "fan_in_power" and role not in FAN_IN:
                 raise ConfigError(f"{path}.{key}: role {role} has no fan-in")
-            powers[key] = parse_number(f"{path}.{key}", table[key])
+            powers[key] = parse_number(f"{path}.{key}", table[key], POWER_LIMIT)
     rule = table.get("rule", "")
     if dist == InitKind.STRUCTURAL:
         if rule not in STRUCTURAL_RULES[role]:

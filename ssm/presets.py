@@ -120,6 +120,9 @@ class Preset:
 
 # ----------------------------------------------------------------------------- loading
 
+EXPONENT_LIMIT = 8.0
+"""Largest |exponent| of an init, lr or multiplier (µP's are at most 1; 8 is far past any real one, and keeps
+(width ratio)^exponent finite: a preset with nan, inf or 1e308 is refused when it loads, not trained)."""
 _EXP_KEYS = {"n_u", "n_x"}
 _ROLE_KEYS = {"init", "lr", "mult"}
 _HEAD_KEYS = ("name", "description", "base", "base_n_u", "base_n_x")
@@ -131,7 +134,7 @@ def _exponents(path: str, table: Any) -> Exponents:
     unknown = set(table) - _EXP_KEYS
     if unknown:
         raise ConfigError(f"{path}.{sorted(unknown)[0]}: unknown key; allowed: n_u, n_x")
-    return Exponents(**{k: parse_number(f"{path}.{k}", v) for k, v in table.items()})
+    return Exponents(**{k: parse_number(f"{path}.{k}", v, EXPONENT_LIMIT) for k, v in table.items()})
 
 
 def _lr(path: str, table: Any) -> dict[OptimizerFamily, Exponents]:

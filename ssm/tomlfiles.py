@@ -7,6 +7,7 @@ path; every failure is a ConfigError.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from fractions import Fraction
 from importlib import resources
@@ -27,30 +28,49 @@ def read_builtin_or_file(package: str, folder: str, kind: str, name_or_path: str
     text = str(name_or_path)
     names = builtin_toml_names(package, folder)
     if text in names:
-        return tomllib.loads(resources.files(package).joinpath(folder, f"{text}.toml").read_text()), text
+        return tomllib.loads(resources.files(package).joinpath(folder, f"{text}.toml").read_text("utf-8")), text
     path = Path(text)
     if path.suffix != ".toml":
         raise ConfigError(f"{kind}={text!r}; allowed: {', '.join(names)} or a .toml file")
     if not path.is_file():
         raise ConfigError(f"{kind} file {text!r} does not exist")
+    return read_toml(path, kind), text
+
+
+def read_toml(path: Path, kind: str) -> dict[str, Any]:
+    """A TOML file's table; a file that is not UTF-8, not TOML or not readable is a one-line ConfigError
+    naming it (and, for a bad byte, where it is)."""
     try:
-        return tomllib.loads(path.read_text()), text
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{kind} file {path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{text}: not valid TOML ({exc})") from None
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{kind} file {path}: cannot be read ({exc.strerror or exc})") from None
 
 
-def parse_number(path: str, value: Any) -> float:
-    """A TOML number, or a fraction written as a string ("-1/2"); `path` names the key in errors."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{path}={value!r}; allowed: a number such as -0.5 or '-1/2'")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+def parse_number(path: str, value: Any, limit: float | None = None) -> float:
+    """A finite TOML number, or a fraction written as a string ("-1/2"), with |value| ≤ `limit` when one is given;
+    `path` names the file and the key in errors. NaN and inf are refused: they would train as NaN or overflow."""
+    number = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
         try:
-            return float(Fraction(value.strip()))
-        except (ValueError, ZeroDivisionError):
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            number = math.inf
+    elif isinstance(value, str):
+        try:
+            number = float(Fraction(value.strip()))
+        except (ValueError, ZeroDivisionError, OverflowError):
             pass
-    raise ConfigError(f"{path}={value!r}; allowed: a number such as -0.5 or '-1/2'")
+    if number is None:
+        raise ConfigError(f"{path}={value!r}; allowed: a number such as -0.5 or '-1/2'")
+    if not math.isfinite(number) or (limit is not None and abs(number) > limit):
+        bound = f" from {-limit:g} to {limit:g}" if limit is not None else ""
+        raise ConfigError(f"{path}={value!r}; allowed: a finite number{bound}")
+    return number
 
 
 def head_table(source: str, table: str, head: Any, keys: tuple[str, ...]) -> tuple[dict[str, Any], str]:

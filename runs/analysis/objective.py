@@ -16,7 +16,6 @@ the default); every mistake is one ConfigError naming the key.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -25,6 +24,7 @@ from typing import Any
 
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.predictions import Convention
+from ssmscope.ssm.tomlfiles import read_toml
 
 TARGET_SITES = ("x", "y", "cx", "block_out")
 """Sites a target may name (the forward activations with a step-0 value and a Δ)."""
@@ -217,8 +217,4 @@ def load_objective(path: str | Path) -> Objective:
     path = Path(path)
     if path.suffix != ".toml" or not path.is_file():
         raise ConfigError(f"objective file {str(path)!r} does not exist (give a .toml file with an [objective] table)")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return parse_objective(data, str(path))
+    return parse_objective(read_toml(path, "objective"), str(path))

@@ -54,7 +54,15 @@ def one_line_errors(path: Path | str = "") -> Iterator[None]:
 
 
 def db_path(db: str | Path | None) -> Path:
-    """The store a command works on: --db, else $SSMSCOPE_DB, else the default."""
+    """The store a command works on: --db, else $SSMSCOPE_DB, else the default. A path that exists and is not a
+    regular file (a folder, a FIFO, a device) ends the command in one line: opening a FIFO would block forever."""
+    from ssmscope.runs.store.connection import check_store_file
     from ssmscope.runs.store.db import default_db_path
+    from ssmscope.runs.store.errors import StoreError
 
-    return Path(db) if db else default_db_path()
+    path = Path(db) if db else default_db_path()
+    try:
+        check_store_file(path)
+    except StoreError as exc:
+        fail(str(exc))
+    return path

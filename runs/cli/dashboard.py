@@ -24,7 +24,8 @@ from typing import Annotated
 
 import typer
 
-from ssmscope.runs.cli.console import DB_HELP, fail
+from ssmscope.runs.cli.bounds import check_option
+from ssmscope.runs.cli.console import DB_HELP, db_path, fail
 
 
 def main_script() -> Path:
@@ -54,8 +55,7 @@ def check_port(host: str, port: int) -> None:
     """Raise ConfigError unless host:port can be bound now (names what to change)."""
     from ssmscope.ssm.errors import ConfigError
 
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"--port={port}; allowed: 1 to 65535")
+    check_option("--port", port)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -108,10 +108,13 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = DEFAULT_HOST,
     ) -> None:
         """Start the dashboard: runs, the coordinate check, the slope table, comparisons, LR transfer."""
-        from ssmscope.runs.store.db import default_db_path
         from ssmscope.ssm.errors import ConfigError
 
-        path = Path(db).resolve() if db else default_db_path().resolve()
+        try:
+            check_option("--port", port)  # before the store or Streamlit is looked at
+        except ConfigError as exc:
+            fail(str(exc))
+        path = db_path(db).resolve()  # a FIFO or a folder is refused here
         if not path.exists():
             typer.echo(f"note: no store at {path} yet; the dashboard will say how to fill it", err=True)
         try:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from ssmscope.runs.cli.bounds import check_options
 from ssmscope.runs.cli.console import DB_HELP, db_path, fail, note, one_line_errors, warn
 
 
@@ -26,27 +27,44 @@ def ingest(
     """Load run shards into the store (idempotent: already loaded shards are skipped; bad ones are quarantined)."""
     from pathlib import Path
 
-    from ssmscope.runs.store.db import IngestInterrupted, counts, shard_dir_for
+    from ssmscope.runs.store.db import IngestInterrupted, StoreError, counts, shard_dir_for
     from ssmscope.runs.store.db import ingest as do_ingest
+    from ssmscope.runs.store.layout import LEGACY_SHARDS
     from ssmscope.runs.store.shard_maintenance import clean_stale as do_clean
     from ssmscope.runs.store.shard_maintenance import stale_temporaries
+    from ssmscope.runs.sweeps.signals import stop_signals
+    from ssmscope.ssm.errors import ConfigError
 
-    if wait < 0:
-        fail(f"--wait={wait}; allowed: 0 or more seconds")
-    if older_than < 0:
-        fail(f"--older-than={older_than}; allowed: 0 or more minutes")
+    try:
+        check_options({"--wait": wait, "--older-than": older_than})
+    except ConfigError as exc:
+        fail(str(exc))
     path = db_path(db)
     given = Path(shards) if shards else None
     if given is not None and not given.is_dir():
         fail(f"no shard folder {given}; check --shards (or leave it out for the store's own, {shard_dir_for(path)})")
     root = given or shard_dir_for(path)
-    try:
-        with one_line_errors(root):
-            removed = do_clean(root, older_than * 60) if clean_stale else []
-            rep = do_ingest(path, given, wait_s=wait, on_wait=note)
-            n = counts(path)
-    except IngestInterrupted as exc:
-        fail(exc.describe(), code=130)
+    if given is None and not path.exists() and not root.is_dir() and not (path.parent / LEGACY_SHARDS).is_dir():
+        fail(f"nothing to ingest: the store {path} does not exist and neither does its shard folder {root} "
+             "(a sweep makes both); check --db, or give the shards with --shards")
+    with stop_signals() as signals:  # SIGTERM stops an ingest as Ctrl-C does: one line, exit 143
+        try:
+            with one_line_errors(root):
+                try:
+                    removed = do_clean(root, older_than * 60) if clean_stale else []
+                    rep = do_ingest(path, given, wait_s=wait, on_wait=note)
+                    n = counts(path, wait_s=wait, on_wait=note)  # a reader may open it meanwhile: wait as asked
+                except StoreError:
+                    # A signal that lands between two statements of a shard's transaction surfaces as DuckDB's
+                    # "transaction is aborted", not as an interrupt: after a stop signal, it is the interrupt.
+                    if signals.received is None:
+                        raise
+                    raise KeyboardInterrupt from None
+        except IngestInterrupted as exc:
+            fail(exc.describe(), code=signals.exit_code)
+        except KeyboardInterrupt:
+            fail(f"ingest interrupted; what it loaded into {path} stays: rerun `ssmscope ingest --db {path}` to "
+                 "finish", code=signals.exit_code)
     if rep.migration is not None:
         note(rep.migration.describe())
     if clean_stale:

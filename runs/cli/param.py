@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from ssmscope.runs.cli.bounds import check_options
 from ssmscope.runs.cli.console import console, err_console, fail
 from ssmscope.runs.cli.param_fit import param_fit
 
@@ -38,6 +39,8 @@ def param_show(
     from ssmscope.ssm.presets import readout_tied, with_base
 
     try:
+        check_options({"--d-model": d_model, "--d-state": d_state, "--expand": expand, "--n-layers": n_layers,
+                       "--vocab-size": vocab_size, "--lr": lr})
         cfg = MambaConfig(d_model=d_model, d_state=d_state, expand=expand, n_layers=n_layers,
                           vocab_size=vocab_size, discretization=discretization)
         p = with_base(load_preset(preset), base)

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ssmscope.runs.cli.bounds import check_memory, check_options
 from ssmscope.runs.cli.console import DB_HELP, console, db_path, err_console, fail
+from ssmscope.runs.cli.outfile import check_out
 from ssmscope.ssm.config import ScanBackend  # light: the enum, no torch
 
 if TYPE_CHECKING:
@@ -56,21 +58,23 @@ def param_fit(
 ) -> None:
     """Solve for the width exponents that flatten the objective's slopes, and write them as a preset."""
     from ssmscope.runs.analysis.objective import DEFAULT_OBJECTIVE, load_objective, parse_grid
+    from ssmscope.runs.analysis.slopes.bootstrap import bootstrap_bytes
     from ssmscope.runs.analysis.solver import solve
     from ssmscope.ssm.errors import ConfigError
 
     try:
+        check_options({"--n-boot": n_boot, "--workers": workers, "--tolerance": tolerance, "--max-iter": max_iter})
         goal = load_objective(objective) if objective is not None else DEFAULT_OBJECTIVE
         goal = _with_options(goal, tolerance, None if grid is None else parse_grid(grid), max_iter)
         out = _check_out(out, force)
-        if n_boot < 0:
-            raise ConfigError(f"--n-boot={n_boot}; allowed: 0 or more")
-        if workers is not None and workers < 1:
-            raise ConfigError(f"--workers={workers}; allowed: a positive integer")
         _check_device(device, scan)
         base_raw, base_source = _read_preset(base)
         sweep_spec = _load_spec(spec)
         templates, family, design = _recipe(sweep_spec)
+        if n_boot > 0:
+            seeds = len({c.seed for c in templates})
+            check_memory(f"--n-boot {n_boot} over {seeds} seeds", bootstrap_bytes(n_boot, seeds),
+                         "lower --n-boot (the default is 1000)")
     except ConfigError as exc:
         fail(str(exc))
     store = db_path(db)
@@ -96,30 +100,28 @@ def param_fit(
 
 # --- options ---------------------------------------------------------------------------------------
 def _with_options(goal: Objective, tolerance: float | None, grid: Any, max_iter: int | None) -> Objective:
+    """The objective with the options the command line gives (already checked against runs.cli.bounds)."""
     from dataclasses import replace as with_fields
 
-    from ssmscope.ssm.errors import ConfigError
-
     if tolerance is not None:
-        if not 0 < tolerance < 2:
-            raise ConfigError(f"--tolerance={tolerance}; allowed: a number in (0, 2)")
         goal = with_fields(goal, tolerance=tolerance)
     if grid is not None:
         goal = with_fields(goal, grid=grid)
     if max_iter is not None:
-        if not 0 <= max_iter <= 20:
-            raise ConfigError(f"--max-iter={max_iter}; allowed: 0..20")
         goal = with_fields(goal, max_iterations=max_iter)
     return goal
 
 
 def _check_device(device: str, scan: str) -> None:
+    """--device and --scan name something that exists, and the scan can run on that device here."""
+    from ssmscope.runs.sweeps.preflight import check_scan
     from ssmscope.ssm.errors import ConfigError
 
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"--device={device!r}; allowed: auto, cpu, cuda")
     if scan not in {b.value for b in ScanBackend}:
         raise ConfigError(f"--scan={scan!r}; allowed: {', '.join(b.value for b in ScanBackend)}")
+    check_scan(scan, device, "local")
 
 
 def _check_out(out: Path, force: bool) -> Path:
@@ -130,8 +132,7 @@ def _check_out(out: Path, force: bool) -> Path:
         raise ConfigError(f"--out={str(out)!r}; allowed: a .toml file name")
     if out.exists() and not force:
         raise ConfigError(f"--out {out} exists; pass --force to overwrite it")
-    if not out.parent.is_dir():
-        raise ConfigError(f"--out {out}: the folder {out.parent} does not exist")
+    check_out(out)  # the folder exists and can be written: known now, not after the solve
     return out.absolute()
 
 

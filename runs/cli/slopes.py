@@ -27,7 +27,9 @@ from ssmscope.runs.analysis.selection import (
     pushdown_filters,
 )
 from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT
+from ssmscope.runs.cli.bounds import check_memory, check_options
 from ssmscope.runs.cli.console import DB_HELP, WHERE_HELP, console, err_console, fail
+from ssmscope.runs.cli.outfile import check_out, writing
 
 if TYPE_CHECKING:  # polars and the analysis load inside the command: `ssmscope --help` stays fast
     import polars as pl
@@ -94,13 +96,15 @@ def register(app: typer.Typer) -> None:
             if frame.is_empty():
                 selection = f" ({'; '.join(where)})" if where else ""
                 raise ConfigError(f"no probe rows match the selection{selection}")
+            _check_bootstrap_memory(frame, n_boot)
             result, raw, caption = _compute(frame, table, out_format, options)
             if result.is_empty():
                 raise ConfigError(_nothing_to_fit(frame, table, options["design"]))
-            if out_format == TABLE:
-                _write_table(result, table, caption, out)
-            else:
-                _write(result, out_format, out, caption, raw)
+            with writing(out or "stdout"):
+                if out_format == TABLE:
+                    _write_table(result, table, caption, out)
+                else:
+                    _write(result, out_format, out, caption, raw)
         except ConfigError as exc:
             fail(str(exc))
 
@@ -138,13 +142,24 @@ def _options(fmt: str | None, out: Path | None, step: str, convention: str, widt
         raise ConfigError(f"--format {out_format.value} writes a binary file: give --out FILE")
     if table not in ("paper", "full", "groups"):
         raise ConfigError(f"--table={table!r}; allowed: paper, full, groups")
-    if n_boot < 0:
-        raise ConfigError(f"--n-boot={n_boot}; allowed: 0 or more")
+    check_options({"--n-boot": n_boot, "--seed": seed})
+    check_out(out)
     layers = layers or ("mean" if table == "paper" else "each")
     options = dict(convention=parse_convention(convention), design=_choice(Design, "--width", width),
                    layers=_choice(LayerAgg, "--layers", layers), step=parse_step(step), n_boot=n_boot,
                    rng_seed=seed, include_failed=include_failed)
     return out_format, options
+
+
+def _check_bootstrap_memory(frame: pl.DataFrame, n_boot: int) -> None:
+    """The seed bootstrap's arrays grow with n_boot × seeds per cell: refuse before fitting when they cannot
+    fit this machine (the largest cell has at most as many seeds as the selection)."""
+    from ssmscope.runs.analysis.slopes.bootstrap import bootstrap_bytes
+
+    if n_boot > 0:
+        seeds = frame["seed"].n_unique()
+        check_memory(f"--n-boot {n_boot} over {seeds} seeds", bootstrap_bytes(n_boot, seeds),
+                     "lower --n-boot (the default is 1000)")
 
 
 def _fit_option(fit: str, design: str) -> str:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from ssmscope.runs.cli.bounds import check_options
 from ssmscope.runs.cli.console import DB_HELP, console, db_path, fail, note, one_line_errors, warn
 from ssmscope.ssm.config import ScanBackend  # light: the enum and ConfigError, no torch
 
@@ -64,17 +65,16 @@ def sweep(
         fail(f"--device={device!r}; allowed: auto, cpu, cuda")
     if executor not in EXECUTORS:
         fail(f"--executor={executor!r}; allowed: {', '.join(EXECUTORS)}")
-    if workers is not None and (workers < 1 or executor != "local"):
-        fail(f"--workers={workers}; allowed: a positive integer, with --executor local "
-             "(ray and slurm: --cpus-per-task, --gpus-per-task)")
-    if time_min < 1:
-        fail(f"--time-min={time_min}; allowed: a positive integer")
-    if retries < 0:
-        fail(f"--retries={retries}; allowed: 0 or more")
-    if cpus_per_task <= 0 or gpus_per_task < 0:
-        fail("--cpus-per-task must be > 0 and --gpus-per-task >= 0")
-    if ingest_every < 0 or ingest_interval < 0:
-        fail("--ingest-every and --ingest-interval must be 0 or more")
+    if workers is not None and executor != "local":
+        fail(f"--workers={workers}; allowed with --executor local only (ray and slurm: --cpus-per-task, "
+             "--gpus-per-task)")
+    try:
+        check_options({"--workers": workers, "--time-min": time_min, "--retries": retries,
+                       "--cpus-per-task": cpus_per_task, "--gpus-per-task": gpus_per_task,
+                       "--ingest-every": ingest_every, "--ingest-interval": ingest_interval,
+                       "--array-parallelism": array_parallelism})
+    except ConfigError as exc:
+        fail(str(exc))
     try:
         memory = AUTO if max_memory.strip().lower() == AUTO else parse_size(max_memory)
     except ValueError:
@@ -100,7 +100,7 @@ def sweep(
             workers=workers, address=address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task,
             partition=partition, time_min=time_min, cluster=cluster, array_parallelism=array_parallelism,
             slurm_params=params))
-        check_plan(s, device, executor, workers, memory)  # before anything is printed or created
+        check_plan(s, device, executor, workers, memory, scan)  # before anything is printed or created
     except ConfigError as exc:
         fail(str(exc))
     path = db_path(db)
@@ -136,3 +136,5 @@ def sweep(
         fail(report.ingest_error)
     if report.lost:
         fail(report.lost_line())
+    if report.failed_line():
+        fail(report.failed_line(), code=report.exit_code)

@@ -15,7 +15,9 @@ from typing import Annotated
 import typer
 
 from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT
+from ssmscope.runs.cli.bounds import check_option
 from ssmscope.runs.cli.console import DB_HELP, console, err_console, fail
+from ssmscope.runs.cli.outfile import check_out, writing
 
 WHERE_HELP = "filter on run keys, repeatable: key=value, key=v1,v2, key!=v, n_u>=64 (as in `ssmscope slopes`)"
 
@@ -71,12 +73,16 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"--table={table!r}; allowed: drift, optima")
             if use not in ("eval_loss", "train_loss"):
                 raise ConfigError(f"--use={use!r}; allowed: eval_loss, train_loss")
+            # Its bootstrap keeps one float per resample and cell at a time: the range bounds memory and time.
+            check_option("--n-boot", n_boot)
+            check_out(out)
             drift_frame, optima_frame = transfer_tables(db, where or [], use, n_boot)
             frame = drift_frame if table == "drift" else optima_frame
             caption = ("drift = slope of log2 η* against log2 width over widths with an interior optimum "
                        "(95% seed-bootstrap CI); η* = vertex of a parabola in log2 lr through the minimum "
                        f"of the seed-mean {use} and its neighbours")
-            text = export(frame, out_format, out, caption=caption)
+            with writing(out or "stdout"):
+                text = export(frame, out_format, out, caption=caption)
         except ConfigError as exc:
             fail(str(exc))
         if text is not None:

@@ -9,6 +9,7 @@ after the bound is a StoreLocked naming the holder (reader or writer, PID, progr
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,12 +37,37 @@ def default_db_path() -> Path:
     return Path(os.environ.get("SSMSCOPE_DB", DEFAULT_DB))
 
 
+FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+"""What a path that is not a regular file is, in words."""
+
+
+def special_file(path: Path) -> str | None:
+    """What `path` is when it exists and is not a regular file (a folder, a FIFO, a device, a socket), else
+    None. Opening a FIFO blocks until a writer comes, so a store path must be checked before it is opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing, or unreadable: the open says so
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in FILE_KINDS if test(mode)), "not a regular file")
+
+
+def check_store_file(db_path: Path) -> None:
+    """A one-line StoreError when the store path exists and is not a regular file."""
+    kind = special_file(db_path)
+    if kind is not None:
+        raise StoreError(f"{db_path} is {kind}, not a store file; give the store's .duckdb file with --db")
+
+
 def connect(db_path: Path, read_only: bool = False, *, wait_s: float = 0.0,
             on_wait: WaitFn | None = None) -> duckdb.DuckDBPyConnection:
     """Open the store (creating it and its tables when writing); every failure is a one-line StoreError.
 
     A lock held by another process is waited for up to `wait_s` seconds (`on_wait` is told once)."""
     db_path = Path(db_path)
+    check_store_file(db_path)
     if read_only and not db_path.exists():
         raise StoreError(f"no store at {db_path}; run a sweep first, e.g. `ssmscope sweep smoke --db {db_path}`")
     if not read_only and not db_path.parent.is_dir():

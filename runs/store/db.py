@@ -17,7 +17,14 @@ from typing import Any
 import polars as pl
 
 from ssmscope.runs.store import queries
-from ssmscope.runs.store.connection import DEFAULT_DB, check_schema, check_writable, connect, default_db_path
+from ssmscope.runs.store.connection import (
+    DEFAULT_DB,
+    WaitFn,
+    check_schema,
+    check_writable,
+    connect,
+    default_db_path,
+)
 from ssmscope.runs.store.errors import StoreError, StoreLocked
 from ssmscope.runs.store.ingest import IngestInterrupted, IngestReport, ingest
 from ssmscope.runs.store.layout import shard_dir_for
@@ -66,8 +73,9 @@ def load_losses(db_path: Path, filters: Mapping[str, Any] | None = None) -> pl.D
     return _frame(db_path, queries.LOSS_FRAME, filters)
 
 
-def counts(db_path: Path) -> dict[str, int]:
-    con = connect(db_path, read_only=True)
+def counts(db_path: Path, *, wait_s: float = 0.0, on_wait: WaitFn | None = None) -> dict[str, int]:
+    """Rows in the runs, probes and losses tables; a store another process holds is waited for up to `wait_s`."""
+    con = connect(db_path, read_only=True, wait_s=wait_s, on_wait=on_wait)
     try:
         runs, probes, losses = con.execute(queries.COUNT_ROWS).fetchall()[0]
         return {"runs": runs, "probes": probes, "losses": losses}

@@ -106,20 +106,37 @@ class LockHolder:
         return f"{who}, {self.program}" if self.program else who
 
 
-PROGRAMS = (("streamlit", "the dashboard (ssmscope app)"), ("ingest", "ssmscope ingest"),
-            ("sweep", "ssmscope sweep"), ("duckdb", "a DuckDB session"))
-"""Words of a process's command line → how to name it (first match wins)."""
+ENTRY_POINTS = ("ssmscope", "ssmscope.runs.cli.main", "ssmscope.runs.cli")
+"""How an `ssmscope` command line starts: the console script (the first), or `python -m` one of these."""
+SUBCOMMANDS = {"app": "the dashboard (ssmscope app)", "ingest": "ssmscope ingest", "sweep": "ssmscope sweep",
+               "param": "ssmscope param fit"}
+"""The subcommand word of an `ssmscope` command line → how to name the process (others: `ssmscope <word>`)."""
+PROGRAMS = (("streamlit", "the dashboard (ssmscope app)"), ("duckdb", "a DuckDB session"))
+"""Words of any other process's command line → how to name it (first match wins)."""
+
+
+def program_name(argv: list[str]) -> str:
+    """How to name a process by its arguments: an `ssmscope` command by its subcommand — the first word after
+    the entry point that is not an option, so `ssmscope sweep --ingest-every 8` is a sweep, not an ingest —
+    else by PROGRAMS, else by its executable's name."""
+    for i, arg in enumerate(argv):
+        script = i <= 1 and Path(arg).name == ENTRY_POINTS[0]  # `ssmscope ...` or `python /venv/bin/ssmscope ...`
+        if script or (i >= 1 and argv[i - 1] == "-m" and arg in ENTRY_POINTS):
+            sub = next((a for a in argv[i + 1:] if not a.startswith("-")), None)
+            return SUBCOMMANDS.get(sub, f"ssmscope {sub}") if sub else "ssmscope"
+    words = " ".join(argv)
+    for word, name in PROGRAMS:
+        if word in words:
+            return name
+    return Path(argv[0]).name if argv else ""
 
 
 def _program(pid: int) -> str:
     try:
-        words = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return ""
-    for word, name in PROGRAMS:
-        if word in words:
-            return name
-    return Path(words.split(" ")[0]).name if words.strip() else ""
+    return program_name([a.decode(errors="replace") for a in raw.split(b"\0") if a])
 
 
 def lock_holder(db_path: Path, message: str = "") -> LockHolder:

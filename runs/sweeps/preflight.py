@@ -8,7 +8,9 @@ explicit `--max-memory` applies.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 
 from ssmscope.runs.sweeps.memory import available_ram, gpu_memory, human, run_bytes
 from ssmscope.runs.sweeps.spec import SweepSpec
@@ -35,6 +37,26 @@ def check_device(device: str, executor: str) -> None:
                           + ", ".join(f"cuda:{i}" for i in range(count)))
 
 
+def check_scan(scan: str, device: str, executor: str) -> None:
+    """`--scan triton` runs on CUDA tensors only: refuse it before any run when the runs would be on a CPU (every
+    run would fail), or the triton package is missing here. TRITON_INTERPRET=1 runs it on the CPU (tests)."""
+    if scan != "triton" or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return
+    if device == "cpu":
+        raise ConfigError("--scan triton needs a CUDA device and --device cpu runs on the CPU; "
+                          "use --scan fast or compiled (or auto)")
+    if executor != "local":  # the workers' machines decide; a run that cannot use it fails there
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--scan triton needs a CUDA device; none is visible here (torch {torch.__version__}: "
+                          "torch.cuda.is_available() is False); use --scan fast or compiled (or auto)")
+    if importlib.util.find_spec("triton") is None:
+        raise ConfigError("--scan triton: the triton package is not installed here (pip install triton); "
+                          "use --scan fast or auto")
+
+
 def check_presets(spec: SweepSpec) -> None:
     """Every preset file of the grid exists and parses (built-in presets are checked by their tests)."""
     for name in dict.fromkeys(cfg.preset for cfg in spec.runs):
@@ -42,13 +64,8 @@ def check_presets(spec: SweepSpec) -> None:
             continue
         try:
             load_preset(name)
-        except ConfigError as exc:
+        except ConfigError as exc:  # a bad encoding, TOML, key or exponent (ssm.tomlfiles, ssm.presets)
             raise ConfigError(f"grid.presets: {exc}") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"grid.presets: {name} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
-                              f"offset {exc.start}); save it as UTF-8") from None
-        except OSError as exc:
-            raise ConfigError(f"grid.presets: cannot read {name} ({exc.strerror or exc})") from None
 
 
 def memory_limit(device: str, executor: str, workers: int | None) -> tuple[int, str] | None:
@@ -94,8 +111,9 @@ def check_memory(spec: SweepSpec, device: str, executor: str, workers: int | Non
 
 
 def check_plan(spec: SweepSpec, device: str, executor: str, workers: int | None,
-               max_memory: int | str | None = AUTO) -> None:
-    """Every check above, in order (presets, device, memory): a ConfigError for the first problem."""
+               max_memory: int | str | None = AUTO, scan: str = "auto") -> None:
+    """Every check above, in order (presets, device, scan, memory): a ConfigError for the first problem."""
     check_presets(spec)
     check_device(device, executor)
+    check_scan(scan, device, executor)
     check_memory(spec, device, executor, workers, max_memory)

@@ -24,6 +24,11 @@ from ssmscope.ssm.presets import Optimizer, builtin_names, preset_base_name
 from ssmscope.ssm.tomlfiles import builtin_toml_names, read_builtin_or_file
 
 TASKS = ("pydoc", "copy")
+INT64_MAX = 2**63 - 1
+"""The largest integer the store's BIGINT columns hold: every integer of a spec is at most this."""
+SEED_MAX = INT64_MAX
+"""Seeds are 0 … 2^63 − 1: numpy's generators refuse negative seeds, and the store keeps a seed as a BIGINT
+(torch.manual_seed takes up to 2^64 − 1, so it is not the limit)."""
 
 HASH_OMITTED_DEFAULTS: dict[str, Any] = {"base": LEGACY_BASE, "param_every": 1}
 """Fields newer than some stored runs, and the value those runs had: left out of run ids at that value."""
@@ -154,8 +159,9 @@ def _recipe(path: str, table: Any) -> dict[str, Any]:
             if not isinstance(v, bool):
                 raise ConfigError(f"{path}.{key}={v!r}; allowed: true or false")
         elif t == "int":
-            if isinstance(v, bool) or not isinstance(v, int) or (v <= 0 and key not in ("eval_every",)) or v < 0:
-                raise ConfigError(f"{path}.{key}={v!r}; allowed: a positive integer")
+            if (isinstance(v, bool) or not isinstance(v, int) or (v <= 0 and key not in ("eval_every",)) or v < 0
+                    or v > INT64_MAX):
+                raise ConfigError(f"{path}.{key}={v!r}; allowed: a positive integer (at most 2^63 - 1)")
         elif t == "float":
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"{path}.{key}={v!r}; allowed: a finite non-negative number")
@@ -191,6 +197,11 @@ def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
     head = data.get("sweep", {})
     if not isinstance(head, dict) or set(head) - {"name", "description"}:
         raise ConfigError("sweep: allowed keys: name, description")
+    name = head.get("name", Path(source).stem)
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"sweep.name={name!r}; allowed: a non-empty string (runs store it as their spec)")
+    if not isinstance(head.get("description", ""), str):
+        raise ConfigError(f"sweep.description={head['description']!r}; allowed: a string")
     grid = data.get("grid")
     if not isinstance(grid, dict):
         raise ConfigError("grid: missing table [grid]")
@@ -221,6 +232,9 @@ def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
                  allowed=[o.value for o in Optimizer])
     lrs = _list("grid.lrs", grid.get("lrs"), float, positive=True)
     seeds = _list("grid.seeds", grid.get("seeds", [0]), int)
+    for i, seed in enumerate(seeds):
+        if not 0 <= seed <= SEED_MAX:
+            raise ConfigError(f"grid.seeds[{i}]={seed}; allowed: an integer from 0 to 2^63 - 1 ({SEED_MAX})")
     recipe = _recipe("train", data.get("train", {}))
     expand = recipe.get("expand", 2)
     for n_u, _ in shapes:
@@ -231,8 +245,7 @@ def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
         for (n_u, n_x), p, d, o, lr, s in itertools.product(shapes, presets, discs, opts, lrs, seeds)
         for b in bases[p]
     )
-    return SweepSpec(name=str(head.get("name", Path(source).stem)),
-                     description=str(head.get("description", "")), runs=runs, source=source)
+    return SweepSpec(name=name, description=head.get("description", ""), runs=runs, source=source)
 
 
 def builtin_specs() -> list[str]:
@@ -241,11 +254,5 @@ def builtin_specs() -> list[str]:
 
 def load_spec(name_or_path: str | Path) -> SweepSpec:
     """A built-in spec by name or a spec TOML file."""
-    try:
-        data, source = read_builtin_or_file("ssmscope.runs.sweeps", "specs", "spec", name_or_path)
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"spec file {name_or_path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-                          f"{exc.start}); save it as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(f"spec file {name_or_path}: cannot be read ({exc.strerror or exc})") from None
+    data, source = read_builtin_or_file("ssmscope.runs.sweeps", "specs", "spec", name_or_path)
     return parse_spec(data, source)

@@ -109,11 +109,23 @@ class SweepReport:
 
     @property
     def exit_code(self) -> int:
-        """0; 2 for a storage fault or runs whose shards vanished (the line says what to do); 128 + signal when
-        stopped by one."""
+        """128 + signal when stopped by one; 2 for a storage fault or runs whose shards vanished (nothing trained is
+        lost to a fault; the line says what to do); 1 when runs failed (some or all: rerunning retries them); else 0
+        (diverged runs are results, not failures)."""
         if self.interrupted:
             return 128 + (self.signal or 2)
-        return 2 if self.stopped_by or self.ingest_error or self.lost else 0
+        if self.stopped_by or self.ingest_error or self.lost:
+            return 2
+        return 1 if self.statuses.get(RunStatus.FAILED, 0) else 0
+
+    def failed_line(self) -> str | None:
+        """How many of the runs this sweep trained failed, in one line (None: none did)."""
+        failed, ran = self.statuses.get(RunStatus.FAILED, 0), sum(self.statuses.values())
+        if not failed:
+            return None
+        what = f"all {ran} runs" if failed == ran else f"{failed} of {ran} runs"
+        return (f"{what} this sweep trained failed (errors above); finished runs are stored: rerun the same command "
+                "to retry the failed ones")
 
     def lost_line(self) -> str | None:
         """One line naming the runs whose shards vanished before they were stored, or None."""
@@ -153,7 +165,7 @@ def run_sweep(spec: SweepSpec, db_path: Path, *, device: str = "auto", workers: 
     db_path = Path(db_path)
     name = executor if isinstance(executor, str) else executor.name
     n_workers = workers if workers is not None or isinstance(executor, str) else getattr(executor, "workers", None)
-    check_plan(spec, device, name, n_workers, max_memory)
+    check_plan(spec, device, name, n_workers, max_memory, scan)
     root, migration = _prepare_storage(db_path, shard_root, lock_wait_s, tell)
     if isinstance(executor, str):
         opts = replace(options or ExecutorOptions(), **({"workers": workers} if workers is not None else {}))

@@ -14,6 +14,15 @@ MIN_SEEDS_FOR_CI = 2
 """A seed bootstrap of one seed has zero spread: fewer seeds give a null CI (the SE is still reported)."""
 BOOT_CHUNK = 1 << 22
 """Elements (cells × distinct resamples × sums) per bootstrap batch: bounds memory at ~32 MB."""
+RESAMPLE_COPIES = 6
+"""Arrays of n_boot × (K + 1) int64/float64 alive at once while resamples() draws and reduces them
+(tracemalloc peak over bootstrap_ci / (n_boot · (K+1) · 8 bytes): 4.4 at K = 2, 6.0 at K = 20 to 400)."""
+
+
+def bootstrap_bytes(n_boot: int, n_seeds: int) -> int:
+    """Peak memory of bootstrap_ci for cells of up to `n_seeds` seeds: the resample arrays, which grow with
+    n_boot × n_seeds, plus two copies of one batch (BOOT_CHUNK float64 values). The CLI checks it before fitting."""
+    return RESAMPLE_COPIES * 8 * n_boot * (n_seeds + 1) + 2 * 8 * BOOT_CHUNK
 
 
 @dataclass(frozen=True)
