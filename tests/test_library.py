@@ -240,7 +240,7 @@ def _ids(*shape: int, value: int | None = None, dtype: torch.dtype = torch.long)
     ({"steps": True}, "steps=True"),
     ({"log_every": 0}, "log_every=0"),
     # memory, before anything is built or trained
-    ({"widths": [2**20]}, r"widths: N_u=1048576, N_x=1048576 \(batch 2, length 8, 1 layers\) needs about .* more than "
+    ({"widths": [2**20]}, r"widths: N_u=1048576, N_x=1048576 \(batch 2, length 8, 1 layer\) needs about .* more than "
      r"the .* available \((MemAvailable|physical memory).*max_memory=SIZE"),
     ({"max_memory": "1M"}, r"needs about .* more than the 1 MiB available \(max_memory\)"),
     ({"max_memory": "lots"}, "max_memory='lots'; allowed: 'auto', None"),
@@ -279,6 +279,51 @@ def test_seeds_and_lrs_may_be_numpy_values():
     frame = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), steps=1, presets="sp", seeds=np.arange(2),
                                  lr=np.float32(0.01))
     assert sorted(frame["seed"].unique()) == [0, 1] and frame["lr"].unique().to_list() == [pytest.approx(0.01)]
+
+
+# ----------------------------------------------------------------------------- the scan a run records
+def test_every_run_row_records_the_scan_that_ran_not_auto(tmp_path):
+    """A sweep, coord_check and Monitor with scan=auto on the CPU store `compiled` (or `fast` where the C scan
+    does not build): the backend dispatch resolved auto to, which is what computed the runs."""
+    import tomllib
+
+    from conftest import tiny_spec_toml
+
+    from ssmscope.runs.sweeps.spec import parse_spec
+    from ssmscope.runs.sweeps.sweep import run_sweep
+    from ssmscope.ssm.scan import resolve_backend
+
+    ran = resolve_backend("auto", torch.device("cpu")).value
+    assert ran in ("compiled", "fast")
+    db = tmp_path / "sweep" / "s.duckdb"
+    spec = parse_spec(tomllib.loads(tiny_spec_toml("scan-record", widths=(16,))), "scan-record")
+    run_sweep(spec, db, device="cpu", workers=1, scan="auto")
+    assert load_runs(db)["scan"].to_list() == [ran, ran]
+    frame = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), steps=1, presets="sp", scan="auto")
+    assert RUNS[frame["run_id"][0]].row["scan"] == ran
+    with ssmscope.Monitor(initialised(tiny(n_layers=1)), tmp_path / "m.duckdb", probe_batch=batch(0), every=1,
+                          ingest=False) as mon:
+        assert mon.run_row()["scan"] == ran
+    explicit = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), steps=1, presets="sp", scan="reference")
+    assert RUNS[explicit["run_id"][0]].row["scan"] == "reference"
+
+
+def test_a_worker_without_a_c_compiler_records_the_fast_scan(tmp_path, monkeypatch):
+    from ssmscope.ssm.scan import compiled, dispatch
+
+    monkeypatch.setenv(compiled.CACHE_ENV, str(tmp_path / "empty-cache"))  # nothing built: a build is needed
+    monkeypatch.setenv(compiled.CC_ENV, "/nonexistent/cc-for-ssmscope-tests")
+    monkeypatch.setattr(dispatch, "_announced", set())
+    monkeypatch.setattr(dispatch, "_BACKENDS", {})
+    compiled.reset()
+    try:
+        cfg = RunConfig(preset="sp", discretization="zoh", optimizer="adam", lr=0.01, seed=0, n_u=16, n_x=16,
+                        n_layers=1, steps=1, batch=2, seq_len=8)
+        assert run_one(cfg, tmp_path / "shards", spec="no-cc", scan="auto") == "completed"
+        ingest(tmp_path / "s.duckdb", tmp_path / "shards")
+        assert load_runs(tmp_path / "s.duckdb")["scan"].to_list() == ["fast"]
+    finally:
+        compiled.reset()
 
 
 # ----------------------------------------------------------------------------- Monitor

@@ -33,6 +33,7 @@ from ssmscope.runs.sweeps.preflight import memory_limit
 from ssmscope.ssm.config import Discretization, ScanBackend
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.presets import Optimizer
+from ssmscope.ssm.scan import backend_that_runs
 
 Width = int | tuple[int, int]
 """A width: N (joint, N_u = N_x = N) or (N_u, N_x)."""
@@ -186,7 +187,8 @@ def _check_memory(family: Family, pairs: list[tuple[int, int]], batches: list[An
             worst, need = (n_u, n_x, shape.n_layers), est
     if worst is not None and need > limit:
         n_u, n_x, layers = worst
-        raise ConfigError(f"widths: N_u={n_u}, N_x={n_x} (batch {batch}, length {seq_len}, {layers} layers) needs "
+        raise ConfigError(f"widths: N_u={n_u}, N_x={n_x} (batch {batch}, length {seq_len}, {layers} "
+                          f"layer{'s' if layers != 1 else ''}) needs "
                           f"about {human(need)}, more than the {human(limit)} available ({source}); use smaller "
                           "widths or batches, or override with max_memory=SIZE (or None)")
 
@@ -293,7 +295,7 @@ class _Context:
             task=self.task, fixed_batch=isinstance(self.batches, Tensor), dt_min=subject.dt_min,
             dt_max=subject.dt_max, config_json=rec.json_of(description), started_at=started,
             finished_at=rec.now_iso(), wall_s=time.perf_counter() - t0, device=str(self.device),
-            scan=setting.scan, **rec.provenance())
+            scan=backend_that_runs(setting.scan, self.device), **rec.provenance())
         rec.RUNS[run_id] = rec.RunData(row, rec.loss_rows(out["losses"]))
         return row, [{**r, "run_id": run_id} for r in out["probes"]]
 
