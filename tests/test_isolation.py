@@ -1,8 +1,9 @@
 """The test suite keeps out of the user's own folders: the cache (~/.cache/ssmscope) and the default store.
 
 tests/conftest.py points SSMSCOPE_CACHE_DIR and XDG_CACHE_HOME at a temporary folder for the session and
-fails any test that changes the user's real cache folder; these tests check both halves: every writer
-lands in the private folder, and the guard really fails a test that writes into the real one.
+fails any test that writes into the user's real cache folder (an audit hook sees the test process's writes);
+these tests check both halves: every writer lands in the private folder, and the guard really fails a test
+that writes into the real one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import USER_CACHE_DIR, USER_PATH_VARS, cache_snapshot
+from conftest import USER_CACHE_DIR, USER_CACHE_WRITES, USER_PATH_VARS
 
 from ssmscope.app import stores
 from ssmscope.ssm.scan import compiled
@@ -23,7 +24,6 @@ TESTS = Path(__file__).resolve().parent
 
 
 def test_every_cache_writer_uses_the_session_folder_not_the_users(private_user_paths):
-    before = cache_snapshot(USER_CACHE_DIR)
     assert stores.cache_dir() == compiled.cache_dir() == private_user_paths
     assert private_user_paths != USER_CACHE_DIR
     assert not any(os.environ.get(name) for name in USER_PATH_VARS)
@@ -31,7 +31,32 @@ def test_every_cache_writer_uses_the_session_folder_not_the_users(private_user_p
     assert (private_user_paths / stores.RECENT_FILE).is_file()
     assert stores.load_recent()[0] == "/somewhere/ssmscope.duckdb"
     assert compiled.build().parent == private_user_paths  # the session's build, shared by later tests
-    assert cache_snapshot(USER_CACHE_DIR) == before
+    assert USER_CACHE_WRITES.active and not USER_CACHE_WRITES.seen
+
+
+def test_the_guard_sees_every_kind_of_write_into_the_users_cache_and_nothing_else(tmp_path):
+    """The audit hook's view, checked directly (it is switched off again before this test's teardown looks)."""
+    import contextlib
+
+    missing = USER_CACHE_DIR / "ssmscope-tests-no-such-folder"
+    assert not missing.exists()
+    target = missing / "sub" / "f.json"  # two missing levels: every attempt below fails, even os.mkdir
+    attempts = [lambda: open(target, "w"), lambda: open(target, "a"), lambda: open(target, "r+"),
+                lambda: os.open(target, os.O_WRONLY | os.O_CREAT), lambda: os.mkdir(target.parent),
+                lambda: os.replace(tmp_path / "x", target), lambda: os.remove(target)]
+    try:
+        for attempt in attempts:
+            with contextlib.suppress(OSError):  # its folder does not exist: each fails after its audit event
+                attempt()
+        with contextlib.suppress(OSError):
+            open(USER_CACHE_DIR / "recent-stores.json").close()  # reading is fine
+        (tmp_path / "elsewhere.json").write_text("{}")  # so is writing elsewhere
+        seen = list(USER_CACHE_WRITES.seen)
+    finally:
+        USER_CACHE_WRITES.seen.clear()
+    assert [s.split()[0] for s in seen] == ["open", "open", "open", "open", "os.mkdir", "os.rename", "os.remove"]
+    assert all(s.endswith(str(target)) or s.endswith(str(target.parent)) for s in seen), seen
+    assert not missing.exists()
 
 
 INNER_TEST = """
