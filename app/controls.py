@@ -122,6 +122,9 @@ def step_select(state: UrlState, steps: Sequence[int], *, where: Any = st.sideba
     steps = sorted(steps)
     if len(steps) == 1:
         where.caption(f"Step: {steps[0]} (the only logged step)")
+        raw = state.url("step", where=where)
+        if raw is not None and raw != str(steps[0]):
+            state.reject("step", raw, [str(steps[0])], f"showing step {steps[0]}", where=where)
         state.values["step"] = str(steps[0])
         return steps[0]
     return state.select("Step", "step", steps, steps[-1], widget="select_slider", where=where,

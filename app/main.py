@@ -7,7 +7,9 @@ locked or old store shows what is wrong and the command that fixes it, on every 
 traceback. While a sweep holds the store for an ingest, the last version read stays on screen with
 an "updating…" note (its frames are cached; nothing needs the file).
 
-The app root (/) goes to the Runs page, so every page, Runs included, has its own URL (/runs, ...).
+The app root (/) goes to the Runs page, so every page, Runs included, has its own URL (/runs, ...); the
+root's query string goes with it (`/?live=1` opens /runs?live=1), and is read only there, so a value it
+cannot use is named on the page that shows.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ if data.DB_STATE_KEY not in st.session_state:
 pages = [st.Page(path, title=title, icon=icon, url_path=url) for path, title, icon, url in PAGES]
 home = st.Page(lambda: st.switch_page(pages[0]), title="ssmscope", url_path="", default=True, visibility="hidden")
 page = st.navigation([home, *pages])
+if page.url_path == home.url_path:  # the root, before anything reads the URL: the Runs page, with the whole query
+    st.switch_page(pages[0], query_params=[(k, v) for k in st.query_params for v in st.query_params.get_all(k)])
 
 sidebar.store_picker()
 live, every = sidebar.live_controls()

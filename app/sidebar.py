@@ -4,7 +4,8 @@ Store picker: a path field and the recently opened stores (app/stores.py); a pat
 gets one line saying why and the dashboard stays on the current store. Live mode: while on, a small
 fragment checks the store's version (a stat of its files, no DuckDB access) every few seconds and
 reruns the page when an ingest changed it, so results appear as a sweep ingests them. Both are in the
-URL (`?live=1&every=5`) next to the page's own selections.
+URL (`?live=1&every=5`) next to the page's own selections; a value there that is not allowed gets one
+warning line and the default (never a traceback).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from ssmscope.app import data, stores
-from ssmscope.app.widgets import GLOBAL_URL_KEY
+from ssmscope.app.widgets import GLOBAL_URL_KEY, url_value, url_warning
 
 RECENT_KEY = "ssmscope_recent_stores"
 MESSAGE_KEY = "ssmscope_store_message"
@@ -75,13 +76,27 @@ def store_picker() -> None:
             st.error(message)
 
 
+def _live_from_url() -> tuple[bool, int]:
+    """(live, interval) from `?live=` and `?every=`; a value that is not `0`/`1`, or not one of the intervals, gets
+    a warning line and the default. The text is matched against the allowed values' own spelling, never parsed
+    (`int('²')` raises although `'²'.isdigit()`; `int` of a 5000-digit string raises too)."""
+    raw_live = url_value("live", where=st.sidebar)
+    if raw_live is not None and raw_live not in ("0", "1"):
+        url_warning("live", raw_live, "not `0` or `1`", "live mode stays off", where=st.sidebar)
+    intervals = {str(s): s for s in LIVE_INTERVALS_S}
+    raw_every = url_value("every", where=st.sidebar)
+    if raw_every is not None and raw_every not in intervals:
+        url_warning("every", raw_every, f"not one of {', '.join(intervals)} (seconds)",
+                    f"checking every {DEFAULT_INTERVAL_S} s", where=st.sidebar)
+    return raw_live == "1", intervals.get(raw_every or "", DEFAULT_INTERVAL_S)
+
+
 def live_controls() -> tuple[bool, int]:
     """The live-mode toggle and its interval (from the URL on the first run); (on, seconds)."""
     if LIVE_KEY not in st.session_state:
-        st.session_state[LIVE_KEY] = st.query_params.get("live") == "1"
-        every = st.query_params.get("every", "")
-        st.session_state[EVERY_KEY] = int(every) if every.isdigit() and int(every) in LIVE_INTERVALS_S else (
-            DEFAULT_INTERVAL_S)
+        live, every = _live_from_url()
+        st.session_state[LIVE_KEY] = live
+        st.session_state[EVERY_KEY] = every
     live = st.sidebar.toggle("Live: follow a running sweep", key=LIVE_KEY,
                              help="Refresh the page whenever a sweep ingests new runs into this store.")
     every = DEFAULT_INTERVAL_S

@@ -8,7 +8,11 @@ user. At the end of the page `UrlState.sync()` writes the page's current selecti
 app-wide ones, e.g. live mode) back to `st.query_params`, so the address bar always holds a link to
 what is on screen. session_state keys carry the page's prefix (`cc_`, `runs_`, ...), URL names do
 not (`?convention=l2&step=3`). A URL value the store does not have falls back to the default; a list
-keeps its valid entries, and falls back to the default when none is valid.
+keeps its valid entries, and falls back to the default when none is valid. Either way the page says so
+in one warning line (`url_warning`) naming the parameter, the value (cut short) and what is shown
+instead, so a mistyped link is never silently turned into another view; a parameter given twice uses
+its last value and says so too. URL text is only ever compared with the options' own URL forms, never
+parsed, so no value (unicode digits, 5000-digit numbers, nan, markup) can raise.
 """
 
 from __future__ import annotations
@@ -27,6 +31,41 @@ SHARED_PREFIX = "ssmscope_shared_"
 """session_state prefix of selections shared between pages (the values, not their URL text)."""
 GLOBAL_URL_KEY = "ssmscope_url_globals"
 """session_state key of the app-wide query parameters (app/sidebar.py sets them; sync keeps them)."""
+URL_SHOWN_CHARS = 40
+"""A URL value quoted in a warning is cut to this many characters (a link may carry a 5000-digit number)."""
+URL_SHOWN_CHOICES = 6
+"""A warning lists at most this many of the valid choices."""
+
+
+def quote_url_value(raw: str) -> str:
+    """`raw` as a warning shows it: a code span, cut to URL_SHOWN_CHARS, without backticks or control characters
+    (so it can neither end the span nor break the line); `(empty)` for ''."""
+    if raw == "":
+        return "(empty)"
+    text = "".join(c if c.isprintable() and c != "`" else "?" for c in raw[:URL_SHOWN_CHARS])
+    return f"`{text}{'…' if len(raw) > URL_SHOWN_CHARS else ''}`"
+
+
+def choices_text(choices: Sequence[str]) -> str:
+    """The first URL_SHOWN_CHOICES valid values, quoted, for a warning ("" when there are none)."""
+    shown = [quote_url_value(c) for c in choices[:URL_SHOWN_CHOICES]]
+    more = len(choices) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def url_warning(name: str, raw: str, why: str, instead: str, *, where: Any = st) -> None:
+    """One warning line: the URL's `name=raw` cannot be used (`why`) and what the page shows `instead`."""
+    where.warning(f"URL parameter **{name}** = {quote_url_value(raw)}: {why}; {instead}.", icon=":material/link_off:")
+
+
+def url_value(name: str, *, where: Any = st) -> str | None:
+    """The URL's value of `name` (None when absent); given more than once, the last one, with a warning."""
+    values = st.query_params.get_all(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        url_warning(name, values[-1], f"given {len(values)} times in the URL", "the last one is used", where=where)
+    return str(values[-1])
 
 
 class UrlState:
@@ -40,9 +79,19 @@ class UrlState:
         """The session_state key of the widget `name` (set it before the widget is drawn to choose for the user)."""
         return f"{self.prefix}_{name}"
 
-    def _from_url(self, name: str) -> str | None:
-        value = st.query_params.get(name)
-        return None if value is None else str(value)
+    def url(self, name: str, *, where: Any = st) -> str | None:
+        """The URL's value of `name` (see url_value)."""
+        return url_value(name, where=where)
+
+    def first_time(self, name: str) -> bool:
+        """True until the widget `name` has a value in this session: only then does its URL value count (later
+        runs keep the user's choice; the URL then only mirrors it)."""
+        return self.key(name) not in st.session_state
+
+    def reject(self, name: str, raw: str, choices: Sequence[str], instead: str, *, where: Any = st) -> None:
+        """Say that the URL's `name=raw` is none of `choices` (their URL forms) and what is shown `instead`."""
+        why = f"not one of {choices_text(choices)}" if choices else "nothing to choose from here"
+        url_warning(name, raw, why, instead, where=where)
 
     def shared(self, share: str | None) -> Any:
         """The value the selection `share` last had on any page (None if never chosen)."""
@@ -53,13 +102,17 @@ class UrlState:
             st.session_state[SHARED_PREFIX + share] = value
 
     def _seed(self, name: str, options: Sequence[Any], default: Any, fmt: Callable[[Any], str],
-              share: str | None = None) -> Any:
-        """The value to start from: session_state if still valid, else the URL's, else the shared one, else default."""
+              share: str | None = None, where: Any = st, label: Callable[[Any], str] = str) -> Any:
+        """The value to start from: session_state if still valid, else the URL's, else the shared one, else default.
+
+        A URL value that is none of the options is named in a warning (on the widget's first run only), with the
+        choice shown instead as the widget labels it (`label`)."""
         key = self.key(name)
         encoded = {fmt(o): o for o in options}
         if key in st.session_state and st.session_state[key] in options:
             return st.session_state[key]
-        raw = self._from_url(name)
+        first = self.first_time(name)
+        raw = self.url(name, where=where) if first else None
         shared = self.shared(share)
         if raw is not None and raw in encoded:
             value = encoded[raw]
@@ -69,6 +122,9 @@ class UrlState:
             value = default
         if value not in options:
             value = options[0] if options else None
+        if raw is not None and raw not in encoded:
+            self.reject(name, raw, list(encoded), "showing " + (quote_url_value(str(label(value))) if value is not None
+                                                               else "nothing"), where=where)
         st.session_state[key] = value
         return value
 
@@ -78,7 +134,8 @@ class UrlState:
                share: str | None = None) -> Any:
         """One choice among `options` (selectbox, radio or select_slider)."""
         options = list(options)
-        self._seed(name, options, options[0] if default is None and options else default, url_format, share)
+        self._seed(name, options, options[0] if default is None and options else default, url_format, share, where,
+                   format_func)
         make = {"selectbox": where.selectbox, "radio": where.radio, "select_slider": where.select_slider}[widget]
         kwargs: dict[str, Any] = dict(key=self.key(name), format_func=format_func, help=help)
         if widget == "radio":
@@ -102,16 +159,23 @@ class UrlState:
         encoded = {url_format(o): o for o in options}
         fallback = list(options if default is None else default)
         if not (key in st.session_state and all(v in options for v in st.session_state[key])):
-            raw = self._from_url(name)
+            raw = self.url(name, where=where) if self.first_time(name) else None
             shared = [v for v in (self.shared(share) or []) if v in options]
+            entries = [] if raw is None or raw == "" else raw.split(LIST_SEP)
+            bad = [v for v in entries if v not in encoded]
             if raw is not None and raw == "":
                 chosen = []
-            elif raw is not None and any(v in encoded for v in raw.split(LIST_SEP)):
-                chosen = [encoded[v] for v in raw.split(LIST_SEP) if v in encoded]
+            elif len(bad) < len(entries):
+                chosen = [encoded[v] for v in dict.fromkeys(entries) if v in encoded]
             elif shared:
                 chosen = shared
             else:
                 chosen = fallback
+            if raw is not None and bad:
+                kept = "the others are kept" if len(bad) < len(entries) else (
+                    "showing " + (", ".join(quote_url_value(str(format_func(v))) for v in chosen[:URL_SHOWN_CHOICES])
+                                  or "none"))
+                self.reject(name, LIST_SEP.join(bad), list(encoded), kept, where=where)
             st.session_state[key] = chosen
         value = where.multiselect(label, options, key=key, format_func=format_func, help=help)
         self.values[name] = LIST_SEP.join(url_format(v) for v in value)
@@ -122,7 +186,9 @@ class UrlState:
         """A yes/no switch; the URL holds 1 or 0."""
         key = self.key(name)
         if key not in st.session_state:
-            raw = self._from_url(name)
+            raw = self.url(name, where=where)
+            if raw is not None and raw not in ("0", "1"):
+                self.reject(name, raw, ["0", "1"], "showing " + ("on" if default else "off"), where=where)
             st.session_state[key] = default if raw not in ("0", "1") else raw == "1"
         value = where.toggle(label, key=key, help=help)
         self.values[name] = "1" if value else "0"

@@ -6,6 +6,7 @@ checks what would be drawn: which panels, traces, values, flags and axis labels.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -40,7 +41,7 @@ from ssmscope.runs.store.db import ingest, load_probe_frame, load_runs
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 PAGES = {"runs": "app_pages/runs.py", "coord": "app_pages/coord_check.py", "slopes": "app_pages/slope_table.py",
-         "compare": "app_pages/compare.py", "lr": "app_pages/lr_transfer.py"}
+         "compare": "app_pages/compare.py", "lr": "app_pages/lr_transfer.py", "running": "app_pages/running.py"}
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -621,6 +622,124 @@ def test_while_a_sweep_writes_the_store_the_last_read_stays_on_screen(app_store,
         assert mean_values(figure(at)) == before  # the cached frames of the last readable version
     at.run()
     assert not at.sidebar.info and mean_values(figure(at)) == before
+
+
+# --- hostile URLs ------------------------------------------------------------------------------------
+HOSTILE = {
+    "superscript-two": "²",  # str.isdigit() is True, int() raises
+    "arabic-digit": "٣",
+    "fullwidth-digits": "１０",
+    "5000-digits": "9" * 5000,  # int() of it raises (Python's digit limit)
+    "nan": "nan",
+    "inf": "inf",
+    "negative": "-1",
+    "huge-float": "1e999",
+    "long-text": "x" * 20000,
+    "markup": "`**<b>x</b>**`$$\\frac{1}{0}$$",
+    "control-chars": "a\x00\nb",
+    "unknown-name": "app-nope",
+    "list-junk": ",,nope,",
+}
+# Parameters a page reads only in another layout or view than its default (the rest are found by opening the page).
+LAYOUT_PARAMS = {"coord": ["layout", "preset", "steps"], "compare": ["bands", "preset", "disc"]}
+GLOBAL_PARAMS = ["live", "every"]
+TITLES = {"runs": "Runs", "coord": "Coordinate check", "slopes": "Slope table", "compare": "Compare",
+          "lr": "Learning-rate transfer", "running": "Running exponents"}
+
+
+def _url_warnings(at: AppTest) -> list[str]:
+    return [w.value for w in at.warning if w.value.startswith("URL parameter")]
+
+
+FIRST_RUN_PAGES = ("runs", "compare")
+"""Pages AppTest can open in a session's first run: before a run it knows a page only by its file name, and these
+two are the pages whose URL path is their file name."""
+
+
+def open_with_url(db: Path, monkeypatch: pytest.MonkeyPatch, page: str,
+                  query: dict[str, str | list[str]]) -> tuple[AppTest, list[str]]:
+    """`page` opened from a link with `query`: (the app, its URL warnings). Every selection of the page is new to
+    the session, so it reads the URL. On FIRST_RUN_PAGES so is the sidebar's live mode (the session's first run);
+    the other pages are opened after a first run on Runs without a query."""
+    monkeypatch.setenv("SSMSCOPE_DB", str(db))
+    at = AppTest.from_file(str(MAIN), default_timeout=120)
+    if page not in FIRST_RUN_PAGES:
+        at.run()
+    at.query_params = dict(query)
+    at.switch_page(PAGES[page]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title and at.title[0].value == TITLES[page], "the app is on the linked page"
+    return at, _url_warnings(at)
+
+
+@functools.cache
+def _page_params(db: Path, page: str) -> tuple[str, ...]:
+    """The query parameters `page` writes when opened without any (its selections), plus LAYOUT_PARAMS."""
+    with pytest.MonkeyPatch.context() as mp:
+        at = open_app(db, mp, page)
+    return tuple(dict.fromkeys([*at.query_params, *LAYOUT_PARAMS.get(page, [])]))
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_every_query_parameter_of_every_page_survives_a_hostile_value_and_is_named(app_store, monkeypatch,  # noqa: F811
+                                                                                   page, kind):
+    """Every parameter of the page (and live/every) set to one hostile value at once: no exception, and each
+    parameter the page read gets its own one-line warning quoting the value (cut short), not a silent default."""
+    value = HOSTILE[kind]
+    params = [*_page_params(app_store, page), *GLOBAL_PARAMS]
+    at, warnings = open_with_url(app_store, monkeypatch, page, {name: value for name in params})
+    assert all("\n" not in w and len(w) < 1000 for w in warnings), warnings  # one line each; long values cut
+    named = {w.split("**")[1] for w in warnings}
+    read = [n for n in _page_params(app_store, page) if n not in LAYOUT_PARAMS.get(page, [])]
+    if page in FIRST_RUN_PAGES:
+        read += GLOBAL_PARAMS
+    assert set(read) <= named, f"not named: {set(read) - named}"
+    assert at.toggle(key="ssmscope_live").value is False
+    assert "every" not in at.query_params and "live" not in at.query_params  # the URL holds what is shown
+
+
+@pytest.mark.parametrize("page", FIRST_RUN_PAGES)
+def test_repeated_and_unknown_query_parameters_are_harmless(app_store, monkeypatch, page):  # noqa: F811
+    params = _page_params(app_store, page)
+    query = {name: ["nope", "²", ""] for name in params} | {"live": ["1", "1"], "every": ["5", "2"],
+                                                           "no-such-parameter": "1", "": "x"}
+    at, warnings = open_with_url(app_store, monkeypatch, page, query)
+    assert any("**every**" in w and "given 2 times" in w and "last one is used" in w for w in warnings), warnings
+    assert any("given 3 times" in w for w in warnings), warnings
+    assert at.toggle(key="ssmscope_live").value is True and at.query_params["every"] in ("2", ["2"])
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ({"live": "1", "every": "²"}, "**every** = `²`: not one of 2, 5, 10, 30 (seconds); checking every 5 s"),
+    ({"live": "1", "every": "1" * 5000}, "**every** = `" + "1" * 40 + "…`"),
+    ({"live": "yes"}, "**live** = `yes`: not `0` or `1`; live mode stays off"),
+])
+def test_a_bad_live_interval_is_named_and_the_default_used(app_store, monkeypatch, query, message):  # noqa: F811
+    monkeypatch.setenv("SSMSCOPE_DB", str(app_store))
+    at = AppTest.from_file(str(MAIN), default_timeout=120)
+    at.query_params = query
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(message in w.value for w in at.sidebar.warning), [w.value for w in at.sidebar.warning]
+    live = query["live"] == "1"
+    assert at.toggle(key="ssmscope_live").value is live
+    if live:
+        assert at.select_slider(key="ssmscope_live_every").value == 5 and at.query_params["every"] in ("5", ["5"])
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ({"sweep": "app-nope"}, "**sweep** = `app-nope`: not one of `app-coord`, `app-lr`; showing `app-coord (36 runs)`"),
+    ({"sweep": "app-coord", "presets": "sp,nope"}, "**presets** = `nope`: not one of `sp`, `mup`, `mup-ssm`; the "
+     "others are kept"),
+    ({"sweep": "app-coord", "refs": "2"}, "**refs** = `2`: not one of `0`, `1`; showing on"),
+    ({"sweep": "app-coord", "step": "-1"}, "**step** = `-1`: not one of `0`, `1`, `2`; showing `2`"),
+])
+def test_an_invalid_url_value_is_named_with_what_is_shown_instead(app_store, monkeypatch, query, message):  # noqa: F811
+    at, warnings = open_with_url(app_store, monkeypatch, "coord", query)
+    assert any(message in w for w in warnings), warnings
+    at.run()  # the user's next interaction: the URL now holds what is shown, so nothing to warn about
+    assert not _url_warnings(at)
 
 
 def test_live_mode_comes_from_the_url_and_stays_in_it(app_store, monkeypatch):  # noqa: F811

@@ -4,6 +4,7 @@ the figure and the fits on its frame, and Monitor in a user's own loop."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -187,6 +188,142 @@ def test_a_mistake_is_one_config_error_naming_it(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ConfigError, match=match):
         ssmscope.coord_check(args.pop("make_model"), args.pop("widths"), args.pop("batches"), **args)
+
+
+class NotAFactory:
+    """A class whose constructor takes no widths: calling it as make_model(n_u, n_x) is a TypeError."""
+
+    def __init__(self) -> None:
+        pass
+
+
+def _ids(*shape: int, value: int | None = None, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    t = torch.zeros(*shape, dtype=torch.long) if value is None else torch.full(shape, value, dtype=torch.long)
+    return t.to(dtype)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    # the model family
+    ({"make_model": torch.nn.Linear(4, 4)}, r"make_model is a model \(torch\.nn\.modules\.linear\.Linear\), not a "
+     r"model family.*ssmscope MambaConfig.*transformers MambaConfig.*HFMamba"),
+    ({"make_model": "mamba"}, "make_model=str; allowed: an ssmscope MambaConfig"),
+    ({"make_model": NotAFactory}, r"make_model\(16, 16\) raised TypeError: .*make_model must be an ssmscope "
+     "MambaConfig"),
+    # batches
+    ({"batches": _ids(0, 9)}, r"batches is empty \(shape \(0, 9\)\)"),
+    ({"batches": [batch(0), _ids(0, 9)]}, r"batches\[1\] is empty"),
+    ({"batches": [batch(0)], "probe_batch": _ids(0, 9)}, r"probe_batch is empty"),
+    ({"batches": _ids(2, 9, value=300)}, r"token id 300, but the model's vocab_size is 256 \(ids 0 … 255\)"),
+    ({"batches": [batch(0), _ids(2, 9, value=256)]}, r"batches\[1\] holds token id 256, but the model's vocab_size"),
+    ({"batches": _ids(2, 9, value=-1)}, r"token id -1; ids are in \[0, vocab_size\)"),
+    ({"batches": _ids(2, 9, dtype=torch.float32)}, "dtype torch.float32; token ids are integers"),
+    ({"batches": [[1, 2, 3]]}, r"batches\[0\]: a list; the default loss takes token ids"),
+    # learning rates
+    ({"lr": math.inf}, "lr=inf; allowed: a positive finite number"),
+    ({"lr": math.nan}, "lr=nan"),
+    ({"lr": []}, r"lr=\[\]; allowed"),
+    ({"lr": "0.01"}, "lr='0.01' is a str; allowed: a positive finite number"),
+    ({"lr": True}, "lr=True is a bool"),
+    ({"lr": [0.01, "0.1"]}, "lr='0.1'; allowed"),
+    ({"lr": [0.01, 0.01]}, "repeats a learning rate"),
+    # seeds
+    ({"seeds": [2**70]}, r"seeds: 1180591620717411303424; allowed: a non-empty list of distinct ints in "
+     r"\[0, 2\*\*63 - 1\]"),
+    ({"seeds": [-1]}, "seeds: -1; allowed"),
+    ({"seeds": 5}, "seeds=5; allowed: a non-empty list"),
+    ({"seeds": "0"}, "seeds='0'; allowed"),
+    ({"seeds": [0, 0]}, "repeats a seed"),
+    ({"seeds": [0.5]}, "seeds: 0.5"),
+    # steps
+    ({"steps": 10**7}, "steps=10000000; allowed: a positive int up to 1,000,000"),
+    ({"steps": 2.0}, "steps=2.0; allowed: a positive int"),
+    ({"steps": True}, "steps=True"),
+    ({"log_every": 0}, "log_every=0"),
+    # memory, before anything is built or trained
+    ({"widths": [2**20]}, r"widths: N_u=1048576, N_x=1048576 \(batch 2, length 8, 1 layer\) needs about .* more than "
+     r"the .* available \((MemAvailable|physical memory).*max_memory=SIZE"),
+    ({"max_memory": "1M"}, r"needs about .* more than the 1 MiB available \(max_memory\)"),
+    ({"max_memory": "lots"}, "max_memory='lots'; allowed: 'auto', None"),
+    ({"max_memory": -5}, "max_memory=-5"),
+])
+def test_coord_check_refuses_what_would_fail_inside_torch_in_one_line(kwargs, match):
+    """Each of these used to reach torch (a TypeError from a module's forward, `max()` of an empty batch, an index
+    out of range, torch.manual_seed's ValueError) or was accepted (lr inf or [], '0.01' read as '0')."""
+    args = {"make_model": tiny(n_layers=1), "widths": [16], "batches": batch(0), "steps": 1, "presets": "sp"}
+    args.update(kwargs)
+    with pytest.raises(ConfigError, match=match) as caught:
+        ssmscope.coord_check(args.pop("make_model"), args.pop("widths"), args.pop("batches"), **args)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 500
+
+
+def test_coord_check_names_the_config_to_pass_instead_of_a_built_model():
+    model = initialised(tiny(n_layers=1))
+    with pytest.raises(ConfigError, match=r"ssmscope\.ssm\.model\.MambaLM\), not a model family.*model\.cfg"):
+        ssmscope.coord_check(model, [16], batch(0), steps=1, presets="sp")
+
+
+def test_coord_check_checks_token_ids_against_the_callables_model_and_takes_memory_overrides():
+    def make(n_u: int, n_x: int) -> ssmscope.MambaLM:
+        return ssmscope.MambaLM(tiny(n_layers=1, d_model=n_u // 2, d_state=n_x, vocab_size=64))
+
+    with pytest.raises(ConfigError, match="token id 100, but the model's vocab_size is 64"):
+        ssmscope.coord_check(make, [16], _ids(2, 9, value=100), steps=1, presets="sp")
+    frame = ssmscope.coord_check(make, [16], _ids(2, 9, value=63), steps=1, presets="sp", max_memory=None)
+    assert not frame.is_empty()
+    assert not ssmscope.coord_check(make, [16], _ids(2, 9, value=63), steps=1, presets="sp",
+                                    max_memory="64G").is_empty()
+
+
+def test_seeds_and_lrs_may_be_numpy_values():
+    np = pytest.importorskip("numpy")
+    frame = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), steps=1, presets="sp", seeds=np.arange(2),
+                                 lr=np.float32(0.01))
+    assert sorted(frame["seed"].unique()) == [0, 1] and frame["lr"].unique().to_list() == [pytest.approx(0.01)]
+
+
+# ----------------------------------------------------------------------------- the scan a run records
+def test_every_run_row_records_the_scan_that_ran_not_auto(tmp_path):
+    """A sweep, coord_check and Monitor with scan=auto on the CPU store `compiled` (or `fast` where the C scan
+    does not build): the backend dispatch resolved auto to, which is what computed the runs."""
+    import tomllib
+
+    from conftest import tiny_spec_toml
+
+    from ssmscope.runs.sweeps.spec import parse_spec
+    from ssmscope.runs.sweeps.sweep import run_sweep
+    from ssmscope.ssm.scan import resolve_backend
+
+    ran = resolve_backend("auto", torch.device("cpu")).value
+    assert ran in ("compiled", "fast")
+    db = tmp_path / "sweep" / "s.duckdb"
+    spec = parse_spec(tomllib.loads(tiny_spec_toml("scan-record", widths=(16,))), "scan-record")
+    run_sweep(spec, db, device="cpu", workers=1, scan="auto")
+    assert load_runs(db)["scan"].to_list() == [ran, ran]
+    frame = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), steps=1, presets="sp", scan="auto")
+    assert RUNS[frame["run_id"][0]].row["scan"] == ran
+    with ssmscope.Monitor(initialised(tiny(n_layers=1)), tmp_path / "m.duckdb", probe_batch=batch(0), every=1,
+                          ingest=False) as mon:
+        assert mon.run_row()["scan"] == ran
+    explicit = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), steps=1, presets="sp", scan="reference")
+    assert RUNS[explicit["run_id"][0]].row["scan"] == "reference"
+
+
+def test_a_worker_without_a_c_compiler_records_the_fast_scan(tmp_path, monkeypatch):
+    from ssmscope.ssm.scan import compiled, dispatch
+
+    monkeypatch.setenv(compiled.CACHE_ENV, str(tmp_path / "empty-cache"))  # nothing built: a build is needed
+    monkeypatch.setenv(compiled.CC_ENV, "/nonexistent/cc-for-ssmscope-tests")
+    monkeypatch.setattr(dispatch, "_announced", set())
+    monkeypatch.setattr(dispatch, "_BACKENDS", {})
+    compiled.reset()
+    try:
+        cfg = RunConfig(preset="sp", discretization="zoh", optimizer="adam", lr=0.01, seed=0, n_u=16, n_x=16,
+                        n_layers=1, steps=1, batch=2, seq_len=8)
+        assert run_one(cfg, tmp_path / "shards", spec="no-cc", scan="auto") == "completed"
+        ingest(tmp_path / "s.duckdb", tmp_path / "shards")
+        assert load_runs(tmp_path / "s.duckdb")["scan"].to_list() == ["fast"]
+    finally:
+        compiled.reset()
 
 
 # ----------------------------------------------------------------------------- Monitor

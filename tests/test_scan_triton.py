@@ -9,6 +9,7 @@ channels and modes) is exercised. With a CUDA device the same tests run compiled
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ pytest.importorskip("triton", reason="triton is not installed: the Triton scan b
 import torch.nn.functional as F  # noqa: E402
 from conftest import make_scan_inputs  # noqa: E402
 
-from ssmscope.ssm.config import Discretization  # noqa: E402
+from ssmscope.ssm.config import Discretization, ScanBackend  # noqa: E402
 from ssmscope.ssm.scan import ScanInputs, StateProbe, get_backend, selective_scan  # noqa: E402
 from ssmscope.ssm.scan import triton as st  # noqa: E402
 from ssmscope.ssm.scan.reference import state_sequence  # noqa: E402
@@ -251,3 +252,94 @@ def test_triton_kernels_compile_for_sm90_without_a_gpu():
     if proc.returncode == 3:
         pytest.skip(f"this triton has no ahead-of-time compile API: {proc.stdout.strip()}")
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+
+
+# --- scan=auto verifies the Triton scan before using it ------------------------------------------------
+@pytest.fixture
+def gpu_path_here(monkeypatch):
+    """resolve_backend's CUDA path on this test's device (the CPU under the interpreter when there is no GPU), in a
+    process state where nothing is checked, loaded or announced yet."""
+    from ssmscope.ssm.scan import dispatch
+
+    monkeypatch.setattr(dispatch, "GPU_TYPES", ("cuda", DEVICE.type))
+    monkeypatch.setattr(dispatch, "_announced", set())
+    monkeypatch.setattr(dispatch, "_triton_checks", {})
+    monkeypatch.setattr(dispatch, "_BACKENDS", {})
+    return dispatch
+
+
+def _dispatch_lines(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "ssmscope.ssm.scan.dispatch"]
+
+
+def test_the_check_finds_the_triton_scan_equal_to_fast_in_outputs_gradients_and_probes():
+    from ssmscope.ssm.scan import verify
+
+    assert verify.triton_problem(DEVICE) is None
+    got = verify._outputs(st.scan_triton, verify.verify_inputs(DEVICE), Discretization.ZOH,
+                          torch.ones(verify.VERIFY_SHAPE[:3], device=DEVICE))
+    assert {k for k, v in got.items() if v is None} == set(), "every compared tensor is filled"
+    assert len(got) == 1 + 7 + 5  # y, seven gradients, five probe statistics
+
+
+def test_auto_checks_the_triton_scan_once_per_process_and_uses_it(gpu_path_here, monkeypatch, caplog):
+    from ssmscope.ssm.scan import verify
+
+    calls = []
+    real = verify.triton_problem
+    monkeypatch.setattr(verify, "triton_problem", lambda device: calls.append(device) or real(device))
+    with caplog.at_level(logging.INFO, logger="ssmscope.ssm.scan.dispatch"):
+        assert gpu_path_here.resolve_backend("auto", DEVICE) == ScanBackend.TRITON
+        assert gpu_path_here.resolve_backend("auto", DEVICE) == ScanBackend.TRITON
+        assert gpu_path_here.get_backend("auto", DEVICE) is st.scan_triton
+    assert len(calls) == 1
+    assert [r.getMessage() for r in _dispatch_lines(caplog)] == [f"scan=auto on {DEVICE.type} → triton"]
+
+
+def _raises(real):
+    def scan(*args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be ...")
+    return scan
+
+
+def _perturbed_y(real):
+    return lambda *args: real(*args) * 1.01
+
+
+def _perturbed_gradients(real):
+    def scan(*args):
+        y = real(*args)
+        return y + 0.05 * (y - y.detach())  # the same y; every gradient 5 % larger
+    return scan
+
+
+def _perturbed_probe(real):
+    def scan(*args):
+        y = real(*args)
+        args[-1].state_sumsq.mul_(1.1)
+        return y
+    return scan
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    (_raises, r"RuntimeError: CUDA error: an illegal memory access was encountered\)$"),
+    (_perturbed_y, r"zoh: y differs by 0\.01 of its largest value \(tolerance 0\.001\)"),
+    (_perturbed_gradients, r"zoh: grad u differs by 0\.05"),
+    (_perturbed_probe, r"zoh: state_sumsq differs by 0\.1"),
+], ids=["raises", "output", "gradients", "probes"])
+def test_auto_falls_back_to_fast_with_one_warning_when_triton_fails_its_check(gpu_path_here, monkeypatch, caplog,
+                                                                              fault, reason):
+    import re
+
+    monkeypatch.setattr(st, "scan_triton", fault(st.scan_triton))
+    inputs = _inputs((1, 5, 4, 4), torch.float32)
+    with caplog.at_level(logging.INFO, logger="ssmscope.ssm.scan.dispatch"):
+        assert gpu_path_here.resolve_backend("auto", DEVICE) == ScanBackend.FAST
+        assert gpu_path_here.resolve_backend("auto", DEVICE) == ScanBackend.FAST
+        y = selective_scan(*inputs, discretization="zoh", backend="auto")
+    lines = _dispatch_lines(caplog)
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING, [r.getMessage() for r in lines]
+    message = lines[0].getMessage()
+    assert message.startswith(f"scan=auto on {DEVICE.type} → fast: the Triton scan disagrees with the fast scan")
+    assert "\n" not in message and re.search(reason, message), message
+    torch.testing.assert_close(y, selective_scan(*inputs, discretization="zoh", backend="fast"), rtol=0, atol=0)

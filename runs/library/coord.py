@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import numbers
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +27,13 @@ from ssmscope.probes.stats import is_finite_record
 from ssmscope.runs.library import records as rec
 from ssmscope.runs.library.subjects import Family, LossFn, Setting, Subject, lm_loss, preset_of, resolve_family
 from ssmscope.runs.store.schema import RunStatus
+from ssmscope.runs.sweeps.memory import human, mamba_run_bytes, parse_size
+from ssmscope.runs.sweeps.preflight import AUTO as AUTO_MEMORY
+from ssmscope.runs.sweeps.preflight import memory_limit
 from ssmscope.ssm.config import Discretization, ScanBackend
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.presets import Optimizer
+from ssmscope.ssm.scan import backend_that_runs
 
 Width = int | tuple[int, int]
 """A width: N (joint, N_u = N_x = N) or (N_u, N_x)."""
@@ -59,9 +64,133 @@ def _names(key: str, value: str | Sequence[str] | None) -> list[Any]:
     return values
 
 
-def _positive(key: str, value: Any, kind: type = int) -> None:
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-        raise ConfigError(f"{key}={value!r}; allowed: a positive {kind.__name__}")
+MAX_STEPS = 1_000_000
+"""The most optimizer steps (and the largest log_every) coord_check takes: a coordinate check needs tens, and its
+records stay in memory."""
+MAX_SEED = 2**63 - 1
+"""Seeds go to torch.manual_seed, which takes [0, 2**63 − 1] as a seed here (larger ones raise inside torch)."""
+SUPPORTED_SHOWN = 60
+"""A refused value is quoted up to this many characters."""
+
+
+def _shown(value: Any) -> str:
+    """repr(value), cut to SUPPORTED_SHOWN characters (a refusal stays one short line)."""
+    text = repr(value)
+    return text if len(text) <= SUPPORTED_SHOWN else text[:SUPPORTED_SHOWN] + "…"
+
+
+def _positive(key: str, value: Any, kind: type = int, most: int = MAX_STEPS) -> None:
+    if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value <= most:
+        raise ConfigError(f"{key}={_shown(value)}; allowed: a positive {kind.__name__} up to {most:,}")
+
+
+def _is_number(value: Any) -> bool:
+    """A real number that is not a bool (Python or numpy ints and floats; not strings, tensors, lists)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _lrs(lr: Any) -> list[float]:
+    """The learning rates: one positive finite number, or a non-empty list of them."""
+    allowed = "allowed: a positive finite number, or a non-empty list of them (e.g. 0.01 or [0.003, 0.01])"
+    if _is_number(lr):
+        values = [lr]
+    elif isinstance(lr, str | bytes | Mapping) or not isinstance(lr, Iterable):  # '0.01' is not 4 characters
+        raise ConfigError(f"lr={_shown(lr)} is a {type(lr).__name__}; {allowed}")
+    else:
+        values = list(lr)
+    if not values:
+        raise ConfigError(f"lr=[]; {allowed}")
+    for v in values:
+        if not _is_number(v) or not (math.isfinite(float(v)) and float(v) > 0):
+            raise ConfigError(f"lr={_shown(v)}; {allowed}")
+    if len(set(map(float, values))) != len(values):
+        raise ConfigError(f"lr={_shown(lr)} repeats a learning rate")
+    return [float(v) for v in values]
+
+
+def _seeds(seeds: Any) -> list[int]:
+    """The seeds: a non-empty list (or range) of distinct ints in [0, MAX_SEED]."""
+    allowed = "allowed: a non-empty list of distinct ints in [0, 2**63 - 1], e.g. [0] or range(3)"
+    if isinstance(seeds, str | bytes | Mapping) or not isinstance(seeds, Iterable):
+        raise ConfigError(f"seeds={_shown(seeds)}; {allowed}")
+    values = list(seeds)
+    if not values:
+        raise ConfigError(f"seeds=[]; {allowed}")
+    for s in values:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 0 <= s <= MAX_SEED:
+            raise ConfigError(f"seeds: {_shown(s)}; {allowed}")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"seeds={_shown(seeds)} repeats a seed")
+    return [int(s) for s in values]
+
+
+def _check_batch(what: str, batch: Any, vocab: int | None, token_ids: bool) -> None:
+    """One batch, before any training: not empty; for the default loss, int token ids (B, L+1) inside the vocabulary.
+
+    Without this an empty batch fails deep in the probes (`max()` of nothing) and an id ≥ vocab_size as an
+    "index out of range" from the embedding (or a device-side assert on a GPU)."""
+    if not isinstance(batch, Tensor):
+        if token_ids:
+            raise ConfigError(f"{what}: a {type(batch).__name__}; the default loss takes token ids, a tensor "
+                              "(batch, length + 1); for other batches pass loss=")
+        return
+    if batch.numel() == 0 or (batch.dim() >= 1 and batch.shape[0] == 0):
+        raise ConfigError(f"{what} is empty (shape {tuple(batch.shape)}); give at least one sequence")
+    if not token_ids:
+        return
+    if batch.dim() != 2 or batch.shape[1] < 2:
+        raise ConfigError(f"{what} has shape {tuple(batch.shape)}; token ids need shape (batch, length + 1) with "
+                          "length ≥ 1; for other batches pass loss=")
+    if batch.dtype.is_floating_point or batch.dtype.is_complex or batch.dtype == torch.bool:
+        raise ConfigError(f"{what} has dtype {batch.dtype}; token ids are integers (torch.long)")
+    low, high = int(batch.min()), int(batch.max())
+    if low < 0:
+        raise ConfigError(f"{what} holds token id {low}; ids are in [0, vocab_size)")
+    if vocab is not None and high >= vocab:
+        raise ConfigError(f"{what} holds token id {high}, but the model's vocab_size is {vocab} (ids 0 … {vocab - 1}); "
+                          "map the ids into the vocabulary or build the model with a larger vocab_size")
+
+
+def _check_memory(family: Family, pairs: list[tuple[int, int]], batches: list[Any], device: torch.device,
+                  max_memory: int | str | None) -> None:
+    """The largest width's estimated peak (runs.sweeps.memory, as `ssmscope sweep` checks before training) must fit
+    `max_memory`: bytes, a size ('16G'), 'auto' (this machine's free RAM, or the GPU's memory) or None (no check)."""
+    if max_memory is None:
+        return
+    if max_memory == AUTO_MEMORY:
+        found = memory_limit(str(device), "local", 1)
+        if found is None:
+            return
+        limit, source = found
+    else:
+        try:
+            parsed = parse_size(max_memory) if isinstance(max_memory, str) else max_memory
+        except ValueError:
+            parsed = 0
+        if parsed is None:  # 'none' / 'off', as --max-memory takes them
+            return
+        if isinstance(parsed, bool) or not isinstance(parsed, int) or parsed <= 0:
+            raise ConfigError(f"max_memory={_shown(max_memory)}; allowed: 'auto', None, a number of bytes or a "
+                              "size such as '16G'") from None
+        limit, source = parsed, "max_memory"
+    shapes = [_shape(b) for b in batches]
+    batch = max((b for b, _ in shapes), default=1) or 1
+    seq_len = max((n for _, n in shapes), default=1) or 1
+    worst, need = None, 0
+    for n_u, n_x in pairs:
+        shape = family.shape_at(n_u, n_x)
+        if shape is None:
+            return  # a family whose sizes are unknown before building: nothing to estimate from
+        est = mamba_run_bytes(d_model=shape.d_model, n_u=n_u, n_x=n_x, n_layers=shape.n_layers, batch=batch,
+                              seq_len=seq_len, vocab=shape.vocab_size)
+        if est > need:
+            worst, need = (n_u, n_x, shape.n_layers), est
+    if worst is not None and need > limit:
+        n_u, n_x, layers = worst
+        raise ConfigError(f"widths: N_u={n_u}, N_x={n_x} (batch {batch}, length {seq_len}, {layers} "
+                          f"layer{'s' if layers != 1 else ''}) needs "
+                          f"about {human(need)}, more than the {human(limit)} available ({source}); use smaller "
+                          "widths or batches, or override with max_memory=SIZE (or None)")
 
 
 def _fingerprint(batches: Batches, probe_batch: Any) -> str:
@@ -166,7 +295,7 @@ class _Context:
             task=self.task, fixed_batch=isinstance(self.batches, Tensor), dt_min=subject.dt_min,
             dt_max=subject.dt_max, config_json=rec.json_of(description), started_at=started,
             finished_at=rec.now_iso(), wall_s=time.perf_counter() - t0, device=str(self.device),
-            scan=setting.scan, **rec.provenance())
+            scan=backend_that_runs(setting.scan, self.device), **rec.provenance())
         rec.RUNS[run_id] = rec.RunData(row, rec.loss_rows(out["losses"]))
         return row, [{**r, "run_id": run_id} for r in out["probes"]]
 
@@ -179,7 +308,8 @@ def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, *,
                 grads: bool = True, state_prev: bool = False, conventions: Sequence[str] = (),
                 scan: str = "auto", device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                 name: str = "coord_check", task: str = "custom",
-                progress: bool | Callable[[dict[str, Any]], None] = False) -> pl.DataFrame:
+                progress: bool | Callable[[dict[str, Any]], None] = False,
+                max_memory: int | str | None = AUTO_MEMORY) -> pl.DataFrame:
     """Train every width of a Mamba under each preset and return the probe records as one long frame.
 
     Args:
@@ -201,6 +331,14 @@ def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, *,
             precision the models train (dtype None: as built, float32).
         name, task: stored as the runs' spec and task (the dashboard's sweep selector shows `name`).
         progress: True prints a line per finished run; a callable receives each run's row.
+        max_memory: the memory one run may use; the largest width's estimated peak (as `ssmscope sweep`
+            estimates it, runs.sweeps.memory) must fit before anything trains. 'auto': this machine's free RAM
+            (or the GPU's memory on CUDA); bytes or a size such as '16G'; None: no check.
+
+    Every argument is checked before the first model is built; a problem is one ConfigError naming the
+    argument, what it got and what is allowed (a torch module instead of a model family, an empty batch,
+    token ids outside the vocabulary, lr inf or '0.01', a seed outside [0, 2**63 − 1], steps beyond
+    MAX_STEPS, widths that would not fit in memory).
 
     Returns: the probe frame (runs.store.schema.PROBE_FRAME_COLUMNS plus spec, task, dt_max), one row per
     (run, step, layer, site, quantity, group). Diverged runs keep their records up to the divergence and
@@ -209,13 +347,8 @@ def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, *,
     pairs = _widths(widths)
     for key, value in (("steps", steps), ("log_every", log_every)):
         _positive(key, value)
-    lrs = [lr] if isinstance(lr, int | float) else list(lr)
-    for v in lrs:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
-            raise ConfigError(f"lr={v!r}; allowed: a positive number")
-    seed_list = list(seeds)
-    if not seed_list or not all(isinstance(s, int) and not isinstance(s, bool) for s in seed_list):
-        raise ConfigError(f"seeds={seeds!r}; allowed: a non-empty list of ints")
+    lrs = _lrs(lr)
+    seed_list = _seeds(seeds)
     try:
         optimizer = Optimizer(optimizer).value
     except ValueError:
@@ -238,6 +371,14 @@ def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, *,
     family = resolve_family(make_model, pairs[0])
     discs = [family.discretizations(None if d is None else _disc(d)) for d in _names("discretizations",
                                                                                         discretizations)]
+    shape = family.shape_at(*pairs[0])
+    pool = [batches] if isinstance(batches, Tensor) else list(batches)
+    for i, b in enumerate(pool):
+        _check_batch("batches" if isinstance(batches, Tensor) else f"batches[{i}]", b,
+                     shape.vocab_size if shape else None, token_ids=loss is None)
+    if not isinstance(batches, Tensor):
+        _check_batch("probe_batch", probe_batch, shape.vocab_size if shape else None, token_ids=loss is None)
+    _check_memory(family, pairs, [*pool, probe_batch], torch.device(device), max_memory)
 
     common = {"steps": steps, "log_every": log_every, "weight_decay": weight_decay, "grads": grads,
               "state_prev": state_prev, "data": _fingerprint(batches, probe_batch), "loss": _loss_name(loss),
@@ -246,7 +387,7 @@ def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, *,
     all_records: list[dict[str, Any]] = []
     runs: dict[str, dict[str, Any]] = {}
     for preset, disc, base_lr, seed, (n_u, n_x) in itertools.product(preset_objs, discs, lrs, seed_list, pairs):
-        setting = Setting(preset, disc, optimizer, float(base_lr), seed, weight_decay, grads, state_prev, scan)
+        setting = Setting(preset, disc, optimizer, base_lr, seed, weight_decay, grads, state_prev, scan)
         row, records = context.run(setting, n_u, n_x)
         runs[row["run_id"]] = row
         all_records.extend(records)

@@ -43,6 +43,7 @@ from ssmscope.ssm.adapters.hf import HFWidths, is_hf_mamba
 from ssmscope.ssm.config import ScanBackend
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.model import MambaLM
+from ssmscope.ssm.scan import backend_that_runs
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,16 @@ class Monitor:
             steps=self.last_step if self.last_step is not None else 0, task=k["task"], dt_min=k["dt_min"],
             dt_max=k["dt_max"], config_json=rec.json_of({"monitor": k, "every": self.every, "base": rec.USER_BASE}),
             started_at=self.started, finished_at=rec.now_iso(), wall_s=time.perf_counter() - self._t0,
-            device=_device(self.model), scan=str(getattr(self.observer, "scan", "")), **rec.provenance())
+            device=_device(self.model), scan=self._scan(), **rec.provenance())
+
+    def _scan(self) -> str:
+        """The scan backend that computes the model's states (AUTO resolved on the model's device): ssmscope's
+        MambaLM scans with its config's backend; for transformers' Mamba it is ssmscope's recomputation."""
+        name = self.model.cfg.scan if isinstance(self.model, MambaLM) else getattr(self.observer, "scan", "")
+        if not name:
+            return ""
+        p = next(self.model.parameters(), None)
+        return backend_that_runs(name, p.device if p is not None else torch.device("cpu"))
 
     def flush(self) -> Path | None:
         """Rewrite the run's shard with everything so far (atomically) and, with ingest on, load it.

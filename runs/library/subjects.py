@@ -78,8 +78,21 @@ class Setting:
     scan: str
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """What the memory estimate and the token-id check need to know of a family's model at one width."""
+
+    d_model: int
+    n_layers: int
+    vocab_size: int
+
+
 class Family:
     """Builds a Subject at a width; `describe()` is stored with each run (and keys its run id)."""
+
+    def shape_at(self, n_u: int, n_x: int) -> ModelShape | None:
+        """The model's d_model, depth and vocabulary at a width, known without building it (None: unknown)."""
+        return None
 
     def discretizations(self, requested: Discretization | None) -> Discretization:
         raise NotImplementedError
@@ -100,9 +113,17 @@ class SsmscopeFamily(Family):
     """ssmscope's MambaLM from a config template, or from a callable returning MambaLMs."""
 
     def __init__(self, template: MambaConfig | None = None, make: Callable[[int, int], nn.Module] | None = None,
-                 own: Discretization | None = None):
+                 own: Discretization | None = None, sample: MambaConfig | None = None):
         self.template, self.make = template, make
         self.own = template.discretization if template is not None else own
+        self.sample = template if template is not None else sample
+        """A config the family builds (the template, or the callable's first model's): its depth, vocabulary, expand."""
+
+    def shape_at(self, n_u: int, n_x: int) -> ModelShape | None:
+        if self.sample is None:
+            return None
+        cfg = self.sample
+        return ModelShape(max(1, n_u // cfg.expand), cfg.n_layers, cfg.vocab_size)
 
     def discretizations(self, requested: Discretization | None) -> Discretization:
         if requested is None:
@@ -145,8 +166,24 @@ class SsmscopeFamily(Family):
 class HFFamily(Family):
     """transformers' Mamba from an HFMamba (or a callable returning one), under the adapter."""
 
-    def __init__(self, make: Callable[[int, int], nn.Module]):
+    def __init__(self, make: Callable[[int, int], nn.Module], sample: dict[str, Any] | None = None):
         self.make = make
+        self.sample = sample
+        """The config of a model the callable built (depth, vocabulary, expand), when there is one."""
+
+    def shape_at(self, n_u: int, n_x: int) -> ModelShape | None:
+        if self.sample is not None:
+            cfg: dict[str, Any] = self.sample
+        elif isinstance(self.make, HFMamba):
+            try:
+                import transformers
+            except ImportError:
+                return None  # building says so in one line
+            cfg = {**transformers.MambaConfig().to_dict(), **self.make.config}
+        else:
+            return None
+        return ModelShape(max(1, n_u // int(cfg.get("expand", 2))), int(cfg["num_hidden_layers"]),
+                          int(cfg["vocab_size"]))
 
     def discretizations(self, requested: Discretization | None) -> Discretization:
         if requested is not None and Discretization(requested) != HF_DISCRETIZATION:
@@ -201,8 +238,32 @@ def _is_hf_config(obj: object) -> bool:
     return cls.__name__ == "MambaConfig" and cls.__module__.startswith("transformers")
 
 
+SUPPORTED_FAMILIES = ("an ssmscope MambaConfig, a callable (n_u, n_x) -> ssmscope MambaLM, a transformers "
+                      "MambaConfig, ssmscope.HFMamba(...), or a callable (n_u, n_x) -> transformers MambaForCausalLM "
+                      "/ MambaModel")
+"""What `make_model` may be, as the refusals word it."""
+
+
+def _module_refusal(module: nn.Module) -> ConfigError:
+    """Why a model object is not a `make_model`: coord_check builds every width itself, so it needs a family."""
+    got = f"{type(module).__module__}.{type(module).__name__}"
+    if isinstance(module, MambaLM):
+        hint = "pass its config (model.cfg) as the template, or a callable (n_u, n_x) -> MambaLM"
+    elif is_hf_mamba(module):
+        hint = "pass its config (model.config) or ssmscope.HFMamba({...}), or a callable (n_u, n_x) -> model"
+    else:
+        hint = "coord_check trains ssmscope's MambaLM and transformers' Mamba only; give " + SUPPORTED_FAMILIES
+    return ConfigError(f"make_model is a model ({got}), not a model family: coord_check builds a fresh model at "
+                       f"every width; {hint}")
+
+
 def family_of(make_model: Any) -> Family:
-    """The Family behind a `make_model` argument (see the module docstring); ConfigError otherwise."""
+    """The Family behind a `make_model` argument (see the module docstring); ConfigError otherwise.
+
+    A torch module is callable but is not a family (calling it runs its forward on the widths): refused by name,
+    with what to pass instead."""
+    if isinstance(make_model, nn.Module):
+        raise _module_refusal(make_model)
     if isinstance(make_model, MambaConfig):
         return SsmscopeFamily(template=make_model)
     if isinstance(make_model, HFMamba):
@@ -211,8 +272,7 @@ def family_of(make_model: Any) -> Family:
         return HFFamily(HFMamba({k: v for k, v in make_model.to_dict().items() if k in _HF_CONFIG_KEYS}))
     if callable(make_model):
         return _CallableFamily(make_model)
-    raise ConfigError(f"make_model={type(make_model).__name__}; allowed: an ssmscope MambaConfig, a transformers "
-                      "MambaConfig, ssmscope.HFMamba(...), or a callable (n_u, n_x) -> model")
+    raise ConfigError(f"make_model={type(make_model).__name__}; allowed: " + SUPPORTED_FAMILIES)
 
 
 _HF_CONFIG_KEYS = {"vocab_size", "num_hidden_layers", "layer_norm_epsilon", "expand", "conv_kernel", "use_bias",
@@ -230,15 +290,23 @@ class _CallableFamily(Family):
 
     def _resolve(self, n_u: int, n_x: int) -> Family:
         if self.inner is None:
-            probe = self.make(n_u, n_x)
+            try:
+                probe = self.make(n_u, n_x)
+            except TypeError as exc:  # not a callable of two ints (a class without those arguments, say)
+                raise ConfigError(f"make_model({n_u}, {n_x}) raised TypeError: {exc}; make_model must be "
+                                  + SUPPORTED_FAMILIES) from exc
             if isinstance(probe, MambaLM):
-                self.inner = SsmscopeFamily(make=self.make, own=probe.cfg.discretization)
+                self.inner = SsmscopeFamily(make=self.make, own=probe.cfg.discretization, sample=probe.cfg)
             elif is_hf_mamba(probe):
-                self.inner = HFFamily(self.make)
+                self.inner = HFFamily(self.make, sample=probe.config.to_dict())
             else:
                 raise ConfigError(f"make_model returned {type(probe).__module__}.{type(probe).__name__}; coord_check "
                                   "observes ssmscope's MambaLM and transformers' MambaForCausalLM / MambaModel")
         return self.inner
+
+    def shape_at(self, n_u: int, n_x: int) -> ModelShape | None:
+        assert self.inner is not None, "prepare() first"
+        return self.inner.shape_at(n_u, n_x)
 
     def prepare(self, n_u: int, n_x: int) -> Family:
         return self._resolve(n_u, n_x)

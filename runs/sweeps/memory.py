@@ -38,22 +38,37 @@ CONV_WIDTH = 4
 VOCAB = 256
 
 
-def parameter_count(cfg: RunConfig) -> int:
-    """Parameters of the run's MambaLM (embedding, head, and per layer the mixer's projections and norms)."""
-    d, ed, n = cfg.d_model, cfg.n_u, cfg.n_x
+def mamba_parameter_count(*, d_model: int, n_u: int, n_x: int, n_layers: int, vocab: int = VOCAB) -> int:
+    """Parameters of a Mamba LM (embedding, head, and per layer the mixer's projections and norms)."""
+    d, ed, n = d_model, n_u, n_x
     rank = max(1, -(-d // 16))
     per_layer = (d * 2 * ed + ed * (CONV_WIDTH + 1) + ed * (rank + 2 * n) + rank * ed + ed + ed * n + ed
                  + ed * d + d)
-    return 2 * VOCAB * d + d + cfg.n_layers * per_layer
+    return 2 * vocab * d + d + n_layers * per_layer
+
+
+def parameter_count(cfg: RunConfig) -> int:
+    """Parameters of the run's MambaLM."""
+    return mamba_parameter_count(d_model=cfg.d_model, n_u=cfg.n_u, n_x=cfg.n_x, n_layers=cfg.n_layers)
+
+
+def mamba_run_bytes(*, d_model: int, n_u: int, n_x: int, n_layers: int, batch: int, seq_len: int,
+                    vocab: int = VOCAB) -> int:
+    """The estimated peak memory of training and probing one Mamba LM of this shape, in bytes (module docstring).
+
+    Shared by the sweep's preflight (run_bytes) and the notebook API's coord_check, which trains the same way."""
+    b, length, ed, n = batch, seq_len, n_u, n_x
+    states = min(b * length * ed * n, max(SCAN_SAVE_VALUES, b * ed * n))
+    per_layer = ACTIVATIONS_PER_LAYER * b * length * ed + SCAN_COPIES * states
+    params = mamba_parameter_count(d_model=d_model, n_u=n_u, n_x=n_x, n_layers=n_layers, vocab=vocab)
+    values = STATE_COPIES * params + n_layers * per_layer + 4 * b * length * vocab
+    return RUNTIME_BYTES + BYTES_PER_VALUE * values
 
 
 def run_bytes(cfg: RunConfig) -> int:
-    """The estimated peak memory of one run, in bytes (see the module docstring)."""
-    b, length, ed, n = cfg.batch, cfg.seq_len, cfg.n_u, cfg.n_x
-    states = min(b * length * ed * n, max(SCAN_SAVE_VALUES, b * ed * n))
-    per_layer = ACTIVATIONS_PER_LAYER * b * length * ed + SCAN_COPIES * states
-    values = STATE_COPIES * parameter_count(cfg) + cfg.n_layers * per_layer + 4 * b * length * VOCAB
-    return RUNTIME_BYTES + BYTES_PER_VALUE * values
+    """The estimated peak memory of one run of a sweep, in bytes (see the module docstring)."""
+    return mamba_run_bytes(d_model=cfg.d_model, n_u=cfg.n_u, n_x=cfg.n_x, n_layers=cfg.n_layers, batch=cfg.batch,
+                           seq_len=cfg.seq_len)
 
 
 def available_ram() -> tuple[int, str]:

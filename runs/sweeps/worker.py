@@ -30,6 +30,7 @@ from ssmscope.runs.sweeps import corpus as data
 from ssmscope.runs.sweeps.record import now_iso, run_record
 from ssmscope.runs.sweeps.spec import RunConfig
 from ssmscope.ssm import MambaLM, apply_preset, build_optimizer, load_preset
+from ssmscope.ssm.scan import backend_that_runs
 
 ProgressFn = Callable[[int, int], None]  # (steps done, total steps)
 
@@ -133,6 +134,6 @@ def run_one(cfg: RunConfig, shard_root: Path, *, spec: str = "", device: str = "
                   "git_commit": _git_commit(), "hostname": platform.node()}
     run = run_record(cfg, spec=spec, status=out["status"], last_finite_step=out["last_finite_step"], error=error,
                      started_at=started, finished_at=now_iso(), wall_s=time.perf_counter() - t0,
-                     device=device_name, scan=scan, provenance=provenance)
+                     device=device_name, scan=backend_that_runs(scan, dev), provenance=provenance)
     write_shard(shard_root, run, out["probes"], out["losses"])
     return RunStatus(out["status"]).value

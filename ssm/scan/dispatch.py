@@ -48,24 +48,46 @@ def _load_backend(name: ScanBackend) -> ScanFn:
 
 
 _announced: set[tuple[str, str]] = set()
+_triton_checks: dict[str, str | None] = {}
+"""Device type → why the Triton scan failed its check there (None: it passed); each device type checked once."""
+GPU_TYPES = ("cuda",)
+"""Device types on which AUTO considers the Triton scan (the tests add "cpu" to run the check under Triton's
+interpreter)."""
+
+
+def triton_check(device: torch.device) -> str | None:
+    """Why AUTO must not use the Triton scan on `device`, or None: ssm.scan.verify's comparison with the fast scan,
+    run once per process and device type (its result is kept)."""
+    if device.type not in _triton_checks:
+        from ssmscope.ssm.scan.verify import triton_problem
+
+        _triton_checks[device.type] = triton_problem(device)
+    return _triton_checks[device.type]
 
 
 def resolve_backend(name: ScanBackend | str, device: torch.device) -> ScanBackend:
-    """AUTO → triton on CUDA when it imports, compiled on CPU when it builds, else fast.
+    """AUTO → triton on CUDA when it imports and passes its check, compiled on CPU when it builds, else fast.
 
-    Logs the automatic choice once per process and device type; a fallback is one warning line.
+    On CUDA the Triton kernels are verified once per process against the fast scan (ssm.scan.verify: the output,
+    every gradient and the fused state-norm probes on a small input); an exception or a difference beyond the
+    stated tolerance makes AUTO use fast. Logs the automatic choice once per process and device type; a fallback
+    is one warning line saying why.
     """
     name = ScanBackend(name)
     if name != ScanBackend.AUTO:
         return name
     chosen, why = ScanBackend.FAST, ""
-    if device.type == "cuda":
+    if device.type in GPU_TYPES:
         try:
             import ssmscope.ssm.scan.triton  # noqa: F401
-
-            chosen = ScanBackend.TRITON
         except ImportError as exc:
             why = f"triton scan unavailable ({exc})"
+        else:
+            problem = triton_check(device)
+            if problem is None:
+                chosen = ScanBackend.TRITON
+            else:
+                why = f"the Triton scan disagrees with the fast scan in its check ({problem})"
     elif device.type == "cpu":
         from ssmscope.ssm.scan.compiled import load_library
 
@@ -82,6 +104,15 @@ def resolve_backend(name: ScanBackend | str, device: torch.device) -> ScanBacken
         else:
             log.info("scan=auto on %s → %s", device.type, chosen.value)
     return chosen
+
+
+def backend_that_runs(name: ScanBackend | str, device: torch.device) -> str:
+    """The backend a scan asked for as `name` runs on `device` (AUTO resolved), for a run's record: a run stores
+    what computed it (`compiled`, `fast`, `triton`), not `auto`. An unknown name is returned as given."""
+    try:
+        return resolve_backend(name, device).value
+    except ValueError:
+        return str(name)
 
 
 _BACKENDS: dict[ScanBackend, ScanFn] = {}
