@@ -243,7 +243,10 @@ def _insert(store: _Store, run_id: str, tables: ShardTables, report: IngestRepor
             try:
                 con.execute(query)
             finally:
-                con.unregister(queries.SHARD_VIEW)
+                try:
+                    con.unregister(queries.SHARD_VIEW)
+                except duckdb.Error:  # an interrupted statement aborted the transaction: the interrupt, not this,
+                    pass  # is what the caller must see (the rollback below discards the view with it)
         con.execute("COMMIT")
     except BaseException as exc:
         try:
