@@ -48,43 +48,51 @@ def db_from_argv(argv: list[str]) -> Path:
     return Path(args.db) if args.db else default_db_path()
 
 
-st.set_page_config(page_title="ssmscope", page_icon=str(ICON), layout="wide")
-st.set_option("client.toolbarMode", "viewer")  # no Deploy button (app/.streamlit/config.toml says so too)
-if data.DB_STATE_KEY not in st.session_state:
-    st.session_state[data.DB_STATE_KEY] = str(db_from_argv(sys.argv[1:]))
-pages = [st.Page(path, title=title, icon=icon, url_path=url) for path, title, icon, url in PAGES]
-home = st.Page(lambda: st.switch_page(pages[0]), title="ssmscope", url_path="", default=True, visibility="hidden")
-page = st.navigation([home, *pages])
-if page.url_path == home.url_path:  # the root, before anything reads the URL: the Runs page, with the whole query
-    st.switch_page(pages[0], query_params=[(k, v) for k in st.query_params for v in st.query_params.get_all(k)])
+def main() -> None:
+    """The app: page config, store picker, live controls, then the chosen page (runs on every rerun)."""
+    st.set_page_config(page_title="ssmscope", page_icon=str(ICON), layout="wide")
+    st.set_option("client.toolbarMode", "viewer")  # no Deploy button (app/.streamlit/config.toml says so too)
+    if data.DB_STATE_KEY not in st.session_state:
+        st.session_state[data.DB_STATE_KEY] = str(db_from_argv(sys.argv[1:]))
+    pages = [st.Page(path, title=title, icon=icon, url_path=url) for path, title, icon, url in PAGES]
+    home = st.Page(lambda: st.switch_page(pages[0]), title="ssmscope", url_path="", default=True, visibility="hidden")
+    page = st.navigation([home, *pages])
+    if page.url_path == home.url_path:  # the root, before anything reads the URL: the Runs page, with the whole query
+        st.switch_page(pages[0], query_params=[(k, v) for k in st.query_params for v in st.query_params.get_all(k)])
 
-sidebar.store_picker()
-live, every = sidebar.live_controls()
-db = data.store_now()
-problem = data.store_problem(db)
-last_good = st.session_state.get(LAST_GOOD_KEY)
-if problem is not None and problem.locked and isinstance(last_good, data.Store) and last_good.path == db.path:
-    db, problem = last_good, None  # a sweep is ingesting: keep showing what was read last
-    st.sidebar.info("Updating… a sweep is writing this store; showing it as last read.", icon=":material/sync:")
-elif problem is None:
-    st.session_state[LAST_GOOD_KEY] = db
-st.session_state[data.STORE_KEY] = db
+    sidebar.store_picker()
+    live, every = sidebar.live_controls()
+    db = data.store_now()
+    problem = data.store_problem(db)
+    last_good = st.session_state.get(LAST_GOOD_KEY)
+    if problem is not None and problem.locked and isinstance(last_good, data.Store) and last_good.path == db.path:
+        db, problem = last_good, None  # a sweep is ingesting: keep showing what was read last
+        st.sidebar.info("Updating… a sweep is writing this store; showing it as last read.", icon=":material/sync:")
+    elif problem is None:
+        st.session_state[LAST_GOOD_KEY] = db
+    st.session_state[data.STORE_KEY] = db
 
-if problem is not None:
-    show_problem(problem)
-else:
-    n = data.counts(db)
-    st.sidebar.caption(f"{n['runs']} runs · {n['probes']:,} probe rows · {n['losses']:,} loss rows"
-                       + (f" · checked {time.strftime('%H:%M:%S')}" if live else ""))
-    try:
-        page.run()
-    except (StoreError, duckdb.Error) as exc:  # e.g. a sweep started ingesting since the check above
-        failed = data.problem_from_error(exc, db.path)
-        if failed.locked:
-            st.info("Updating… a sweep is writing this store right now; this view comes back when its ingest "
-                    "finishes" + (" (live mode reloads it)." if live else ". Rerun the page then."),
-                    icon=":material/sync:")
-        else:
-            show_problem(failed)
-if live:
-    sidebar.follow(db, every)
+    if problem is not None:
+        show_problem(problem)
+    else:
+        n = data.counts(db)
+        st.sidebar.caption(f"{n['runs']} runs · {n['probes']:,} probe rows · {n['losses']:,} loss rows"
+                           + (f" · checked {time.strftime('%H:%M:%S')}" if live else ""))
+        try:
+            page.run()
+        except (StoreError, duckdb.Error) as exc:  # e.g. a sweep started ingesting since the check above
+            failed = data.problem_from_error(exc, db.path)
+            if failed.locked:
+                st.info("Updating… a sweep is writing this store right now; this view comes back when its ingest "
+                        "finishes" + (" (live mode reloads it)." if live else ". Rerun the page then."),
+                        icon=":material/sync:")
+            else:
+                show_problem(failed)
+    if live:
+        sidebar.follow(db, every)
+
+
+# Streamlit runs this file as __main__. A worker process spawned by a sweep started from this interpreter (the
+# dashboard's tests run sweeps too) re-imports the parent's main module as __mp_main__: it must not run the app.
+if __name__ == "__main__":
+    main()
