@@ -176,13 +176,13 @@ def _sweep_filter(sweep: str | None) -> dict[str, str] | None:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def runs_frame(db: Store) -> pl.DataFrame:
-    """Every run (runs.store.load_runs): keys, status, timings."""
+    """Every run (runs.store.db.load_runs): keys, status, timings."""
     return store.load_runs(Path(db.path))
 
 
 @st.cache_resource(show_spinner="Reading probes…", max_entries=4)
 def probe_frame(db: Store, sweep: str | None) -> pl.DataFrame:
-    """Probe totals (group "") of one sweep (None: all), joined with run keys (runs.store.load_probe_frame).
+    """Probe totals (group "") of one sweep (None: all), joined with run keys (runs.store.db.load_probe_frame).
 
     Per-parameter-group rows are dropped here: no page shows them, and they are most of a store.
     Cached as a resource, not as data: st.cache_data would pickle a copy of this frame (~80 MB for a
@@ -263,7 +263,7 @@ def coincidence_notes(db: Store, sweep: str | None, sel: Where = (), *, design: 
 
 @dataclass(frozen=True)
 class Transfer:
-    """The learning-rate transfer analysis of one sweep (runs.transfer)."""
+    """The learning-rate transfer analysis of one sweep (runs.analysis.transfer)."""
 
     final: pl.DataFrame  # one row per run: its final loss (diverged → +inf)
     optima: pl.DataFrame  # per (preset, discretization, optimizer, width): η*

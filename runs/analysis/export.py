@@ -420,7 +420,7 @@ def _regime_mark(term: dict, style: PaperStyle) -> str:
 
 
 def format_paper_table(paper: pl.DataFrame, style: PaperStyle = "text") -> pl.DataFrame:
-    """The paper's table from `runs.slopes.paper_slopes` rows: one row per configuration, one cell per column.
+    """The paper's table from `runs.analysis.slopes.paper_slopes` rows: one row per configuration, one cell per column.
 
     Row keys: preset, discretization, optimizer, then lr / spec / task / dt_max / fixed_width / layer
     where they vary, then the step; rows SP → µP → µP-SSM → custom. Headers are written as the style
@@ -440,7 +440,7 @@ def paper_table(frame: pl.DataFrame, *, style: PaperStyle = "text", **fit_option
     """The paper's table (preset × discretization × optimizer by ‖x‖, ‖y‖, ‖Δx‖, ‖Δy‖) from a probe frame.
 
     Each cell: measured N_x^a·N_u^b (2-D) or width^s (joint) ± half the 95 % CI, the verdict, what the
-    theory predicts and ✓ (agrees) / ✗ (disagrees). fit_options go to runs.slopes.paper_slopes
+    theory predicts and ✓ (agrees) / ✗ (disagrees). fit_options go to runs.analysis.slopes.paper_slopes
     (convention, design, layers, step, n_boot, rng_seed, include_failed).
     """
     return format_paper_table(paper_slopes(frame, **fit_options), style)  # type: ignore[arg-type]

@@ -70,7 +70,7 @@ def parabola_optimum(log2_lr: np.ndarray, loss: np.ndarray) -> Optimum:
 def final_losses(losses: pl.DataFrame, use: str = "eval_loss") -> pl.DataFrame:
     """One row per run: the loss at its last logged step (diverged runs → +inf).
 
-    `losses` has the columns of runs.store.load_losses (run_id, step, train_loss, eval_loss,
+    `losses` has the columns of runs.store.db.load_losses (run_id, step, train_loss, eval_loss,
     preset, discretization, optimizer, lr, seed, n_u, n_x, status).
     """
     if use not in ("eval_loss", "train_loss"):

@@ -118,7 +118,7 @@ class LineSweepProgress:
 
 
 class RichSweepProgress:
-    """Implements the progress protocol of runs.sweep.run_sweep: live bars on a terminal, else
+    """Implements the progress protocol of runs.sweeps.sweep.run_sweep: live bars on a terminal, else
     LineSweepProgress (rich prints nothing until the end when the console is not a terminal)."""
 
     def __init__(self, console: Console | None = None):

@@ -75,28 +75,9 @@ _TERMS: dict[Design, tuple[tuple[str, str], ...]] = {
     Design.TWO_D: (("n_u", "n_u"), ("n_x", "n_x")),
 }
 
-# The paper's table: its four columns as (site, quantity).
-PAPER_COLUMNS: dict[str, tuple[str, str]] = {
-    "x": ("x", "value"),
-    "y": ("y", "value"),
-    "dx": ("x", "delta_init"),
-    "dy": ("y", "delta_init"),
-}
-
 Step = int | Literal["last"] | None
 """A step selector: an int, "last" (per configuration, the last step of an included run), None = all."""
 
-
-# The regressors (terms) of each design, as the log2 of which width column.
-_TERMS: dict[Design, tuple[tuple[str, str], ...]] = {
-    Design.JOINT: (("width", "n_u"),),
-    Design.N_U: (("n_u", "n_u"),),
-    Design.N_X: (("n_x", "n_x"),),
-    Design.TWO_D: (("n_u", "n_u"), ("n_x", "n_x")),
-}
-
-Step = int | Literal["last"] | None
-"""A step selector: an int, "last" (per configuration, the last step of an included run), None = all."""
 
 FIT_COLUMNS = [*CELL_KEYS, "convention", "design", "term", "estimate", "se", "ci_low", "ci_high",
                "intercept", "residual_sd", "n_points", "n_seeds", "n_widths", "n_diverged", "n_failed",
@@ -185,9 +166,6 @@ class _Points:
 _PROBE_KEYS = ("site", "quantity", "group")
 
 
-_PROBE_KEYS = ("site", "quantity", "group")
-
-
 def _points(frame: pl.DataFrame, runs: pl.DataFrame, convention: Convention) -> tuple[_Points, pl.DataFrame]:
     """The probe rows of runs in the design as points (codes and y = log2‖·‖), and the probe table:
     probe code → (site, quantity, group), codes in sorted order.
@@ -264,7 +242,7 @@ def fit_slopes(frame: pl.DataFrame, *, convention: Convention | str = Convention
 
     Args:
         frame: probe rows joined with run keys (PROBE_FRAME_COLUMNS), already filtered to the selection.
-        convention: norm convention (runs.norms); predictions are shifted to the same one.
+        convention: norm convention (runs.analysis.norms); predictions are shifted to the same one.
         design: which widths vary (Design): joint, n_u (N_x fixed), n_x (N_u fixed) or 2d.
         layers: "each" (a fit per layer) or "mean" (fit the layer-mean of log2‖·‖; layer is null).
         step: an int, "last" (per configuration, the last step logged by an included run), None = all.
@@ -312,12 +290,6 @@ def fit_slopes(frame: pl.DataFrame, *, convention: Convention | str = Convention
                          pl.lit(design.value).alias("design")))
     optional = [c for c in OPTIONAL_CONFIG_KEYS if c in frame.columns]
     return attach_predictions(out).select(*FIT_COLUMNS[:4], *optional, *FIT_COLUMNS[4:])
-
-
-FIT_COLUMNS = [*CELL_KEYS, "convention", "design", "term", "estimate", "se", "ci_low", "ci_high",
-               "intercept", "residual_sd", "n_points", "n_seeds", "n_widths", "n_diverged", "n_failed",
-               "n_nonfinite", "status", "predicted", "log_x", "verdict", "agreement", "prediction_note"]
-"""Columns of a slope frame, in order."""
 
 
 def _fit_cells(points: _Points, runs: _Runs, terms: list[str], n_boot: int, rng_seed: int,
