@@ -21,6 +21,7 @@ from plotly.subplots import make_subplots
 from ssmscope.app.frames import Row
 from ssmscope.runs.analysis.export import exponent_text, verdict_text
 from ssmscope.runs.analysis.norms import norm_label
+from ssmscope.runs.analysis.vocabulary import FitStatus
 
 LAYER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf")
@@ -56,7 +57,7 @@ def slope_text(rec: dict | None) -> str:
     """One slope as hover text: s = +0.51 [0.44, 0.58] · predicted +½ · grows, as predicted."""
     if rec is None:
         return "slope: not fitted"
-    if rec.get("status") != "ok":
+    if rec.get("status") != FitStatus.OK:
         return f"slope: {str(rec.get('status', '')).replace('_', ' ')} (n={rec.get('n_points')})"
     ci = ""
     if rec.get("ci_low") is not None and rec.get("ci_high") is not None:
@@ -226,7 +227,7 @@ def coord_figure(points: pl.DataFrame, bands: pl.DataFrame, flags: pl.DataFrame,
                 band = band_parts.get((panel, row.site, row.quantity, layer), empty_band)
                 rec = slope_map.get((panel, row.site, row.quantity, layer))
                 s_text = slope_text(rec)
-                if rec is not None and rec.get("status") == "ok":
+                if rec is not None and rec.get("status") == FitStatus.OK:
                     corner.append(f"<span style='color:{colour}'>L{layer} {_signed(rec['estimate'])}</span>")
                 if not band.is_empty():
                     x, lo, hi = band["log2_width"].to_list(), band["lo"].to_list(), band["hi"].to_list()
@@ -294,7 +295,7 @@ SLOPE_LINES = {"fit": ("fitted slope", "dot"), "pred": ("predicted slope", "dash
 def _add_slope_lines(out: _Panels, band: pl.DataFrame, rec: dict | None, i: int, j: int, panel: str, row: Row,
                      layer: int, fit: bool, pred: bool, legend_done: set[str]) -> None:
     """The fitted line a + s·x over the layer's widths, and a line of the predicted slope through its mean point."""
-    if rec is None or rec.get("status") != "ok":
+    if rec is None or rec.get("status") != FitStatus.OK:
         return
     x = band["log2_width"].to_list()
     x0, x1 = min(x), max(x)

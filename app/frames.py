@@ -18,13 +18,14 @@ import polars as pl
 from ssmscope.runs.analysis import export
 from ssmscope.runs.analysis.export import exponent_text, verdict_text
 from ssmscope.runs.analysis.norms import norm_expr
+from ssmscope.runs.store.schema import EXCLUDED_STATUSES
 from ssmscope.ssm.predictions import Convention
 
 # --- orders and labels -------------------------------------------------------------------------
 PRESET_ORDER = export.PRESET_ORDER
 """The paper's order of parameterizations, SP → µP → µP-SSM (as the tables); presets not listed follow by name."""
 DISC_ORDER = ("zoh", "euler")
-FLAGGED_STATUSES = ("diverged", "failed")
+FLAGGED_STATUSES = EXCLUDED_STATUSES
 """Run statuses left out of the seed summaries and marked on the figures (as in runs.analysis.slopes)."""
 
 

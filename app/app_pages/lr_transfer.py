@@ -8,6 +8,7 @@ import streamlit as st
 from ssmscope.app import controls, data, figures, tables
 from ssmscope.app.frames import DISC_ORDER, PRESET_ORDER, lr_grid, ordered, transfer_curves, width_column
 from ssmscope.app.widgets import UrlState, download_buttons, export_figure
+from ssmscope.runs.store.schema import RunStatus
 
 LOSSES = {"eval_loss": "held-out loss", "train_loss": "training loss"}
 
@@ -90,7 +91,7 @@ def main() -> None:
 
     st.markdown(f"**Optimal learning rate per width** ({preset} · {disc} · {optimizer})")
     st.dataframe(tables.styled(optima.drop("preset", "discretization", "optimizer")), hide_index=True, key="lr__optima")
-    n_div = final.filter(pl.col("status") == "diverged").height
+    n_div = final.filter(pl.col("status") == RunStatus.DIVERGED).height
     st.caption(f"{final.height} runs, {n_div} diverged (their loss counts as +∞: a learning rate where any seed "
                "diverged is marked ✕, not averaged).")
 

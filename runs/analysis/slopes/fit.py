@@ -30,6 +30,7 @@ from ssmscope.runs.analysis.norms import norm_expr, parse_convention
 from ssmscope.runs.analysis.slopes import bootstrap, codes, ols
 from ssmscope.runs.analysis.slopes.verdicts import attach_predictions
 from ssmscope.runs.analysis.stats import CONFIDENCE, DEFAULT_N_BOOT, normal_z
+from ssmscope.runs.analysis.vocabulary import FitStatus
 from ssmscope.runs.store.schema import (
     EXCLUDED_STATUSES,
     FRAME_RUN_KEYS,
@@ -351,8 +352,8 @@ def _fit_cells(points: _Points, runs: _Runs, terms: list[str], n_boot: int, rng_
                 "probe": points.probe[first], "step": points.step[first], "intercept": masked(fit.intercept),
                 "residual_sd": masked(resid_sd), "n_points": n_points, "n_seeds": n_seeds,
                 "n_nonfinite": n_nonfinite, "_too_few": too_few, "_singular": fit.singular}
-    status = (pl.when("_too_few").then(pl.lit("too_few_points"))
-              .when("_singular").then(pl.lit("singular")).otherwise(pl.lit("ok")))
+    status = (pl.when("_too_few").then(pl.lit(FitStatus.TOO_FEW_POINTS))
+              .when("_singular").then(pl.lit(FitStatus.SINGULAR)).otherwise(pl.lit(FitStatus.OK)))
     long = pl.concat([pl.DataFrame({
         **per_cell, "estimate": masked(fit.coef[:, j]), "se": masked(fit.se[:, j]),
         "ci_low": masked(low[:, j]), "ci_high": masked(high[:, j]), "n_widths": n_widths[:, j],
