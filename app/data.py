@@ -31,6 +31,7 @@ from ssmscope.runs.analysis.slope_tables import slope_table
 from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT
 from ssmscope.runs.store import db as store
 from ssmscope.runs.store import queries
+from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, WIDTH_KEYS
 
 DB_STATE_KEY = "ssmscope_db"
 """session_state key of the store path (set from --db at start-up, changed by the store picker)."""
@@ -257,7 +258,7 @@ def paper(db: Store, sweep: str | None, sel: Where = (), *, convention: str = "r
 def coincidence_notes(db: Store, sweep: str | None, sel: Where = (), *, design: str = "joint") -> list[str]:
     """Notes on presets that are one parameterization for the selection (as `ssmscope slopes` captions them)."""
     frame = apply(probe_frame(db, sweep), sel)
-    return export.coincidence_notes(frame.select("preset", "discretization", "optimizer", "n_u", "n_x").unique(),
+    return export.coincidence_notes(frame.select(*PARAMETERIZATION_KEYS, *WIDTH_KEYS).unique(),
                                     design)
 
 

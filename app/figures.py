@@ -22,6 +22,7 @@ from ssmscope.app.frames import Row
 from ssmscope.runs.analysis.export import exponent_text, verdict_text
 from ssmscope.runs.analysis.norms import norm_label
 from ssmscope.runs.analysis.vocabulary import FitStatus
+from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, WIDTH_KEYS
 
 LAYER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf")
@@ -275,8 +276,7 @@ def _add_seeds(out: _Panels, seeds: pl.DataFrame, i: int, j: int, panel: str, ro
                hover: bool) -> None:
     """Single runs as small dots (hover: run id and config when `hover`, else the hover reads the mean)."""
     colour = layer_colour(layer)
-    custom = seeds.select("run_id", "seed", "status", "preset", "discretization", "optimizer", "lr", "n_u", "n_x",
-                          "norm").rows()
+    custom = seeds.select("run_id", "seed", "status", *PARAMETERIZATION_KEYS, "lr", *WIDTH_KEYS, "norm").rows()
     extra = (dict(hovertemplate=("run %{customdata[0]} · seed %{customdata[1]} · %{customdata[2]}<br>"
                                  "%{customdata[3]} · %{customdata[4]} · %{customdata[5]} lr %{customdata[6]}<br>"
                                  "N_u=%{customdata[7]} N_x=%{customdata[8]} · layer " + str(layer)

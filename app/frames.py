@@ -18,7 +18,7 @@ import polars as pl
 from ssmscope.runs.analysis import export
 from ssmscope.runs.analysis.export import exponent_text, verdict_text
 from ssmscope.runs.analysis.norms import norm_expr
-from ssmscope.runs.store.schema import EXCLUDED_STATUSES
+from ssmscope.runs.store.schema import EXCLUDED_STATUSES, PARAMETERIZATION_KEYS, WIDTH_KEYS
 from ssmscope.ssm.predictions import Convention
 
 # --- orders and labels -------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def panel_expr(panel_by: Panels) -> pl.Expr:
 
 # --- the coordinate check ----------------------------------------------------------------------
 POINT_COLUMNS = ["panel", "site", "quantity", "layer", "width", "log2_width", "run_id", "seed", "status",
-                 "preset", "discretization", "optimizer", "lr", "n_u", "n_x", "norm", "log2_norm", "finite"]
+                 *PARAMETERIZATION_KEYS, "lr", *WIDTH_KEYS, "norm", "log2_norm", "finite"]
 
 
 def coord_points(frame: pl.DataFrame, *, convention: Convention | str, step: int | Sequence[int], axis: WidthAxis,
@@ -316,9 +316,9 @@ def run_curves(frame: pl.DataFrame, *, convention: Convention | str, rows: Seque
 # --- learning-rate transfer --------------------------------------------------------------------
 def lr_grid(final: pl.DataFrame) -> pl.DataFrame:
     """The (preset, discretization, optimizer) groups of runs.analysis.transfer.final_losses with ≥ 2 learning rates."""
-    return (final.group_by("preset", "discretization", "optimizer")
+    return (final.group_by(PARAMETERIZATION_KEYS)
             .agg(pl.col("lr").n_unique().alias("n_lrs"), pl.len().alias("n_runs"))
-            .filter(pl.col("n_lrs") >= 2).sort("preset", "discretization", "optimizer"))
+            .filter(pl.col("n_lrs") >= 2).sort(PARAMETERIZATION_KEYS))
 
 
 def width_column(final: pl.DataFrame) -> str:

@@ -16,9 +16,9 @@ from ssmscope.app.frames import DEFAULT_ROWS, DISC_ORDER, PRESET_ORDER, ROW_BY_K
 from ssmscope.app.tables import status_styled
 from ssmscope.app.widgets import UrlState
 from ssmscope.runs.analysis.export import order_rows
-from ssmscope.runs.store.schema import RunStatus
+from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, WIDTH_KEYS, RunStatus
 
-TABLE_COLUMNS = ["run_id", "spec", "status", "preset", "discretization", "optimizer", "lr", "n_u", "n_x", "seed",
+TABLE_COLUMNS = ["run_id", "spec", "status", *PARAMETERIZATION_KEYS, "lr", *WIDTH_KEYS, "seed",
                  "n_layers", "steps", "last_finite_step", "wall_s", "device", "finished_at"]
 
 

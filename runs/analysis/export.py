@@ -31,6 +31,7 @@ from ssmscope.runs.analysis.slopes import (
     paper_slopes,
 )
 from ssmscope.runs.analysis.vocabulary import Agreement, FitStatus, Regime, Trend
+from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS
 from ssmscope.ssm.errors import ConfigError
 
 
@@ -268,7 +269,7 @@ linear-response regime): tables that list fits show them, after the agreement, w
 def slope_display(slopes: pl.DataFrame) -> pl.DataFrame:
     """A slope frame narrowed for reading: cell keys that vary (or identify a row), then DISPLAY_COLUMNS."""
     keys = [k for k in [*CELL_KEYS[:4], *OPTIONAL_CONFIG_KEYS, *CELL_KEYS[4:]] if k in slopes.columns]
-    always = {"preset", "discretization", "optimizer", "layer", "site", "quantity", "step"}
+    always = {*PARAMETERIZATION_KEYS, "layer", "site", "quantity", "step"}
     shown = [k for k in keys if k in always or slopes.get_column(k).n_unique() > 1]
     display = [*DISPLAY_COLUMNS[:DISPLAY_COLUMNS.index("agreement") + 1], *ANNOTATION_COLUMNS,
                *DISPLAY_COLUMNS[DISPLAY_COLUMNS.index("agreement") + 1:]]
@@ -389,7 +390,7 @@ def _paper_cell(terms: list[dict], style: PaperStyle) -> str:
 def _row_keys(paper: pl.DataFrame) -> list[str]:
     """The columns that name a row of the paper table: preset, discretisation, optimizer, what varies, step."""
     optional = ["lr", *OPTIONAL_CONFIG_KEYS, "fixed_width", "layer"]
-    keys = ["preset", "discretization", "optimizer"]
+    keys = list(PARAMETERIZATION_KEYS)
     keys += [k for k in optional if k in paper.columns and paper.get_column(k).n_unique() > 1]
     keys += [k for k in ("width_lo", "width_hi") if k in paper.columns]  # a top-octaves table says its widths
     return [*keys, "step"]

@@ -19,9 +19,9 @@ import polars as pl
 
 from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT, interval_quantiles, normal_z
 from ssmscope.runs.analysis.vocabulary import TransferStatus
-from ssmscope.runs.store.schema import RunStatus
+from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, RunStatus
 
-GROUP_KEYS = ("preset", "discretization", "optimizer")
+GROUP_KEYS = PARAMETERIZATION_KEYS
 EDGE_STATUSES = (TransferStatus.EDGE_LOW, TransferStatus.EDGE_HIGH)
 """A width whose best learning rate is at an end of the grid: its optimum may lie outside."""
 """What one learning-rate curve (and one drift) belongs to; `init_base` joins them where it varies."""

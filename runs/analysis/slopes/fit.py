@@ -35,6 +35,7 @@ from ssmscope.runs.store.schema import (
     EXCLUDED_STATUSES,
     FRAME_RUN_KEYS,
     OPTIONAL_RUN_KEYS,
+    PARAMETERIZATION_KEYS,
     PROBE_FRAME_COLUMNS,
     RunStatus,
 )
@@ -43,7 +44,7 @@ from ssmscope.ssm.predictions import Convention
 
 MIN_WIDTHS = 3
 """Distinct widths per fitted axis below which a cell is reported too_few_points (2 points fit any line)."""
-CONFIG_KEYS = ["preset", "discretization", "optimizer", "lr", "fixed_width"]
+CONFIG_KEYS = [*PARAMETERIZATION_KEYS, "lr", "fixed_width"]
 """One sweep configuration: the fits never mix learning rates or a held-fixed width."""
 OPTIONAL_CONFIG_KEYS = list(OPTIONAL_RUN_KEYS)
 """Run keys that also separate configurations when the frame has them (the store adds them): two
