@@ -2,11 +2,12 @@
 
 Knows nothing of probes or storage. Main entry points:
   MambaConfig, MambaLM           — the model (ssm.config, ssm.model)
-  load_preset, apply_preset      — parameterizations as data (ssm.presets)
+  load_preset                    — parameterizations as data, torch-free (ssm.presets)
+  apply_preset, build_optimizer  — a preset applied to a model and its optimizer (ssm.apply)
   load_base                      — init bases: Mamba's, transformers' and the legacy constants (ssm.bases)
   selective_scan, StateProbe     — the scan and its latent-state side channel (ssm.scan)
 
-Names are loaded on first use (PEP 562), so `ssm.predictions` or `ssm.errors` can be imported
+Names are loaded on first use (PEP 562), so `ssm.presets`, `ssm.predictions` or `ssm.errors` can be imported
 (by the analyses and the dashboard) without loading torch.
 """
 
@@ -22,12 +23,12 @@ _EXPORTS = {
     "MambaConfig": "ssmscope.ssm.config",
     "ScanBackend": "ssmscope.ssm.config",
     "MambaLM": "ssmscope.ssm.model",
-    "Optimizer": "ssmscope.ssm.presets",
-    "apply_preset": "ssmscope.ssm.presets",
-    "build_optimizer": "ssmscope.ssm.presets",
+    "Optimizer": "ssmscope.ssm.config",
+    "apply_preset": "ssmscope.ssm.apply",
+    "build_optimizer": "ssmscope.ssm.apply",
     "load_preset": "ssmscope.ssm.presets",
     "original_preset": "ssmscope.ssm.presets",
-    "plan": "ssmscope.ssm.presets",
+    "plan": "ssmscope.ssm.apply",
     "ScanInputs": "ssmscope.ssm.scan.types",
     "StateProbe": "ssmscope.ssm.scan.types",
     "selective_scan": "ssmscope.ssm.scan.dispatch",
@@ -37,18 +38,12 @@ __all__ = ["ConfigError", "Discretization", "MambaConfig", "MambaLM", "Optimizer
            "selective_scan"]
 
 if TYPE_CHECKING:
+    from ssmscope.ssm.apply import apply_preset, build_optimizer, plan
     from ssmscope.ssm.bases import load_base
-    from ssmscope.ssm.config import Discretization, MambaConfig, ScanBackend
+    from ssmscope.ssm.config import Discretization, MambaConfig, Optimizer, ScanBackend
     from ssmscope.ssm.errors import ConfigError
     from ssmscope.ssm.model import MambaLM
-    from ssmscope.ssm.presets import (
-        Optimizer,
-        apply_preset,
-        build_optimizer,
-        load_preset,
-        original_preset,
-        plan,
-    )
+    from ssmscope.ssm.presets import load_preset, original_preset
     from ssmscope.ssm.scan.dispatch import selective_scan
     from ssmscope.ssm.scan.types import ScanInputs, StateProbe
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from ssmscope.ssm.config import MambaConfig
 from ssmscope.ssm.errors import ConfigError
+from ssmscope.ssm.exponents import fraction_text
 from ssmscope.ssm.roles import FAN_IN, STRUCTURAL_RULES, InitKind, Role, role_table
 from ssmscope.ssm.tomlfiles import builtin_toml_names, head_table, parse_number, read_builtin_or_file
 
@@ -83,9 +83,9 @@ class RoleBase:
             return f"{self.scale:g}"
         factors = []
         if self.fan_in_power:
-            factors.append(f"{FAN_IN[role].attr}^{_frac(self.fan_in_power)}")
+            factors.append(f"{FAN_IN[role].attr}^{fraction_text(self.fan_in_power)}")
         if self.n_layer_power:
-            factors.append(f"n_layers^{_frac(self.n_layer_power)}")
+            factors.append(f"n_layers^{fraction_text(self.n_layer_power)}")
         c = self.scale * math.sqrt(3) if self.dist == InitKind.UNIFORM else self.scale
         text = "·".join(([] if factors and math.isclose(c, 1.0) else [f"{c:.4g}"]) + factors)
         if self.dist == InitKind.UNIFORM:
@@ -107,11 +107,6 @@ class Base:
 def _power(x: int, p: float) -> float:
     """x^p, with x^-1/2 computed as 1/√x (the float the constants were drawn with before bases)."""
     return 1.0 / math.sqrt(x) if p == -0.5 else float(x) ** p
-
-
-def _frac(e: float) -> str:
-    f = Fraction(e).limit_denominator(12)
-    return str(f) if f.denominator == 1 else f"{f.numerator}/{f.denominator}"
 
 
 def fan_in(role: Role, cfg: MambaConfig) -> int:

@@ -31,6 +31,31 @@ class ScanBackend(StrEnum):
     COMPILED = "compiled"  # C kernel built on first use (CPU; docs/compiled-scan.md)
 
 
+class OptimizerFamily(StrEnum):
+    """The learning-rate column a preset gives per role ([roles.<role>] lr = {sgd = …, adam = …})."""
+
+    SGD = "sgd"
+    ADAM = "adam"
+
+
+class Optimizer(StrEnum):
+    """The optimizers a run may use; each reads its learning rates from one family of the preset."""
+
+    SGD = "sgd"
+    ADAM = "adam"
+    ADAMW = "adamw"  # decoupled weight decay; its learning rates scale as Adam's
+
+    @property
+    def family(self) -> OptimizerFamily:
+        """The preset column this optimizer's learning rates come from."""
+        return OptimizerFamily.SGD if self == Optimizer.SGD else OptimizerFamily.ADAM
+
+
+FAMILY_OF_OPTIMIZER: dict[str, str] = {o.value: o.family.value for o in Optimizer}
+"""Optimizer name → its family's name (Optimizer.family, as plain strings for frames and TOML tables);
+an optimizer not listed has no family (no learning-rate rule, no prediction)."""
+
+
 def _positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name}={value!r}; allowed: a positive integer")
@@ -69,7 +94,7 @@ class MambaConfig:
     """RMSNorm epsilon."""
     tie_readout: bool | None = None
     """Readout shares the embedding matrix (Mamba's and transformers' default); None: as the
-    init base says (ssm.presets.apply_preset ties or unties the model before initialising it)."""
+    init base says (ssm.apply.apply_preset ties or unties the model before initialising it)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the config (never read by the model)."""
 

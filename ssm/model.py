@@ -6,7 +6,7 @@ tied to the embedding (one matrix, two uses, as in Mamba and transformers; set_r
 Parameter names follow state-spaces/mamba (in_proj, conv1d, x_proj, dt_proj, A_log, D,
 out_proj) except that x_proj holds its three row blocks as separate weights (x_proj.dt,
 x_proj.B, x_proj.C), so that each can carry its own init and learning-rate scale.
-Initialisation is not done here: ssm.presets.apply_preset sets every parameter.
+Initialisation is not done here: ssm.apply.apply_preset sets every parameter.
 """
 
 from __future__ import annotations

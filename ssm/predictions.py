@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from ssmscope.ssm.config import Discretization
+from ssmscope.ssm.config import FAMILY_OF_OPTIMIZER, Discretization
 
 
 class Convention(StrEnum):
@@ -126,8 +126,9 @@ def predictions(convention: Convention | str = Convention.RMS) -> list[Predictio
 
 def lookup(preset: str, disc: Discretization | str, optimizer: str, site: str, quantity: str,
            convention: Convention | str = Convention.RMS) -> Prediction | None:
-    """The prediction for one cell, or None if the theory says nothing about it."""
-    family = "sgd" if optimizer == "sgd" else "adam"
+    """The prediction for one cell, or None if the theory says nothing about it (an optimizer without a
+    learning-rate family included)."""
+    family = FAMILY_OF_OPTIMIZER.get(str(optimizer))
     for p in PREDICTIONS:
         if (p.preset, p.discretization, p.optimizer, p.site, p.quantity) == (
                 preset, Discretization(disc), family, site, quantity):

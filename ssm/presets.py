@@ -13,84 +13,39 @@ matrix, two uses) it follows the embedding's init and learning rate and keeps a 
 multiplier ([roles.readout.tied]; see readout_mult_exponents). Built-in presets are the TOML
 files in ssm/presets/; user presets use the same format and the same validation (see
 docs/parameterizations.md).
+
+This module, with ssm.bases (init bases), ssm.exponents (exponent arithmetic) and ssm.config (the
+Optimizer and OptimizerFamily enums), is the one preset layer: the model (ssm.apply), `param show`,
+the equivalence check, the solver and the dashboard all read presets through it. It imports no torch,
+so that the analyses and the dashboard stay free of it; applying a preset to a model is ssm.apply.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from enum import StrEnum
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from ssmscope.ssm.bases import DEFAULT_BASE, Base, builtin_base_names, load_base, resolve_base_name
+from ssmscope.ssm.config import FAMILY_OF_OPTIMIZER as FAMILY_OF_OPTIMIZER
 from ssmscope.ssm.config import Discretization, MambaConfig
+from ssmscope.ssm.config import Optimizer as Optimizer
+from ssmscope.ssm.config import OptimizerFamily as OptimizerFamily
 from ssmscope.ssm.errors import ConfigError
-from ssmscope.ssm.roles import (
-    FAN_IN,
-    MODULE_OF_ROLE,
-    MULTIPLIER_ROLES,
-    STRUCTURAL_RULES,
-    InitKind,
-    Role,
-    role_of,
-    role_table,
-    split_name,
-)
-from ssmscope.ssm.tomlfiles import builtin_toml_names, head_table, parse_number, read_builtin_or_file
+from ssmscope.ssm.exponents import Exponents as Exponents
+from ssmscope.ssm.roles import FAN_IN, MULTIPLIER_ROLES, STRUCTURAL_RULES, Role, role_table
+from ssmscope.ssm.tomlfiles import builtin_toml_names, head_table, parse_fraction, read_builtin_or_file
 
 TIED_READOUT = ("lm_head.weight", "embedding.weight")
 """(readout parameter, the parameter it is when tied)."""
 
 
-class OptimizerFamily(StrEnum):
-    SGD = "sgd"
-    ADAM = "adam"
-
-
-class Optimizer(StrEnum):
-    SGD = "sgd"
-    ADAM = "adam"
-    ADAMW = "adamw"
-
-    @property
-    def family(self) -> OptimizerFamily:
-        return OptimizerFamily.SGD if self == Optimizer.SGD else OptimizerFamily.ADAM
-
-
-@dataclass(frozen=True)
-class Exponents:
-    """Scale ∝ (N_u/N_u0)^n_u · (N_x/N_x0)^n_x."""
-
-    n_u: float = 0.0
-    n_x: float = 0.0
-
-    def factor(self, u_ratio: float, x_ratio: float) -> float:
-        return u_ratio**self.n_u * x_ratio**self.n_x
-
-    def __add__(self, other: Exponents) -> Exponents:
-        return Exponents(self.n_u + other.n_u, self.n_x + other.n_x)
-
-    def __sub__(self, other: Exponents) -> Exponents:
-        return Exponents(self.n_u - other.n_u, self.n_x - other.n_x)
-
-    def __str__(self) -> str:
-        parts = [f"{sym}^{_frac(e)}" for sym, e in (("N_u", self.n_u), ("N_x", self.n_x)) if e]
-        return "·".join(parts) if parts else "1"
-
-
-def _frac(e: float) -> str:
-    f = Fraction(e).limit_denominator(12)
-    return str(f) if f.denominator == 1 else f"{f.numerator}/{f.denominator}"
-
-
 @dataclass(frozen=True)
 class RoleScaling:
+    """One role's width exponents under one discretisation: init std (or value), learning rate per
+    optimizer family, forward multiplier."""
+
     init: Exponents
     lr: Mapping[OptimizerFamily, Exponents]
     mult: Exponents
@@ -98,6 +53,9 @@ class RoleScaling:
 
 @dataclass(frozen=True)
 class Preset:
+    """A validated preset: its base width (N_u0, N_x0), per discretisation every role's RoleScaling, and
+    the init base those exponents scale (see the module docstring)."""
+
     name: str
     description: str
     base_n_u: int
@@ -105,11 +63,13 @@ class Preset:
     rules: Mapping[Discretization, Mapping[Role, RoleScaling]]
     source: str = "built-in"
     base: Base | None = None
-    """The init base (ssm.bases) the exponents scale; None only for presets built in code."""
+    """The init base (ssm.bases) the exponents scale; None for presets built in code without one and for
+    tables parsed with resolve_base=False."""
     tied_readout_mult: Exponents | None = None
     """Forward multiplier of a tied readout ([roles.readout.tied]); None: readout_mult_exponents' default."""
 
-    def scaling(self, role: Role, disc: Discretization) -> RoleScaling:
+    def scaling(self, role: Role, disc: Discretization | str) -> RoleScaling:
+        """The exponents `role` gets under discretisation `disc` (its common rule, or that rule overridden)."""
         return self.rules[Discretization(disc)][role]
 
     @property
@@ -134,7 +94,7 @@ def _exponents(path: str, table: Any) -> Exponents:
     unknown = set(table) - _EXP_KEYS
     if unknown:
         raise ConfigError(f"{path}.{sorted(unknown)[0]}: unknown key; allowed: n_u, n_x")
-    return Exponents(**{k: parse_number(f"{path}.{k}", v, EXPONENT_LIMIT) for k, v in table.items()})
+    return Exponents(**{k: parse_fraction(f"{path}.{k}", v, EXPONENT_LIMIT) for k, v in table.items()})
 
 
 def _lr(path: str, table: Any) -> dict[OptimizerFamily, Exponents]:
@@ -203,16 +163,23 @@ def _head(source: str, table: Any) -> tuple[str, dict[str, int], str]:
     return name, widths, base
 
 
-def parse_preset(data: dict[str, Any], source: str) -> Preset:
-    """Validate a preset table (as read from TOML); errors name the key and what is allowed."""
+def parse_preset(data: Mapping[str, Any], source: str, *, resolve_base: bool = True) -> Preset:
+    """Validate a preset table (as read from TOML); errors name the key and what is allowed.
+
+    `resolve_base=False` validates everything but does not load the init base the head names (the
+    result's `base` is None): for reading a table's exponents, which do not depend on the base (the
+    solver's rewritten tables carry no file location to find a relative base path from).
+    """
     unknown = set(data) - {"preset", "roles"}
     if unknown:
         raise ConfigError(f"{source}: {sorted(unknown)[0]}: unknown key; allowed: preset, roles")
     name, widths, base_name = _head(source, data.get("preset"))
-    try:
-        base = load_base(base_name, relative_to=Path(source) if source.endswith(".toml") else None)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: preset.base: {exc}") from None
+    base = None
+    if resolve_base:
+        try:
+            base = load_base(base_name, relative_to=Path(source) if source.endswith(".toml") else None)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: preset.base: {exc}") from None
     roles = role_table(source, data, "every role needs a rule")
     rules: dict[Discretization, dict[Role, RoleScaling]] = {d: {} for d in Discretization}
     tied_mult = None
@@ -238,6 +205,7 @@ def parse_preset(data: dict[str, Any], source: str) -> Preset:
 
 
 def builtin_names() -> list[str]:
+    """Names of the built-in presets (the TOML files in ssm/presets/)."""
     return builtin_toml_names("ssmscope.ssm", "presets")
 
 
@@ -302,26 +270,7 @@ def original_preset(base: Base | str, base_n_u: int = 32, base_n_x: int = 32) ->
                   source="original_preset", base=base, tied_readout_mult=Exponents())
 
 
-# ----------------------------------------------------------------------------- applying
-
-
-@dataclass(frozen=True)
-class ParamPlan:
-    """What a preset prescribes for one parameter (one row of `ssmscope param show`)."""
-
-    name: str
-    layer: int | None
-    role: Role | None  # None: no rule covers this parameter
-    shape: tuple[int, ...]
-    init_kind: InitKind | None  # TIED: the readout is the embedding's matrix (init and lr: that row)
-    init_scale: float | None  # std (normal, uniform) or value (constant); None for structural and tied
-    init_exponents: Exponents | None
-    lr: float | None
-    lr_exponents: Exponents | None
-    multiplier: float | None
-    mult_exponents: Exponents | None
-    init_rule: str = ""  # the base's rule in words, e.g. "U(±1·d_model^-1/2)", or "= embedding.weight"
-    tied_to: str | None = None
+# ----------------------------------------------------------------------------- widths
 
 
 def width_ratios(cfg: MambaConfig, preset: Preset) -> tuple[float, float]:
@@ -353,123 +302,3 @@ def readout_mult_exponents(preset: Preset, disc: Discretization) -> Exponents:
         return preset.tied_readout_mult
     r, e = preset.scaling(Role.READOUT, disc), preset.scaling(Role.EMBEDDING, disc)
     return r.mult + r.init - e.init
-
-
-def plan(model: nn.Module, cfg: MambaConfig, preset: Preset, optimizer: Optimizer | str,
-         lr: float, base: Base | str | None = None) -> list[ParamPlan]:
-    """Init, learning rate and multiplier of every parameter under a preset (on `base`, default the
-    preset's own). A tied readout is listed as its own row (kind `tied`) next to the embedding."""
-    optimizer = Optimizer(optimizer)
-    preset = with_base(preset, base)
-    init_base = preset.init_base
-    tied = readout_tied(cfg, init_base)
-    u_ratio, x_ratio = width_ratios(cfg, preset)
-    base_cfg = base_config(cfg, preset)
-    rows = []
-    for name, p in model.named_parameters(remove_duplicate=False):
-        layer, _ = split_name(name)
-        role = role_of(name)
-        if role is None:
-            rows.append(ParamPlan(name, layer, None, tuple(p.shape), None, None, None, None,
-                                  None, None, None))
-            continue
-        if tied and name == TIED_READOUT[0]:
-            m = readout_mult_exponents(preset, cfg.discretization)
-            rows.append(ParamPlan(name, layer, role, tuple(p.shape), InitKind.TIED, None, None, None,
-                                  None, m.factor(u_ratio, x_ratio), m, f"= {TIED_READOUT[1]}",
-                                  TIED_READOUT[1]))
-            continue
-        s = preset.scaling(role, cfg.discretization)
-        rb = init_base.roles[role]
-        scale = rb.scale_at(role, base_cfg)
-        if scale is not None:
-            scale *= s.init.factor(u_ratio, x_ratio)
-        lr_exp = s.lr[optimizer.family]
-        rows.append(ParamPlan(
-            name, layer, role, tuple(p.shape), rb.dist, scale,
-            s.init if rb.dist != InitKind.STRUCTURAL else None,
-            lr * lr_exp.factor(u_ratio, x_ratio), lr_exp,
-            s.mult.factor(u_ratio, x_ratio) if role in MULTIPLIER_ROLES else None,
-            s.mult if role in MULTIPLIER_ROLES else None,
-            rb.describe(role),
-        ))
-    return rows
-
-
-def _structural_init(rule: str, p: torch.Tensor, cfg: MambaConfig, gen: torch.Generator) -> None:
-    if rule == "s4d_real":  # A[i, n] = −(n + 1): A_log = log(n + 1)
-        n = torch.arange(1, p.shape[1] + 1, dtype=torch.float64)
-        p.copy_(torch.log(n).expand_as(p))
-    elif rule == "inverse_softplus_log_uniform_dt":  # softplus(bias) = Δ, Δ log-uniform in [dt_min, dt_max]
-        r = torch.rand(p.shape, generator=gen, dtype=torch.float64)
-        dt = torch.exp(r * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
-        dt = dt.clamp(min=cfg.dt_init_floor)
-        p.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-    else:  # pragma: no cover - ssm.roles.STRUCTURAL_RULES lists the rules this function knows
-        raise AssertionError(rule)
-
-
-def _draw(kind: InitKind, scale: float, p: torch.Tensor, gen: torch.Generator) -> None:
-    if kind == InitKind.NORMAL:
-        p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale)
-    elif kind == InitKind.UNIFORM:  # U(±√3·std)
-        u = torch.rand(p.shape, generator=gen, dtype=torch.float64) * 2 - 1
-        p.copy_(u * (math.sqrt(3) * scale))
-    else:
-        p.fill_(scale)
-
-
-def apply_preset(model: nn.Module, cfg: MambaConfig, preset: Preset, optimizer: Optimizer | str,
-                 lr: float, seed: int = 0, base: Base | str | None = None) -> list[dict[str, Any]]:
-    """Initialise every parameter and set multipliers under `preset` (on `base`, default the
-    preset's own); tie or untie the readout as the config or the base says; return optimizer groups.
-
-    One group per (role, layer) so that update norms can be read per role; a tied readout has no
-    group of its own (it is the embedding's parameter). Raises ConfigError if any parameter has no rule.
-    """
-    preset = with_base(preset, base)
-    tied = readout_tied(cfg, preset.init_base)
-    if hasattr(model, "set_readout_tied"):
-        model.set_readout_tied(tied)
-    rows = plan(model, cfg, preset, optimizer, lr)
-    uncovered = [r.name for r in rows if r.role is None]
-    if uncovered:
-        raise ConfigError(f"no rule covers parameter(s) {', '.join(uncovered)}; add them to "
-                          "ssmscope.ssm.roles.ROLE_OF_NAME")
-    gen = torch.Generator().manual_seed(seed)
-    params = dict(model.named_parameters(remove_duplicate=False))
-    groups = []
-    with torch.no_grad():
-        for r in rows:
-            if r.init_kind == InitKind.TIED:
-                if params[r.name] is not params[r.tied_to]:
-                    raise ConfigError(f"{r.name} should be tied to {r.tied_to}; build the model with "
-                                      "MambaLM (it ties the readout) or tie it before apply_preset")
-                continue
-            p = params[r.name]
-            if r.init_kind == InitKind.STRUCTURAL:
-                _structural_init(preset.init_base.roles[r.role].rule, p, cfg, gen)
-            else:
-                _draw(r.init_kind, r.init_scale, p, gen)
-            groups.append({"params": [p], "lr": r.lr, "name": r.name, "role": str(r.role),
-                           "layer": r.layer})
-    modules = dict(model.named_modules())
-    mults = {r.role: r.multiplier for r in rows if r.multiplier is not None}
-    for role, rel in MODULE_OF_ROLE.items():
-        for name, module in modules.items():
-            if name == rel or name.endswith("." + rel):
-                module.multiplier = mults[role]
-    return groups
-
-
-def build_optimizer(groups: list[dict[str, Any]], optimizer: Optimizer | str,
-                    weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                    momentum: float = 0.0) -> torch.optim.Optimizer:
-    """The torch optimizer over preset groups (each group keeps its own learning rate)."""
-    optimizer = Optimizer(optimizer)
-    if optimizer == Optimizer.SGD:
-        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum,
-                               weight_decay=weight_decay)
-    if optimizer == Optimizer.ADAM:
-        return torch.optim.Adam(groups, lr=groups[0]["lr"], betas=betas, weight_decay=weight_decay)
-    return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=betas, weight_decay=weight_decay)

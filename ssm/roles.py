@@ -45,7 +45,7 @@ class InitKind(StrEnum):
 
 
 # The roles whose init is a formula rather than a scale, and the formulas each may use
-# (ssm.presets._structural_init implements them; a base names one per role).
+# (ssm.apply._structural_init implements them; a base names one per role).
 STRUCTURAL_RULES: dict[Role, tuple[str, ...]] = {
     Role.DT_PROJ_BIAS: ("inverse_softplus_log_uniform_dt",),  # softplus⁻¹(Δ), Δ log-uniform in [dt_min, dt_max]
     Role.A_LOG: ("s4d_real",),  # A_log = log(n + 1): A[i, n] = −(n + 1)

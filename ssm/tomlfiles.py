@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ssmscope.ssm.errors import ConfigError
+from ssmscope.ssm.exponents import as_fraction
 
 
 def builtin_toml_names(package: str, folder: str) -> list[str]:
@@ -51,26 +52,43 @@ def read_toml(path: Path, kind: str) -> dict[str, Any]:
         raise ConfigError(f"{kind} file {path}: cannot be read ({exc.strerror or exc})") from None
 
 
+def parse_fraction(path: str, value: Any, limit: float | None = None) -> Fraction:
+    """A finite TOML number, or a fraction written as a string ("-1/2"), as an exact Fraction, with
+    |value| ≤ `limit` when one is given; `path` names the file and the key in errors. The one reader of
+    exponents and fractions in preset and base tables: a float becomes the simplest fraction that is the
+    same double (ssm.exponents.as_fraction), so float(result) is the number the file gives. NaN and inf
+    are refused: they would train as NaN or overflow."""
+    return _read_number(path, value, limit)[0]
+
+
 def parse_number(path: str, value: Any, limit: float | None = None) -> float:
-    """A finite TOML number, or a fraction written as a string ("-1/2"), with |value| ≤ `limit` when one is given;
-    `path` names the file and the key in errors. NaN and inf are refused: they would train as NaN or overflow."""
-    number = None
+    """parse_fraction's value as a float (the number as TOML gives it; a fraction string's nearest double)."""
+    return _read_number(path, value, limit)[1]
+
+
+def _read_number(path: str, value: Any, limit: float | None) -> tuple[Fraction, float]:
+    """(exact fraction, float) of a TOML number or fraction string; errors as parse_fraction says."""
+    exact: Fraction | None = None
+    number: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
         try:
             number = float(value)
         except OverflowError:  # an integer beyond the float range
             number = math.inf
+        if math.isfinite(number):
+            exact = as_fraction(value)
     elif isinstance(value, str):
         try:
-            number = float(Fraction(value.strip()))
+            exact = Fraction(value.strip())
+            number = float(exact)
         except (ValueError, ZeroDivisionError, OverflowError):
-            pass
+            exact = number = None
     if number is None:
         raise ConfigError(f"{path}={value!r}; allowed: a number such as -0.5 or '-1/2'")
-    if not math.isfinite(number) or (limit is not None and abs(number) > limit):
+    if exact is None or not math.isfinite(number) or (limit is not None and abs(number) > limit):
         bound = f" from {-limit:g} to {limit:g}" if limit is not None else ""
         raise ConfigError(f"{path}={value!r}; allowed: a finite number{bound}")
-    return number
+    return exact, number
 
 
 def head_table(source: str, table: str, head: Any, keys: tuple[str, ...]) -> tuple[dict[str, Any], str]:

@@ -802,7 +802,7 @@ def test_a_drift_without_enough_interior_widths_says_why():
 
 
 def test_the_dashboard_and_the_analyses_load_without_torch():
-    """The same-parameterization check reads preset tables, not ssm.presets: nothing of app/ pulls torch in."""
+    """The same-parameterization check reads presets through the torch-free ssm.presets: app/ pulls no torch in."""
     import subprocess
     import sys
 

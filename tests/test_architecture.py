@@ -1,4 +1,5 @@
-"""The package layout holds: no import circle (function-local imports included), one namespace.
+"""The package layout holds: no import circle (function-local imports included), one namespace, and a
+preset layer that never loads torch.
 
 Installed, the repository's packages live only under `ssmscope` (ssmscope.ssm, ssmscope.runs, …),
 so a user's own `app.py` or `runs.py` never shadows them and no module named app, runs, ssm or
@@ -96,7 +97,8 @@ def test_no_import_circle_between_modules():
 
 def test_layers_point_one_way():
     """ssm knows nothing of probes or runs; probes nothing of runs; app never imports the CLI; analysis
-    reads only the store's schema (column names), never the database."""
+    reads only the store's schema (column names), never the database; analysis and app take of ssm only the
+    torch-free preset layer and the predictions."""
     graph = import_graph()
     for module, targets in graph.items():
         if module.startswith("ssmscope.ssm"):
@@ -110,6 +112,9 @@ def test_layers_point_one_way():
             store = {t for t in targets if t.startswith("ssmscope.runs.store")} - {"ssmscope.runs.store.schema"}
             above = {t for t in targets if t.startswith(("ssmscope.runs.sweeps", "ssmscope.runs.cli", "ssmscope.app"))}
             assert not store and not above, module
+        if module.startswith(("ssmscope.runs.analysis", "ssmscope.app")):  # of ssm, only the torch-free modules
+            ssm = {t for t in targets if t.startswith("ssmscope.ssm")}
+            assert ssm <= {*PRESET_LAYER, "ssmscope.ssm.predictions"}, (module, sorted(ssm))
 
 
 def _clean_env() -> dict[str, str]:
@@ -144,5 +149,53 @@ def test_no_top_level_app_runs_ssm_or_probes_is_installed(tmp_path):
             "print([m for m in ('app', 'runs', 'ssm', 'probes') if u.find_spec(m) is not None])")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_clean_env(), capture_output=True,
                           text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+PRESET_LAYER = ("ssmscope.ssm.presets", "ssmscope.ssm.bases", "ssmscope.ssm.exponents", "ssmscope.ssm.roles",
+                "ssmscope.ssm.config", "ssmscope.ssm.tomlfiles", "ssmscope.ssm.errors")
+"""The one torch-free preset layer: tables, validation, enums and exponent arithmetic (ssm.apply applies them)."""
+TORCH_FREE = (*PRESET_LAYER, "ssmscope.ssm.predictions", "ssmscope.runs.analysis.equivalence",
+              "ssmscope.runs.analysis.preset_toml", "ssmscope.runs.analysis.solver", "ssmscope.app.data",
+              "ssmscope.app.frames", "ssmscope.app.tables", "ssmscope.app.figures")
+"""Modules that read presets (or show what was read from them) and must not load torch."""
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += graph.get(module, set())
+    return seen
+
+
+def test_the_preset_layer_imports_only_itself():
+    """Every import of the preset layer (function-local ones included) stays inside it: no model, no scan,
+    no ssm.apply, nothing above ssm — so reading a preset can never pull torch in, not even lazily."""
+    graph = import_graph()
+    for module in PRESET_LAYER:
+        outside = _reachable(graph, module) - set(PRESET_LAYER) - {"ssmscope.ssm"}
+        assert not outside, (module, sorted(outside))
+
+
+def test_reading_presets_loads_no_torch():
+    """The preset layer, the equivalence check, the solver and the dashboard's data modules import without
+    torch, and still read presets (a fresh interpreter, so nothing imported by other tests counts)."""
+    code = ("import sys, importlib\n"
+            f"for name in {list(TORCH_FREE)!r}:\n"
+            "    importlib.import_module(name)\n"
+            "from ssmscope.ssm.presets import load_preset\n"
+            "from ssmscope.runs.analysis import equivalence, preset_toml\n"
+            "from ssmscope.ssm.tomlfiles import read_builtin_or_file\n"
+            "assert load_preset('mup-ssm').scaling('x_proj_B', 'euler').lr['adam'].n_x == -0.5\n"
+            "assert equivalence.same_parameterization('mup', 'mup-ssm', 'zoh', 'adam', [(64, 64), (128, 128)])\n"
+            "raw, _ = read_builtin_or_file('ssmscope.ssm', 'presets', 'preset', 'mup')\n"
+            "assert preset_toml.exponents(raw, 'x_proj_B', 'zoh', 'init') == (-1, 0.5)\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    done = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -7,10 +7,10 @@ table coincide; the tables say so instead of leaving two equal rows to look like
 case: µP and µP-SSM under ZOH + Adam on the joint axis N_u = N_x, where W_B and W_C scale as
 N_u^-1·N_x^½ and N_u^-½ — different splits of the same power of the width.
 
-Nothing is hard-coded: the preset TOML tables are read (ssm.tomlfiles, torch-free, so the dashboard
-stays free of torch) and resolved as ssm.presets resolves them — a role's common rule, overridden per
-discretisation, its learning rate per optimizer family (tests/test_equivalence.py checks the two agree
-for every built-in preset). A preset that cannot be read (a moved TOML file) is never reported equal.
+Nothing is hard-coded: each preset is read through the preset layer (ssm.presets.load_preset, torch-free,
+so the dashboard stays free of torch) and its exponents are what `Preset.scaling(role, disc)` gives — the
+ones the model is initialised and trained with. A preset that cannot be read or does not validate (a moved
+TOML file) is never reported equal.
 """
 
 from __future__ import annotations
@@ -18,23 +18,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import cache
-from typing import Any
 
 import polars as pl
 
 from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, WIDTH_KEYS
+from ssmscope.ssm.config import FAMILY_OF_OPTIMIZER as FAMILY_OF_OPTIMIZER
+from ssmscope.ssm.config import Discretization, OptimizerFamily
 from ssmscope.ssm.errors import ConfigError
-from ssmscope.ssm.tomlfiles import read_builtin_or_file
+from ssmscope.ssm.exponents import Pair
+from ssmscope.ssm.presets import load_preset
+from ssmscope.ssm.roles import Role
 
-FAMILY_OF_OPTIMIZER: Mapping[str, str] = {"sgd": "sgd", "adam": "adam", "adamw": "adam"}
-"""Optimizer → the learning-rate family a preset table names (as ssm.presets.Optimizer.family)."""
 SCALED = ("init", "lr", "mult")
 """What a preset scales per role: init std (or value), learning rate, forward multiplier."""
-
-Pair = tuple[Fraction, Fraction]
-"""Exponents (of N_u/N_u0, of N_x/N_x0)."""
 
 
 @dataclass(frozen=True)
@@ -45,27 +42,6 @@ class Resolved:
     roles: Mapping[str, Mapping[str, Pair]]  # role → {"init"|"lr"|"mult": (a, b)}
 
 
-def _fraction(value: Any) -> Fraction:
-    return Fraction(value.strip()) if isinstance(value, str) else Fraction(value)
-
-
-def _pair(table: Mapping[str, Any] | None) -> Pair:
-    table = table or {}
-    return _fraction(table.get("n_u", 0)), _fraction(table.get("n_x", 0))
-
-
-def _rule(table: Mapping[str, Any], family: str) -> dict[str, Pair]:
-    """init, lr (of `family`) and mult exponents named in one rule table; absent keys are left out."""
-    out = {}
-    if "init" in table:
-        out["init"] = _pair(table["init"])
-    if "lr" in table:
-        out["lr"] = _pair((table["lr"] or {}).get(family))
-    if "mult" in table:
-        out["mult"] = _pair(table["mult"])
-    return out
-
-
 @cache
 def resolve(preset: str, discretization: str, optimizer: str) -> Resolved | None:
     """The exponents `preset` gives every role under a discretisation and optimizer; None if unreadable."""
@@ -73,17 +49,16 @@ def resolve(preset: str, discretization: str, optimizer: str) -> Resolved | None
     if family is None:
         return None
     try:
-        data, _ = read_builtin_or_file("ssmscope.ssm", "presets", "preset", preset)
-        head, roles = data["preset"], data["roles"]
-        base = (int(head.get("base_n_u", 32)), int(head.get("base_n_x", 32)))
-        resolved = {}
-        for role, table in roles.items():
-            rule = {"mult": (Fraction(0), Fraction(0))} | _rule(table, family)
-            rule |= _rule(table.get(discretization) or {}, family)
-            resolved[role] = {k: rule[k] for k in SCALED}
-    except (ConfigError, KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError):
+        loaded = load_preset(preset)
+        disc = Discretization(discretization)
+    except (ConfigError, ValueError):
         return None
-    return Resolved(base, resolved)
+    roles = {}
+    for role in Role:
+        rule = loaded.scaling(role, disc)
+        roles[role.value] = {"init": rule.init.pair, "lr": rule.lr[OptimizerFamily(family)].pair,
+                             "mult": rule.mult.pair}
+    return Resolved((loaded.base_n_u, loaded.base_n_x), roles)
 
 
 def _log_factor(pair: Pair, base: tuple[int, int], width: tuple[int, int]) -> float:

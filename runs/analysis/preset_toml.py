@@ -1,10 +1,11 @@
-"""Read and rewrite a preset's exponents in its raw TOML table, and write it back as a preset file.
+"""Rewrite a preset's exponents in its raw TOML table, and write it back as a preset file.
 
 The solver (runs.analysis.solver) changes a few exponents of a preset and must hand back an ordinary
 preset file (docs/parameterizations.md) that `param show`, sweeps and the dashboard take like any other.
-It works on the table `tomllib` reads, not on ssm.presets objects, so that every key it does not touch —
-multipliers, descriptions, keys a newer preset format adds — passes through unchanged, and so that this
-module needs neither torch nor the model. The caller validates the result with ssm.presets.parse_preset.
+It rewrites the table `tomllib` reads, not ssm.presets objects, so that every key it does not touch —
+multipliers, descriptions, keys a newer preset format adds — passes through unchanged. What a table's
+exponents *are* is read through the one preset layer (ssm.presets.parse_preset, torch-free): this
+module only edits tables and renders TOML. The caller validates the result with ssm.presets.parse_preset.
 
 Exponent kinds: "init" (the role's init exponents), "lr.sgd", "lr.adam" (its learning-rate exponents for
 an optimizer family). A role's table holds the common rule and optional per-discretisation overrides
@@ -16,56 +17,50 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from fractions import Fraction
 from typing import Any
 
+from ssmscope.ssm.config import Discretization, OptimizerFamily
 from ssmscope.ssm.errors import ConfigError
+from ssmscope.ssm.exponents import Pair
+from ssmscope.ssm.presets import Preset, parse_preset
+from ssmscope.ssm.roles import Role
 
-DISCRETIZATIONS = ("zoh", "euler")
+DISCRETIZATIONS = tuple(d.value for d in Discretization)
 """The per-discretisation override tables a role may have."""
-EXPONENT_KINDS = ("init", "lr.sgd", "lr.adam")
+EXPONENT_KINDS = ("init", *(f"lr.{f.value}" for f in OptimizerFamily))
 """What the solver may shift: a role's init exponents or its learning-rate exponents per family."""
 _INLINE_KEYS = {"init", "lr", "mult"}  # role keys written as inline tables; other tables are sub-tables
 _AXES = ("n_u", "n_x")
+TABLE_SOURCE = "preset table"
+"""How errors name a raw table read here (it has no file)."""
 
-Pair = tuple[Fraction, Fraction]
-"""(n_u, n_x) exponents."""
-
-
-def _fraction(value: Any, where: str) -> Fraction:
-    try:
-        return Fraction(str(value).strip()) if not isinstance(value, float) else Fraction(value).limit_denominator(1000)
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"{where}={value!r}; allowed: a number such as -0.5 or '-1/2'") from None
+def effective(raw: Mapping[str, Any]) -> Preset:
+    """The raw table as the preset layer reads it (validated; its init base is not loaded: exponents do
+    not depend on it)."""
+    return parse_preset(raw, TABLE_SOURCE, resolve_base=False)
 
 
-def _pair(table: Mapping[str, Any] | None, where: str) -> Pair:
-    table = table or {}
-    return _fraction(table.get("n_u", 0), f"{where}.n_u"), _fraction(table.get("n_x", 0), f"{where}.n_x")
-
-
-def _kind_table(role_table: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
-    """The exponent table of `kind` inside one role (or override) table, None when it has none."""
-    if kind == "init":
-        return role_table.get("init") if "init" in role_table else None
-    family = kind.split(".", 1)[1]
-    lr = role_table.get("lr")
-    return None if lr is None else lr.get(family, {})
-
-
-def exponents(raw: Mapping[str, Any], role: str, disc: str, kind: str) -> Pair:
-    """The effective (n_u, n_x) of `kind` for `role` under discretisation `disc` (override, else common)."""
+def exponents(raw: Mapping[str, Any] | Preset, role: str, disc: str, kind: str) -> Pair:
+    """The effective (n_u, n_x) of `kind` for `role` under discretisation `disc` (override, else common),
+    as ssm.presets resolves them; `raw` is a preset table or a Preset already read with `effective`."""
     if kind not in EXPONENT_KINDS:
         raise ConfigError(f"exponent kind {kind!r}; allowed: {', '.join(EXPONENT_KINDS)}")
-    roles = raw.get("roles", {})
-    if role not in roles:
+    if role not in Role._value2member_map_:
         raise ConfigError(f"preset has no role {role!r}")
-    table = roles[role]
-    override = table.get(disc) if isinstance(table.get(disc), dict) else None
-    found = _kind_table(override, kind) if override is not None else None
-    if found is None:
-        found = _kind_table(table, kind)
-    return _pair(found, f"roles.{role}.{kind}")
+    preset = raw if isinstance(raw, Preset) else effective(raw)
+    rule = preset.scaling(Role(role), disc)
+    exps = rule.init if kind == "init" else rule.lr[OptimizerFamily(kind.split(".", 1)[1])]
+    return exps.pair
+
+
+def _common(raw: Mapping[str, Any], role: str) -> dict[str, Pair]:
+    """The exponents of `role`'s common rule (what a discretisation without an override gets), per kind."""
+    stripped = copy.deepcopy(dict(raw))
+    table = stripped["roles"][role]
+    for disc in DISCRETIZATIONS:
+        table.pop(disc, None)
+    preset = effective(stripped)
+    return {kind: exponents(preset, role, DISCRETIZATIONS[0], kind) for kind in EXPONENT_KINDS}
 
 
 def _as_table(pair: Pair) -> dict[str, Any]:
@@ -75,6 +70,11 @@ def _as_table(pair: Pair) -> dict[str, Any]:
         if value != 0:
             out[axis] = int(value) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
     return out
+
+
+def _lr_table(pairs: tuple[Pair, Pair]) -> dict[str, Any]:
+    """{sgd = …, adam = …} from the (sgd, adam) exponent pairs."""
+    return {"sgd": _as_table(pairs[0]), "adam": _as_table(pairs[1])}
 
 
 def with_exponents(raw: Mapping[str, Any], new: Mapping[tuple[str, str, str], Pair]) -> dict[str, Any]:
@@ -87,20 +87,22 @@ def with_exponents(raw: Mapping[str, Any], new: Mapping[tuple[str, str, str], Pa
     preset format adds) are kept as they were.
     """
     out = copy.deepcopy(dict(raw))
+    current = effective(raw)
     for role in sorted({role for role, _, _ in new}):
         table = out["roles"][role]
-        eff = {d: {k: new.get((role, d, k), exponents(raw, role, d, k)) for k in EXPONENT_KINDS}
+        eff = {d: {k: new.get((role, d, k), exponents(current, role, d, k)) for k in EXPONENT_KINDS}
                for d in DISCRETIZATIONS}
         init = {d: eff[d]["init"] for d in DISCRETIZATIONS}
         lr = {d: (eff[d]["lr.sgd"], eff[d]["lr.adam"]) for d in DISCRETIZATIONS}
-        common_lr = (_pair(_kind_table(table, "lr.sgd"), role), _pair(_kind_table(table, "lr.adam"), role))
-        common_init = _pair(table.get("init"), role)
-        if init["zoh"] == init["euler"]:
-            common_init = init["zoh"]
-        if lr["zoh"] == lr["euler"]:
-            common_lr = lr["zoh"]
+        common = _common(raw, role)
+        common_lr = (common["lr.sgd"], common["lr.adam"])
+        common_init = common["init"]
+        if len(set(init.values())) == 1:
+            common_init = init[DISCRETIZATIONS[0]]
+        if len(set(lr.values())) == 1:
+            common_lr = lr[DISCRETIZATIONS[0]]
         table["init"] = _as_table(common_init)
-        table["lr"] = {"sgd": _as_table(common_lr[0]), "adam": _as_table(common_lr[1])}
+        table["lr"] = _lr_table(common_lr)
         for disc in DISCRETIZATIONS:
             override = table.get(disc) if isinstance(table.get(disc), dict) else {}
             override.pop("init", None)
@@ -108,7 +110,7 @@ def with_exponents(raw: Mapping[str, Any], new: Mapping[tuple[str, str, str], Pa
             if init[disc] != common_init:
                 override["init"] = _as_table(init[disc])
             if lr[disc] != common_lr:
-                override["lr"] = {"sgd": _as_table(lr[disc][0]), "adam": _as_table(lr[disc][1])}
+                override["lr"] = _lr_table(lr[disc])
             if override:
                 table[disc] = override
             else:

@@ -40,6 +40,7 @@ from ssmscope.runs.analysis.slopes.fit import fit_slopes
 from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT
 from ssmscope.runs.analysis.vocabulary import FitStatus
 from ssmscope.ssm.errors import ConfigError
+from ssmscope.ssm.presets import Preset
 
 STATE_AXIS_ROLES = frozenset({"x_proj_B", "x_proj_C", "A_log"})
 """Roles with an N_x axis: a joint-width shift of these goes to their N_x exponent, of the others to N_u."""
@@ -235,14 +236,17 @@ def propose(frame: pl.DataFrame, objective: Objective, *, group_roles: Mapping[s
 
 
 def shifted_exponents(raw: Mapping[str, Any], shifts: list[Shift]) -> dict[tuple[str, str, str], preset_toml.Pair]:
-    """(role, disc, kind) → new (n_u, n_x) after the non-zero shifts."""
+    """(role, disc, kind) → new (n_u, n_x) after the non-zero shifts (from the exponents the preset layer
+    reads in `raw`)."""
     new: dict[tuple[str, str, str], preset_toml.Pair] = {}
+    current: Preset | None = None  # read once, when a knob moves
     for s in shifts:
         if s.shift == 0:
             continue
+        current = current or preset_toml.effective(raw)
         for role in s.roles:
             key = (role, s.discretization, s.kind)
-            n_u, n_x = new.get(key, preset_toml.exponents(raw, role, s.discretization, s.kind))
+            n_u, n_x = new.get(key) or preset_toml.exponents(current, role, s.discretization, s.kind)
             if s.axis(role) == "n_u":
                 n_u += s.shift
             else:

@@ -28,7 +28,7 @@ import typer
 from ssmscope.runs.cli.bounds import check_memory, check_options
 from ssmscope.runs.cli.console import DB_HELP, console, db_path, err_console, fail
 from ssmscope.runs.cli.outfile import check_out
-from ssmscope.ssm.config import ScanBackend  # light: the enum, no torch
+from ssmscope.ssm.config import FAMILY_OF_OPTIMIZER, ScanBackend  # light: enums, no torch
 
 if TYPE_CHECKING:
     import polars as pl
@@ -158,7 +158,7 @@ def _recipe(spec: SweepSpec) -> tuple[list[RunConfig], str, str]:
     from ssmscope.ssm.errors import ConfigError
 
     templates = list({replace(c, preset="", group_probes=True): None for c in spec.runs})
-    families = {"sgd" if c.optimizer == "sgd" else "adam" for c in templates}
+    families = {FAMILY_OF_OPTIMIZER[c.optimizer] for c in templates}
     if len(families) != 1 or len({c.optimizer for c in templates}) != 1:
         raise ConfigError(f"spec {spec.name}: the solver fits one optimizer at a time (the spec has "
                           f"{', '.join(sorted({c.optimizer for c in templates}))}); give a spec with one")

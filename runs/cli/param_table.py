@@ -1,10 +1,10 @@
-"""Render a preset's plan (ssm.presets.plan) as a table for `ssmscope param show`."""
+"""Render a preset's plan (ssm.apply.plan) as a table for `ssmscope param show`."""
 
 from __future__ import annotations
 
 from rich.table import Table
 
-from ssmscope.ssm.presets import ParamPlan
+from ssmscope.ssm.apply import ParamPlan
 from ssmscope.ssm.roles import InitKind
 
 

@@ -30,9 +30,8 @@ from ssmscope.runs.store.schema import RunStatus
 from ssmscope.runs.sweeps.memory import human, mamba_run_bytes, parse_size
 from ssmscope.runs.sweeps.preflight import AUTO as AUTO_MEMORY
 from ssmscope.runs.sweeps.preflight import memory_limit
-from ssmscope.ssm.config import Discretization, ScanBackend
+from ssmscope.ssm.config import Discretization, Optimizer, ScanBackend
 from ssmscope.ssm.errors import ConfigError
-from ssmscope.ssm.presets import Optimizer
 from ssmscope.ssm.scan import backend_that_runs
 
 Width = int | tuple[int, int]

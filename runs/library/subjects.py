@@ -3,7 +3,7 @@
 A `make_model` argument names the model family; `family_of` turns it into a `Family` that builds one
 `Subject` per (width, preset, discretisation, optimizer, lr, seed):
   - ssmscope's MambaLM: an ssmscope MambaConfig (the template; d_model = N_u/expand, d_state = N_x per
-    width) — built, initialised and optimised exactly as a sweep's worker does (ssm.presets);
+    width) — built, initialised and optimised exactly as a sweep's worker does (ssm.apply);
   - transformers' Mamba: an ssm.adapters.hf.HFMamba, or a transformers MambaConfig — built by
     transformers, rescaled by the adapter with the user's init at the base width as the base, optimised
     by the row-scaled optimizers (ssm.adapters.optim), observed by probes.hf.HFObserver;
@@ -25,10 +25,11 @@ from ssmscope.runs.library import records as rec
 from ssmscope.ssm.adapters.hf import DISCRETIZATION as HF_DISCRETIZATION
 from ssmscope.ssm.adapters.hf import HFMamba, HFWidths, apply_preset_hf, is_hf_mamba
 from ssmscope.ssm.adapters.optim import build_row_optimizer
+from ssmscope.ssm.apply import apply_preset, build_optimizer
 from ssmscope.ssm.config import Discretization, MambaConfig
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.model import MambaLM
-from ssmscope.ssm.presets import Preset, apply_preset, build_optimizer, load_preset
+from ssmscope.ssm.presets import Preset, load_preset
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 """(model, batch) → scalar loss."""

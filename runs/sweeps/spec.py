@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ssmscope.ssm.bases import LEGACY_BASE, builtin_base_names, load_base
-from ssmscope.ssm.config import Discretization, MambaConfig
+from ssmscope.ssm.config import Discretization, MambaConfig, Optimizer
 from ssmscope.ssm.errors import ConfigError
-from ssmscope.ssm.presets import Optimizer, builtin_names, preset_base_name
+from ssmscope.ssm.presets import builtin_names, preset_base_name
 from ssmscope.ssm.tomlfiles import builtin_toml_names, read_builtin_or_file
 
 TASKS = ("pydoc", "copy")

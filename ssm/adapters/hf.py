@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ssmscope.ssm.config import Discretization
+from ssmscope.ssm.config import Discretization, Optimizer
 from ssmscope.ssm.errors import ConfigError
-from ssmscope.ssm.presets import Optimizer, Preset, load_preset
+from ssmscope.ssm.presets import Preset, load_preset
 from ssmscope.ssm.roles import MULTIPLIER_ROLES, STRUCTURAL_RULES, Role, role_of
 
 DISCRETIZATION = Discretization.EULER

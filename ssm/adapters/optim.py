@@ -145,7 +145,7 @@ def build_row_optimizer(groups: list[dict[str, Any]], optimizer: str, *, weight_
                         betas: tuple[float, float] = (0.9, 0.999), momentum: float = 0.0) -> torch.optim.Optimizer:
     """The row-scaled optimizer named `optimizer` (sgd | adam | adamw) over preset groups.
 
-    Mirrors ssm.presets.build_optimizer (same arguments, same defaults), for groups that may carry
+    Mirrors ssm.apply.build_optimizer (same arguments, same defaults), for groups that may carry
     `row_scale` (ssm.adapters.hf.preset_groups makes them).
     """
     if optimizer == "sgd":

@@ -11,14 +11,15 @@ import polars as pl
 
 from ssmscope.runs.analysis.norms import parse_convention
 from ssmscope.runs.analysis.vocabulary import Agreement, FitStatus, Verdict
+from ssmscope.ssm.config import FAMILY_OF_OPTIMIZER
 from ssmscope.ssm.predictions import Convention, predictions
 
 FLAT_TOL = 0.1
 """|s| ≤ FLAT_TOL per doubling of width is "flat"; above is "grows", below −FLAT_TOL "vanishes"."""
 AGREE_TOL = 0.15
 """A measured exponent agrees with the prediction when |s − predicted| ≤ AGREE_TOL or the CI covers it."""
-OPTIMIZER_FAMILY: dict[str, str] = {"sgd": "sgd", "adam": "adam", "adamw": "adam"}
-"""Optimizer → the predictions' family; optimizers not listed get no prediction."""
+OPTIMIZER_FAMILY: dict[str, str] = FAMILY_OF_OPTIMIZER
+"""Optimizer → the predictions' family (ssm.config.FAMILY_OF_OPTIMIZER); optimizers not listed get no prediction."""
 
 
 def predictions_frame(convention: Convention | str = Convention.RMS) -> pl.DataFrame:
