@@ -31,6 +31,7 @@ from ssmscope.runs.analysis.slope_tables import slope_table
 from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT
 from ssmscope.runs.store import db as store
 from ssmscope.runs.store import queries
+from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, WIDTH_KEYS
 
 DB_STATE_KEY = "ssmscope_db"
 """session_state key of the store path (set from --db at start-up, changed by the store picker)."""
@@ -176,13 +177,13 @@ def _sweep_filter(sweep: str | None) -> dict[str, str] | None:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def runs_frame(db: Store) -> pl.DataFrame:
-    """Every run (runs.store.load_runs): keys, status, timings."""
+    """Every run (runs.store.db.load_runs): keys, status, timings."""
     return store.load_runs(Path(db.path))
 
 
 @st.cache_resource(show_spinner="Reading probes…", max_entries=4)
 def probe_frame(db: Store, sweep: str | None) -> pl.DataFrame:
-    """Probe totals (group "") of one sweep (None: all), joined with run keys (runs.store.load_probe_frame).
+    """Probe totals (group "") of one sweep (None: all), joined with run keys (runs.store.db.load_probe_frame).
 
     Per-parameter-group rows are dropped here: no page shows them, and they are most of a store.
     Cached as a resource, not as data: st.cache_data would pickle a copy of this frame (~80 MB for a
@@ -257,13 +258,13 @@ def paper(db: Store, sweep: str | None, sel: Where = (), *, convention: str = "r
 def coincidence_notes(db: Store, sweep: str | None, sel: Where = (), *, design: str = "joint") -> list[str]:
     """Notes on presets that are one parameterization for the selection (as `ssmscope slopes` captions them)."""
     frame = apply(probe_frame(db, sweep), sel)
-    return export.coincidence_notes(frame.select("preset", "discretization", "optimizer", "n_u", "n_x").unique(),
+    return export.coincidence_notes(frame.select(*PARAMETERIZATION_KEYS, *WIDTH_KEYS).unique(),
                                     design)
 
 
 @dataclass(frozen=True)
 class Transfer:
-    """The learning-rate transfer analysis of one sweep (runs.transfer)."""
+    """The learning-rate transfer analysis of one sweep (runs.analysis.transfer)."""
 
     final: pl.DataFrame  # one row per run: its final loss (diverged → +inf)
     optima: pl.DataFrame  # per (preset, discretization, optimizer, width): η*

@@ -21,6 +21,8 @@ from plotly.subplots import make_subplots
 from ssmscope.app.frames import Row
 from ssmscope.runs.analysis.export import exponent_text, verdict_text
 from ssmscope.runs.analysis.norms import norm_label
+from ssmscope.runs.analysis.vocabulary import FitStatus
+from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, WIDTH_KEYS
 
 LAYER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf")
@@ -56,7 +58,7 @@ def slope_text(rec: dict | None) -> str:
     """One slope as hover text: s = +0.51 [0.44, 0.58] · predicted +½ · grows, as predicted."""
     if rec is None:
         return "slope: not fitted"
-    if rec.get("status") != "ok":
+    if rec.get("status") != FitStatus.OK:
         return f"slope: {str(rec.get('status', '')).replace('_', ' ')} (n={rec.get('n_points')})"
     ci = ""
     if rec.get("ci_low") is not None and rec.get("ci_high") is not None:
@@ -226,7 +228,7 @@ def coord_figure(points: pl.DataFrame, bands: pl.DataFrame, flags: pl.DataFrame,
                 band = band_parts.get((panel, row.site, row.quantity, layer), empty_band)
                 rec = slope_map.get((panel, row.site, row.quantity, layer))
                 s_text = slope_text(rec)
-                if rec is not None and rec.get("status") == "ok":
+                if rec is not None and rec.get("status") == FitStatus.OK:
                     corner.append(f"<span style='color:{colour}'>L{layer} {_signed(rec['estimate'])}</span>")
                 if not band.is_empty():
                     x, lo, hi = band["log2_width"].to_list(), band["lo"].to_list(), band["hi"].to_list()
@@ -274,8 +276,7 @@ def _add_seeds(out: _Panels, seeds: pl.DataFrame, i: int, j: int, panel: str, ro
                hover: bool) -> None:
     """Single runs as small dots (hover: run id and config when `hover`, else the hover reads the mean)."""
     colour = layer_colour(layer)
-    custom = seeds.select("run_id", "seed", "status", "preset", "discretization", "optimizer", "lr", "n_u", "n_x",
-                          "norm").rows()
+    custom = seeds.select("run_id", "seed", "status", *PARAMETERIZATION_KEYS, "lr", *WIDTH_KEYS, "norm").rows()
     extra = (dict(hovertemplate=("run %{customdata[0]} · seed %{customdata[1]} · %{customdata[2]}<br>"
                                  "%{customdata[3]} · %{customdata[4]} · %{customdata[5]} lr %{customdata[6]}<br>"
                                  "N_u=%{customdata[7]} N_x=%{customdata[8]} · layer " + str(layer)
@@ -294,7 +295,7 @@ SLOPE_LINES = {"fit": ("fitted slope", "dot"), "pred": ("predicted slope", "dash
 def _add_slope_lines(out: _Panels, band: pl.DataFrame, rec: dict | None, i: int, j: int, panel: str, row: Row,
                      layer: int, fit: bool, pred: bool, legend_done: set[str]) -> None:
     """The fitted line a + s·x over the layer's widths, and a line of the predicted slope through its mean point."""
-    if rec is None or rec.get("status") != "ok":
+    if rec is None or rec.get("status") != FitStatus.OK:
         return
     x = band["log2_width"].to_list()
     x0, x1 = min(x), max(x)

@@ -1,7 +1,7 @@
 """Plot-ready frames for the dashboard: frame → frame transforms, no Streamlit, no plotting.
 
-Everything here reshapes what the store and runs/ already computed: norms come from runs.norms,
-slopes from runs.slopes, optima from runs.transfer. What is decided here is only presentation:
+Everything here reshapes what the store and runs/ already computed: norms come from runs.analysis.norms,
+slopes from runs.analysis.slopes, optima from runs.analysis.transfer. What is decided here is only presentation:
 which runs form one width axis, how seeds are summarised on screen (the mean of log2‖·‖ with a
 min–max band over seeds), which runs are flagged (diverged, failed, zero or non-finite norms), and
 how rows and columns of a figure are labelled.
@@ -18,14 +18,15 @@ import polars as pl
 from ssmscope.runs.analysis import export
 from ssmscope.runs.analysis.export import exponent_text, verdict_text
 from ssmscope.runs.analysis.norms import norm_expr
+from ssmscope.runs.store.schema import EXCLUDED_STATUSES, PARAMETERIZATION_KEYS, WIDTH_KEYS
 from ssmscope.ssm.predictions import Convention
 
 # --- orders and labels -------------------------------------------------------------------------
 PRESET_ORDER = export.PRESET_ORDER
 """The paper's order of parameterizations, SP → µP → µP-SSM (as the tables); presets not listed follow by name."""
 DISC_ORDER = ("zoh", "euler")
-FLAGGED_STATUSES = ("diverged", "failed")
-"""Run statuses left out of the seed summaries and marked on the figures (as in runs.slopes)."""
+FLAGGED_STATUSES = EXCLUDED_STATUSES
+"""Run statuses left out of the seed summaries and marked on the figures (as in runs.analysis.slopes)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def fmt_lr(lr: float) -> str:
 class WidthAxis:
     """Which runs form one width axis: joint (N_u = N_x), N_u at a fixed N_x, or N_x at a fixed N_u."""
 
-    design: str  # runs.slopes.Design value: joint | n_u | n_x
+    design: str  # runs.analysis.slopes.Design value: joint | n_u | n_x
     fixed: int | None  # the width held fixed (None for joint)
     widths: tuple[int, ...]
 
@@ -160,7 +161,7 @@ def panel_expr(panel_by: Panels) -> pl.Expr:
 
 # --- the coordinate check ----------------------------------------------------------------------
 POINT_COLUMNS = ["panel", "site", "quantity", "layer", "width", "log2_width", "run_id", "seed", "status",
-                 "preset", "discretization", "optimizer", "lr", "n_u", "n_x", "norm", "log2_norm", "finite"]
+                 *PARAMETERIZATION_KEYS, "lr", *WIDTH_KEYS, "norm", "log2_norm", "finite"]
 
 
 def coord_points(frame: pl.DataFrame, *, convention: Convention | str, step: int | Sequence[int], axis: WidthAxis,
@@ -225,7 +226,7 @@ SLOPE_COLUMNS = ["panel", "site", "quantity", "layer", "estimate", "ci_low", "ci
 
 
 def panel_slopes(slopes: pl.DataFrame, panel_by: Panels) -> pl.DataFrame:
-    """The totals' rows of a runs.slopes frame keyed like the figure (panel, site, quantity, layer)."""
+    """The totals' rows of a runs.analysis.slopes frame keyed like the figure (panel, site, quantity, layer)."""
     if slopes.is_empty():
         return pl.DataFrame(schema={c: pl.String for c in SLOPE_COLUMNS})
     return slopes.filter(pl.col("group") == "").with_columns(panel_expr(panel_by)).select(SLOPE_COLUMNS)
@@ -314,21 +315,21 @@ def run_curves(frame: pl.DataFrame, *, convention: Convention | str, rows: Seque
 
 # --- learning-rate transfer --------------------------------------------------------------------
 def lr_grid(final: pl.DataFrame) -> pl.DataFrame:
-    """The (preset, discretization, optimizer) groups of runs.transfer.final_losses with ≥ 2 learning rates."""
-    return (final.group_by("preset", "discretization", "optimizer")
+    """The (preset, discretization, optimizer) groups of runs.analysis.transfer.final_losses with ≥ 2 learning rates."""
+    return (final.group_by(PARAMETERIZATION_KEYS)
             .agg(pl.col("lr").n_unique().alias("n_lrs"), pl.len().alias("n_runs"))
-            .filter(pl.col("n_lrs") >= 2).sort("preset", "discretization", "optimizer"))
+            .filter(pl.col("n_lrs") >= 2).sort(PARAMETERIZATION_KEYS))
 
 
 def width_column(final: pl.DataFrame) -> str:
-    """The width that varies in a transfer sweep (the rule of runs.transfer)."""
+    """The width that varies in a transfer sweep (the rule of runs.analysis.transfer)."""
     return "n_u" if final["n_u"].n_unique() > 1 else "n_x"
 
 
 def transfer_curves(final: pl.DataFrame) -> pl.DataFrame:
     """Per (width, lr): the seed-mean final loss of finished runs, with how many seeds diverged.
 
-    A learning rate where any seed diverged has a null mean (runs.transfer treats it as diverged).
+    A learning rate where any seed diverged has a null mean (runs.analysis.transfer treats it as diverged).
     """
     width = width_column(final)
     finite = pl.col("loss").is_finite()

@@ -20,15 +20,17 @@ import polars as pl
 import streamlit as st
 
 from ssmscope.runs.analysis import export
+from ssmscope.runs.analysis.vocabulary import Agreement, Verdict
+from ssmscope.runs.store.schema import RunStatus
 
 FORMATS = {"csv": ("CSV", "text/csv", "csv"), "md": ("Markdown", "text/markdown", "md"),
            "latex": ("LaTeX", "application/x-tex", "tex")}
 """Table download formats: key → (button label, MIME type, file suffix)."""
 
-AGREEMENT_COLOURS = {"agrees": "#d5f0dc", "disagrees": "#f8d3d3", "no prediction": "#eeeeee",
+AGREEMENT_COLOURS = {Agreement.AGREES: "#d5f0dc", Agreement.DISAGREES: "#f8d3d3", Agreement.NO_PREDICTION: "#eeeeee",
                      "not fitted": "#eeeeee"}
-VERDICT_COLOURS = {"flat": "#1e7b34", "grows": "#b35900", "vanishes": "#1f5fa8"}
-STATUS_COLOURS = {"diverged": "#fde2c8", "failed": "#f8d3d3"}
+VERDICT_COLOURS = {Verdict.FLAT: "#1e7b34", Verdict.GROWS: "#b35900", Verdict.VANISHES: "#1f5fa8"}
+STATUS_COLOURS = {RunStatus.DIVERGED: "#fde2c8", RunStatus.FAILED: "#f8d3d3"}
 SHORT_HEADERS = {"discretization": "disc", "optimizer": "optim", "fixed_width": "fixed"}
 """Row-key headers of the compact table, shortened so that its four quantities fit a 1280-px window."""
 NUMBER = st.column_config.NumberColumn

@@ -6,7 +6,7 @@
     python bench/scan_gpu.py --markdown out.md
 
 Times are medians of triton.testing.do_bench (which flushes L2 between repetitions), in ms.
-Columns: the Triton scan (ssm.scan_triton), the chunked torch scan (backend="fast"), the
+Columns: the Triton scan (ssm.scan.triton), the chunked torch scan (backend="fast"), the
 reference loop (backend="reference", smallest size only) and mambapy's pure-PyTorch Blelloch
 `pscan` (the S6 around it written as in mambapy: materialised Ā and B̄u, pscan, readout).
 "fwd" runs under no_grad; "fwd+bwd" is forward plus backward of Σ y ⊙ w into every input.

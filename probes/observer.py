@@ -1,6 +1,6 @@
 """Observer: forward/backward hooks and scan probes that record x, y and their updates.
 
-Usage (the coordinate-check loop of runs.worker):
+Usage (the coordinate-check loop of runs.sweeps.worker):
 
     with Observer(model) as obs:
         for step in range(steps + 1):

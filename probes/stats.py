@@ -1,11 +1,9 @@
 """Reductions from tensors (or per-channel sums of squares) to one probe record's raw sums.
 
-Two forms of each reduction:
-  *_sums(...)   → (counts, sums): the integer counts, known from shapes (no synchronisation),
-                  and a (4,) float64 tensor on the input's device with the float sums in the
-                  order of SUM_KEYS. The Observer stacks the sums of a whole logged step and
-                  reads them with one `.tolist()` (one device synchronisation per logged step).
-  summarize*(…) → the record's dict at once (one synchronisation per call), the same numbers.
+Each reduction `*_sums(...)` returns, per tensor, (counts, sums): the integer counts, known from shapes (no
+synchronisation), and a (4,) float64 tensor on the input's device with the float sums in the order
+of SUM_KEYS. The Observer stacks the sums of a whole logged step and reads them with one `.tolist()`
+(one device synchronisation per logged step); `as_record` turns counts and values into the record.
 """
 
 from __future__ import annotations
@@ -18,24 +16,6 @@ from torch import Tensor
 SUM_KEYS = ("sumsq", "maxabs", "token_norm_sum", "channel_norm_sum")
 
 
-def channel_sums(channel_sumsq: Tensor, per_channel: int, maxabs: Tensor | float) -> tuple[dict[str, int], Tensor]:
-    """Raw sums of a (B, L, C) tensor of per-channel sums of squares.
-
-    `per_channel` is how many elements each channel sum covers (N for the state, 1 for a
-    plain (B, L, C) tensor). Token norms sum over C; channel norms take each channel alone.
-    """
-    c = channel_sumsq.detach().double()  # (B, L, C)
-    token = c.sum(-1).sqrt()  # (B, L)
-    mx = maxabs.detach().max().double() if isinstance(maxabs, Tensor) else c.new_tensor(float(maxabs))
-    counts = {"count": c.numel() * per_channel, "n_tokens": token.numel(), "n_channels": c.numel()}
-    return counts, torch.stack([c.sum(), mx, token.sum(), c.sqrt().sum()])
-
-
-def activation_sums(v: Tensor) -> tuple[dict[str, int], Tensor]:
-    """Raw sums of a plain (B, L, C) activation (as many_activation_sums, for one tensor)."""
-    return many_activation_sums([v])[0]
-
-
 def _counts(shape: torch.Size, per_channel: int) -> dict[str, int]:
     n = math.prod(shape)
     return {"count": n * per_channel, "n_tokens": n // shape[-1] if n else 0, "n_channels": n}
@@ -43,8 +23,10 @@ def _counts(shape: torch.Size, per_channel: int) -> dict[str, int]:
 
 def many_channel_sums(channel_sumsq: list[Tensor], per_channel: int,
                       maxabs: list[Tensor]) -> list[tuple[dict[str, int], Tensor]]:
-    """channel_sums of several same-shape (B, L, C) tensors at once (one stacked reduction); the
-    same numbers up to the order of additions (≤ 1e-15 relative)."""
+    """Raw sums of several same-shape (B, L, C) tensors of per-channel sums of squares, in one stacked reduction.
+
+    `per_channel` is how many elements each channel sum covers (N for the state, 1 for a plain (B, L, C)
+    tensor). Token norms sum over C; channel norms take each channel alone."""
     c = torch.stack([t.detach() for t in channel_sumsq]).double()  # (K, B, L, C)
     dims = tuple(range(1, c.dim()))
     token = c.sum(-1).sqrt()  # (K, B, L)
@@ -55,7 +37,7 @@ def many_channel_sums(channel_sumsq: list[Tensor], per_channel: int,
 
 
 def many_activation_sums(vs: list[Tensor]) -> list[tuple[dict[str, int], Tensor]]:
-    """activation_sums of several same-shape (B, L, C) activations at once.
+    """Raw sums of several same-shape plain (B, L, C) activations at once.
 
     No float64 copy of the activations: the token norms accumulate in float64 inside one reduction, a
     coordinate's channel norm is its |v| (exact in the input's dtype), summed in float64; sumsq is the
@@ -125,23 +107,6 @@ def as_record(counts: dict[str, int], values: list[float]) -> dict[str, float]:
     return {"sumsq": s["sumsq"], "count": counts["count"], "maxabs": s["maxabs"],
             "token_norm_sum": s["token_norm_sum"], "n_tokens": counts["n_tokens"],
             "channel_norm_sum": s["channel_norm_sum"], "n_channels": counts["n_channels"]}
-
-
-def summarize_channels(channel_sumsq: Tensor, per_channel: int, maxabs: Tensor | float) -> dict[str, float]:
-    counts, sums = channel_sums(channel_sumsq, per_channel, maxabs)
-    return as_record(counts, sums.tolist())
-
-
-def summarize(v: Tensor) -> dict[str, float]:
-    """Raw sums of a plain (B, L, C) activation."""
-    counts, sums = activation_sums(v)
-    return as_record(counts, sums.tolist())
-
-
-def summarize_param(p: Tensor) -> dict[str, float]:
-    """Raw sums of a parameter tensor (Frobenius norm; one 'token', one 'channel' per row)."""
-    counts, sums = param_sums(p)
-    return as_record(counts, sums.tolist())
 
 
 # A double rounds to a finite float32 below FLT_MAX + half an ulp of it (2^103; the tie goes to even: inf).

@@ -1,6 +1,6 @@
 """Stores for the dashboard tests: one real tiny store (built once per test session), and broken ones.
 
-The real store holds two sweeps run on the CPU with the real worker (runs.sweep.run_sweep):
+The real store holds two sweeps run on the CPU with the real worker (runs.sweeps.sweep.run_sweep):
   app-coord — a coordinate check: joint widths 16, 32, 64 × sp, mup, mup-ssm × zoh, euler × 2 seeds
               (36 runs, 2 steps, 2 layers, gradients recorded; µP and µP-SSM are one parameterization
               under ZOH + Adam on this joint axis, so those runs are identical);

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import subprocess
 import sys
 import time
@@ -26,25 +25,46 @@ def _configs(tmp_path: Path):
     return load_spec(spec).runs
 
 
+class FakeClock:
+    """A monotonic clock the test moves by hand: elapsed times and ETAs are exact, whatever the machine's load."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _wait_for_ticks(out: io.StringIO, text: str, n: int, timeout_s: float = 60.0) -> list[str]:
+    """Poll until `n` tick lines ending in `text` have been printed (the ticker prints on its own)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ticks = [line for line in out.getvalue().splitlines() if line.startswith("[sweep ") and line.endswith(text)]
+        if len(ticks) >= n:
+            return ticks
+        time.sleep(0.01)
+    raise AssertionError(f"fewer than {n} lines ending {text!r} in {timeout_s} s: {out.getvalue()!r}")
+
+
 def test_lines_come_on_their_own_while_runs_are_busy(tmp_path):
     out = io.StringIO()
     runs = _configs(tmp_path)
-    progress = LineSweepProgress(Console(file=out, width=200), every=0.05)
+    now = FakeClock()
+    progress = LineSweepProgress(Console(file=out, width=200), every=0.01, now=now)
     progress.start(len(runs))
+    assert out.getvalue().splitlines()[0] == "[sweep 00:00] 0/4 runs finished · 0 running"
     for cfg in runs[:2]:
         progress.begin_run(cfg)
-    time.sleep(0.4)  # no call at all for 8 intervals: the ticker still prints
+    now.t += 65
+    # no call at all while the runs are busy: the ticker still prints, with the elapsed time
+    assert _wait_for_ticks(out, "0/4 runs finished · 2 running", 3)[0] == "[sweep 01:05] 0/4 runs finished · 2 running"
+    now.t += 5  # before the runs end, so that any tick printed after them shows the same time as the last line
     progress.end_run(runs[0].run_id, "completed")
     progress.end_run(runs[1].run_id, "diverged")
     progress.stop()
     lines = out.getvalue().splitlines()
-    ticks = [line for line in lines if line.startswith("[sweep ")]
-    assert len(ticks) >= 5, lines
-    assert ticks[0].endswith(f"0/{len(runs)} runs finished · 0 running")
-    assert any(line.endswith("0/4 runs finished · 2 running") for line in ticks)
-    assert f"  run {runs[1].run_id}: diverged" in lines
-    assert re.fullmatch(r"\[sweep 00:0\d\] 2/4 runs finished \(1 completed, 1 diverged\) · 0 running · ETA 00:0\d",
-                        ticks[-1]), ticks[-1]
+    assert f"  run {runs[1].run_id}: diverged" in lines and f"  run {runs[0].run_id}: completed" not in lines
+    assert lines[-1] == "[sweep 01:10] 2/4 runs finished (1 completed, 1 diverged) · 0 running · ETA 01:10"
 
 
 def test_rich_progress_prints_lines_when_the_console_is_not_a_terminal(tmp_path):

@@ -1,7 +1,7 @@
 """The Triton scan against the float64 reference loop: outputs, gradients, probe statistics.
 
 Without a CUDA device the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set
-below before ssm.scan_triton is imported), at small sizes with small tiles and channel blocks
+below before ssm.scan.triton is imported), at small sizes with small tiles and channel blocks
 so that every code path (several time tiles, a partial last tile, several channel blocks, padded
 channels and modes) is exercised. With a CUDA device the same tests run compiled, plus the
 `gpu`-marked full sizes.
@@ -20,7 +20,7 @@ import torch
 
 ON_GPU = torch.cuda.is_available()
 if not ON_GPU:
-    os.environ["TRITON_INTERPRET"] = "1"  # read when @triton.jit runs, i.e. at import of ssm.scan_triton
+    os.environ["TRITON_INTERPRET"] = "1"  # read when @triton.jit runs, i.e. at import of ssm.scan.triton
 
 pytest.importorskip("triton", reason="triton is not installed: the Triton scan backend cannot run")
 

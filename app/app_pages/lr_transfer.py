@@ -8,6 +8,7 @@ import streamlit as st
 from ssmscope.app import controls, data, figures, tables
 from ssmscope.app.frames import DISC_ORDER, PRESET_ORDER, lr_grid, ordered, transfer_curves, width_column
 from ssmscope.app.widgets import UrlState, download_buttons, export_figure
+from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, RunStatus
 
 LOSSES = {"eval_loss": "held-out loss", "train_loss": "training loss"}
 
@@ -25,7 +26,7 @@ def main() -> None:
                "as width grows: a drift (slope of log₂ η* against log₂ width) near 0.")
 
     # --- which sweeps have a learning-rate grid ------------------------------------------------------
-    grids = (runs.group_by("spec", "preset", "discretization", "optimizer").agg(pl.col("lr").n_unique().alias("n_lrs"))
+    grids = (runs.group_by("spec", *PARAMETERIZATION_KEYS).agg(pl.col("lr").n_unique().alias("n_lrs"))
              .filter(pl.col("n_lrs") >= 2))
     if grids.is_empty():
         st.info("No sweep in this store has a learning-rate grid (two or more learning rates for one preset, "
@@ -78,7 +79,7 @@ def main() -> None:
         st.plotly_chart(fig, key="lr__figure", config={"displaylogo": False})
     with right:
         st.markdown("**Drift of the optimal learning rate** (all groups of this sweep)")
-        drift = result.drift.sort("preset", "discretization", "optimizer")
+        drift = result.drift.sort(PARAMETERIZATION_KEYS)
         st.dataframe(tables.styled(drift), hide_index=True, key="lr__drift")
         for r in drift.filter(pl.col("reason").is_not_null()).iter_rows(named=True):  # why a cell is empty
             st.caption(f"{r['preset']} · {r['discretization']} · {r['optimizer']}: {r['reason']}.")
@@ -89,8 +90,8 @@ def main() -> None:
         download_buttons(exports, f"lr-drift-{sweep}", "lr__dl", prefix="")
 
     st.markdown(f"**Optimal learning rate per width** ({preset} · {disc} · {optimizer})")
-    st.dataframe(tables.styled(optima.drop("preset", "discretization", "optimizer")), hide_index=True, key="lr__optima")
-    n_div = final.filter(pl.col("status") == "diverged").height
+    st.dataframe(tables.styled(optima.drop(PARAMETERIZATION_KEYS)), hide_index=True, key="lr__optima")
+    n_div = final.filter(pl.col("status") == RunStatus.DIVERGED).height
     st.caption(f"{final.height} runs, {n_div} diverged (their loss counts as +∞: a learning rate where any seed "
                "diverged is marked ✕, not averaged).")
 

@@ -25,7 +25,9 @@ from ssmscope.runs.analysis.regime import REGIME_COLUMNS, attach_regime
 from ssmscope.runs.analysis.running import TREND_COLUMNS, WindowKind, attach_trend, running_slopes
 from ssmscope.runs.analysis.slopes import fit_slopes
 from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT
+from ssmscope.runs.analysis.vocabulary import FitStatus
 from ssmscope.runs.store import db as store
+from ssmscope.runs.store.schema import EXCLUDED_STATUSES
 
 ROW_KEYS = ("x", "y", "dx", "dy", "cx", "dcx")  # the coordinate-check rows this page offers (activations, updates)
 GROUP_ROW_KEYS = ("dx", "dy", "dcx")  # rows with per-group contributions
@@ -103,7 +105,7 @@ def running_figure(local: pl.DataFrame, *, rows: list[str], panels: list[tuple[s
         for j, (preset, disc) in enumerate(panels, start=1):
             cell = local.filter((pl.col("preset") == preset) & (pl.col("discretization") == disc)
                                 & (pl.col("site") == row.site) & (pl.col("quantity") == row.quantity)
-                                & (pl.col("status") == "ok"))
+                                & (pl.col("status") == FitStatus.OK))
             for k, layer in enumerate(layers):
                 pts = cell.filter(pl.col("layer").is_null() if layer is None else pl.col("layer") == layer)
                 pts = pts.sort("log2_width")
@@ -147,7 +149,7 @@ def group_figure(norms: pl.DataFrame, *, sites: list[str], panels: list[tuple[st
                         vertical_spacing=0.08, column_titles=[f"{p} · {d}" for p, d in panels],
                         row_titles=[norm_label(convention, s, "delta_init") for s in sites])
     col = "n_u" if axis.design in ("joint", "n_u") else "n_x"
-    at = norms.filter((pl.col("step") == step) & ~pl.col("status").is_in(["diverged", "failed"]))
+    at = norms.filter((pl.col("step") == step) & ~pl.col("status").is_in(EXCLUDED_STATUSES))
     seen: set = set()
     for i, site in enumerate(sites, start=1):
         for j, (preset, disc) in enumerate(panels, start=1):

@@ -16,8 +16,9 @@ from ssmscope.app.frames import DEFAULT_ROWS, DISC_ORDER, PRESET_ORDER, ROW_BY_K
 from ssmscope.app.tables import status_styled
 from ssmscope.app.widgets import UrlState
 from ssmscope.runs.analysis.export import order_rows
+from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, WIDTH_KEYS, RunStatus
 
-TABLE_COLUMNS = ["run_id", "spec", "status", "preset", "discretization", "optimizer", "lr", "n_u", "n_x", "seed",
+TABLE_COLUMNS = ["run_id", "spec", "status", *PARAMETERIZATION_KEYS, "lr", *WIDTH_KEYS, "seed",
                  "n_layers", "steps", "last_finite_step", "wall_s", "device", "finished_at"]
 
 
@@ -61,7 +62,7 @@ def main() -> None:
             "n_x": controls.multi_filter(state, "N_x", "n_x", sorted(pool["n_x"].unique())),
             "seed": controls.multi_filter(state, "Seed", "seed", sorted(pool["seed"].unique())),
             "status": controls.multi_filter(state, "Status", "status", pool["status"],
-                                            order=("completed", "diverged", "failed")),
+                                            order=tuple(RunStatus)),
         }
     shown = order_rows(data.apply(pool, data.where(**chosen)))  # SP → µP → µP-SSM → custom, as every table
 
@@ -69,9 +70,8 @@ def main() -> None:
     by_status = dict(shown.group_by("status").len().iter_rows())
     cols = st.columns(4)
     cols[0].metric("runs shown", f"{shown.height} of {runs.height}")
-    cols[1].metric("completed", by_status.get("completed", 0))
-    cols[2].metric("diverged", by_status.get("diverged", 0))
-    cols[3].metric("failed", by_status.get("failed", 0))
+    for col, status in zip(cols[1:4], (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED), strict=True):
+        col.metric(status, by_status.get(status, 0))
     if shown.is_empty():
         st.info("No run matches the filters.")
         state.sync()
@@ -98,11 +98,11 @@ def main() -> None:
 
     left, right = st.columns([1, 2])
     with left:
-        if run["status"] == "failed" and run.get("error"):
+        if run["status"] == RunStatus.FAILED and run.get("error"):
             st.error(f"failed: {run['error'].splitlines()[0]}")
             with st.expander("error"):
                 st.code(run["error"])
-        elif run["status"] == "diverged":
+        elif run["status"] == RunStatus.DIVERGED:
             st.warning(f"diverged after step {run['last_finite_step']} (the last finite one)")
         config = data.run_config(db, run_id)
         st.markdown("**Config**")

@@ -10,6 +10,7 @@ from ssmscope.app.frames import DISC_ORDER, PRESET_ORDER
 from ssmscope.app.widgets import UrlState, download_buttons
 from ssmscope.runs.analysis.export import compact_caption, slope_caption, slope_display
 from ssmscope.runs.analysis.slopes import Design, LayerAgg
+from ssmscope.runs.analysis.vocabulary import Agreement, FitStatus
 
 # Table layouts: the paper's table compact (sortable, fits a laptop screen), the same in long numeric form, and
 # every fitted cell (`ssmscope slopes --table full`).
@@ -85,9 +86,9 @@ def main() -> None:
         st.caption(slope_caption(rows))
         exports = tables.full_exports(rows, notes)
 
-    n_ok = rows.filter(pl.col("status") == "ok").height
-    n_agree = rows.filter(pl.col("agreement") == "agrees").height
-    n_dis = rows.filter(pl.col("agreement") == "disagrees").height
+    n_ok = rows.filter(pl.col("status") == FitStatus.OK).height
+    n_agree = rows.filter(pl.col("agreement") == Agreement.AGREES).height
+    n_dis = rows.filter(pl.col("agreement") == Agreement.DISAGREES).height
     st.write(f"{rows.height} fitted terms: {n_ok} fitted, {n_agree} agree with the prediction, {n_dis} disagree.")
 
     # --- downloads -----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, WIDTH_KEYS
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.tomlfiles import read_builtin_or_file
 
@@ -122,7 +123,7 @@ def coincidences(frame: pl.DataFrame, design: str, order: Iterable[str] = ()) ->
     `frame` has preset, discretization, optimizer, n_u, n_x (a probe or runs frame); the width points are
     those the fits of `design` use (joint: N_u = N_x only). `order` lists presets in display order.
     """
-    need = {"preset", "discretization", "optimizer", "n_u", "n_x"}
+    need = {*PARAMETERIZATION_KEYS, *WIDTH_KEYS}
     if frame.is_empty() or not need <= set(frame.columns):
         return []
     points = frame.select(*need).unique()

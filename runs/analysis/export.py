@@ -30,6 +30,8 @@ from ssmscope.runs.analysis.slopes import (
     PAPER_COLUMNS,
     paper_slopes,
 )
+from ssmscope.runs.analysis.vocabulary import Agreement, FitStatus, Regime, Trend
+from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS
 from ssmscope.ssm.errors import ConfigError
 
 
@@ -215,7 +217,8 @@ def order_rows(frame: pl.DataFrame) -> pl.DataFrame:
 # A verdict says what the measurement does (flat, grows, vanishes); whether that is what the theory says is
 # the agreement. Every phrase carries both, so a mark can never seem to contradict its verdict:
 # "vanishes, as predicted ✓" and "flat; predicted +½ ✗", never a bare "vanishes ✓".
-AGREEMENT_WORDS = {"agrees": "as predicted", "disagrees": "predicted {pred}", "no prediction": "no prediction"}
+AGREEMENT_WORDS = {Agreement.AGREES: "as predicted", Agreement.DISAGREES: "predicted {pred}",
+                   Agreement.NO_PREDICTION: "no prediction"}
 """How each agreement reads after the verdict; {pred} is the predicted exponent."""
 
 
@@ -237,14 +240,14 @@ def verdict_text(verdict: str | None, agreement: str | None, predicted: float | 
     if verdict is None or agreement not in AGREEMENT_WORDS:
         return "not fitted"
     words = AGREEMENT_WORDS[agreement].format(pred=exponent_text(predicted, log_x))
-    return f"{verdict}, {words}" if agreement == "agrees" else f"{verdict}; {words}"
+    return f"{verdict}, {words}" if agreement == Agreement.AGREES else f"{verdict}; {words}"
 
 
-MARKS = {"agrees": "✓", "disagrees": "✗"}
+MARKS = {Agreement.AGREES: "✓", Agreement.DISAGREES: "✗"}
 """The mark after a cell: ✓ = agrees with the prediction, ✗ = disagrees; nothing without a prediction."""
-REGIME_MARKS = {"nonlinear": "NL"}
+REGIME_MARKS = {Regime.NONLINEAR: "NL"}
 """Mark of a compact cell by its regime (runs.analysis.regime): NL = outside linear response."""
-TREND_MARKS = {"toward": "→", "away": "←", "moving": "~"}
+TREND_MARKS = {Trend.TOWARD: "→", Trend.AWAY: "←", Trend.MOVING: "~"}
 """Mark of a compact cell by the trend of its running exponents (runs.analysis.running); settled: none."""
 CELL_MARKS_NOTE = ("NL: outside linear response (‖Δq‖/‖q₀‖ above {threshold:g} at the largest width; the slope "
                    "reflects saturation). → / ←: the local slopes still move toward / away from the prediction; "
@@ -266,7 +269,7 @@ linear-response regime): tables that list fits show them, after the agreement, w
 def slope_display(slopes: pl.DataFrame) -> pl.DataFrame:
     """A slope frame narrowed for reading: cell keys that vary (or identify a row), then DISPLAY_COLUMNS."""
     keys = [k for k in [*CELL_KEYS[:4], *OPTIONAL_CONFIG_KEYS, *CELL_KEYS[4:]] if k in slopes.columns]
-    always = {"preset", "discretization", "optimizer", "layer", "site", "quantity", "step"}
+    always = {*PARAMETERIZATION_KEYS, "layer", "site", "quantity", "step"}
     shown = [k for k in keys if k in always or slopes.get_column(k).n_unique() > 1]
     display = [*DISPLAY_COLUMNS[:DISPLAY_COLUMNS.index("agreement") + 1], *ANNOTATION_COLUMNS,
                *DISPLAY_COLUMNS[DISPLAY_COLUMNS.index("agreement") + 1:]]
@@ -312,7 +315,7 @@ _HEADERS: dict[str, dict[str, str]] = {
 _MARKS: dict[str, dict[str, str]] = {
     "text": MARKS,
     "markdown": MARKS,
-    "latex": {"agrees": r"$\surd$", "disagrees": r"$\times$"},
+    "latex": {Agreement.AGREES: r"$\surd$", Agreement.DISAGREES: r"$\times$"},
 }
 _BASES = {"width": "width", "n_u": "N_u", "n_x": "N_x"}
 _TERM_ORDER = {"n_x": 0, "width": 1, "n_u": 2}  # the paper writes N_x^a · N_u^b
@@ -347,10 +350,10 @@ def _fmt_num(value: float, style: PaperStyle, digits: int | None = 2) -> str:
 def _cell_agreement(terms: list[dict]) -> str:
     """One agreement for a cell of several terms: disagrees if any term does, agrees only if all do."""
     agreements = {t["agreement"] for t in terms}
-    for verdict in ("disagrees", "no prediction", "not fitted"):
+    for verdict in (Agreement.DISAGREES, Agreement.NO_PREDICTION, Agreement.NOT_FITTED):
         if verdict in agreements:
             return verdict
-    return "agrees"
+    return Agreement.AGREES
 
 
 def _paper_cell(terms: list[dict], style: PaperStyle) -> str:
@@ -360,7 +363,7 @@ def _paper_cell(terms: list[dict], style: PaperStyle) -> str:
     """
     if not terms:
         return "---" if style == "latex" else "—"
-    if terms[0]["status"] != "ok":
+    if terms[0]["status"] != FitStatus.OK:
         return f"{terms[0]['status'].replace('_', ' ')} (n={terms[0]['n_points']})"
     terms = sorted(terms, key=lambda t: _TERM_ORDER[t["term"]])
     pm, dot = (r"\pm", r"\,") if style == "latex" else ("±", "·")
@@ -378,7 +381,8 @@ def _paper_cell(terms: list[dict], style: PaperStyle) -> str:
     agreement = _cell_agreement(terms)
     mark = _MARKS[style].get(agreement, "") + _regime_mark(terms[0], style)
     pred = (f"${dot.join(predicted)}{log}$" if style == "latex" else f"{dot.join(predicted)}{log}") if predicted else ""
-    said = {"agrees": f", as predicted ({pred})", "disagrees": f"; predicted {pred}"}.get(agreement, "; no prediction")
+    said = {Agreement.AGREES: f", as predicted ({pred})",
+            Agreement.DISAGREES: f"; predicted {pred}"}.get(agreement, "; no prediction")
     shown = f"${dot.join(measured)}$" if style == "latex" else dot.join(measured)
     return f"{shown} {verdicts}{said} {mark}".rstrip()
 
@@ -386,7 +390,7 @@ def _paper_cell(terms: list[dict], style: PaperStyle) -> str:
 def _row_keys(paper: pl.DataFrame) -> list[str]:
     """The columns that name a row of the paper table: preset, discretisation, optimizer, what varies, step."""
     optional = ["lr", *OPTIONAL_CONFIG_KEYS, "fixed_width", "layer"]
-    keys = ["preset", "discretization", "optimizer"]
+    keys = list(PARAMETERIZATION_KEYS)
     keys += [k for k in optional if k in paper.columns and paper.get_column(k).n_unique() > 1]
     keys += [k for k in ("width_lo", "width_hi") if k in paper.columns]  # a top-octaves table says its widths
     return [*keys, "step"]
@@ -410,7 +414,7 @@ def _regime_mark(term: dict, style: PaperStyle) -> str:
     """The mark of a cell outside linear response (runs.analysis.regime), e.g. " [nonlinear: ‖Δ‖/‖q₀‖ = 2.3]",
     and of a cell whose running exponents still move (runs.analysis.running), e.g. " [trend: toward]"."""
     marks = ""
-    if term.get("regime") == "nonlinear":
+    if term.get("regime") == Regime.NONLINEAR:
         ratio = _ratio_text(term["regime_ratio"])
         marks += (rf" [nonlinear: $\|\Delta\|/\|q_0\| = {ratio}$]" if style == "latex"
                   else f" [nonlinear: ‖Δ‖/‖q₀‖ = {ratio}]")
@@ -420,7 +424,7 @@ def _regime_mark(term: dict, style: PaperStyle) -> str:
 
 
 def format_paper_table(paper: pl.DataFrame, style: PaperStyle = "text") -> pl.DataFrame:
-    """The paper's table from `runs.slopes.paper_slopes` rows: one row per configuration, one cell per column.
+    """The paper's table from `runs.analysis.slopes.paper_slopes` rows: one row per configuration, one cell per column.
 
     Row keys: preset, discretization, optimizer, then lr / spec / task / dt_max / fixed_width / layer
     where they vary, then the step; rows SP → µP → µP-SSM → custom. Headers are written as the style
@@ -440,7 +444,7 @@ def paper_table(frame: pl.DataFrame, *, style: PaperStyle = "text", **fit_option
     """The paper's table (preset × discretization × optimizer by ‖x‖, ‖y‖, ‖Δx‖, ‖Δy‖) from a probe frame.
 
     Each cell: measured N_x^a·N_u^b (2-D) or width^s (joint) ± half the 95 % CI, the verdict, what the
-    theory predicts and ✓ (agrees) / ✗ (disagrees). fit_options go to runs.slopes.paper_slopes
+    theory predicts and ✓ (agrees) / ✗ (disagrees). fit_options go to runs.analysis.slopes.paper_slopes
     (convention, design, layers, step, n_boot, rng_seed, include_failed).
     """
     return format_paper_table(paper_slopes(frame, **fit_options), style)  # type: ignore[arg-type]
@@ -482,7 +486,7 @@ def _compact_cell(terms: list[dict]) -> tuple[float | None, str, str]:
     with the cell's regime and trend marks at the end ("… ✓ NL→")."""
     if not terms:
         return None, "—", "not fitted"
-    if terms[0]["status"] != "ok":
+    if terms[0]["status"] != FitStatus.OK:
         return None, terms[0]["status"].replace("_", " "), "not fitted"
     terms = sorted(terms, key=lambda t: {"width": 0, "n_u": 0, "n_x": 1}[t["term"]])
     measured = []

@@ -25,6 +25,7 @@ import polars as pl
 
 from ssmscope.runs.analysis.cells import at_largest_width, fitted_runs, is_layer_mean
 from ssmscope.runs.analysis.norms import norm_expr, parse_convention
+from ssmscope.runs.analysis.vocabulary import Regime
 from ssmscope.ssm.predictions import Convention
 
 REGIME_THRESHOLD = 1.0
@@ -89,5 +90,5 @@ def _attach(slopes: pl.DataFrame, frame: pl.DataFrame, convention: str, design: 
     joined = slopes.drop(REGIME_COLUMNS, strict=False).join(per_cell, on=at, how="left", nulls_equal=True,
                                                             maintain_order="left")
     regime = (pl.when(pl.col("regime_ratio").is_null()).then(None)
-              .when(pl.col("regime_ratio") > threshold).then(pl.lit("nonlinear")).otherwise(pl.lit("linear")))
+              .when(pl.col("regime_ratio") > threshold).then(pl.lit(Regime.NONLINEAR)).otherwise(pl.lit(Regime.LINEAR)))
     return joined.with_columns(regime.alias("regime"))

@@ -42,6 +42,7 @@ from ssmscope.runs.analysis.slopes.fit import (
 )
 from ssmscope.runs.analysis.slopes.verdicts import FLAT_TOL
 from ssmscope.runs.analysis.stats import normal_z
+from ssmscope.runs.analysis.vocabulary import FitStatus, Trend
 from ssmscope.ssm.errors import ConfigError
 
 TOP_OCTAVES = 2
@@ -195,7 +196,8 @@ def _ends(running: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     slopes are the least noisy local estimates; otherwise successive pairs.
     """
     z = normal_z()
-    ok = running.filter((pl.col("status") == "ok") & pl.col("window").is_in([WindowKind.PAIR, WindowKind.WINDOW3]))
+    ok = running.filter((pl.col("status") == FitStatus.OK)
+                        & pl.col("window").is_in([WindowKind.PAIR, WindowKind.WINDOW3]))
     half = pl.coalesce((pl.col("ci_high") - pl.col("ci_low")) / 2, pl.col("se") * z)
     ends = (ok.with_columns(half.alias("_half")).sort("log2_width")
             .group_by([*keys, "window"], maintain_order=True)
@@ -235,9 +237,9 @@ def trend_frame(running: pl.DataFrame) -> pl.DataFrame:
     bound = (pl.col("_h0") ** 2 + pl.col("_h1") ** 2).sqrt()
     closer = (pl.col("local_last") - pl.col("predicted")).abs() < (pl.col("local_first") - pl.col("predicted")).abs()
     settled = (change.abs() <= bound) | (change.abs() <= TREND_MIN_CHANGE)
-    trend = (pl.when(bound.is_null()).then(None).when(settled).then(pl.lit("settled"))
-             .when(pl.col("predicted").is_null()).then(pl.lit("moving"))
-             .when(closer).then(pl.lit("toward")).otherwise(pl.lit("away")))
+    trend = (pl.when(bound.is_null()).then(None).when(settled).then(pl.lit(Trend.SETTLED))
+             .when(pl.col("predicted").is_null()).then(pl.lit(Trend.MOVING))
+             .when(closer).then(pl.lit(Trend.TOWARD)).otherwise(pl.lit(Trend.AWAY)))
     judged = ends.select(*keys, trend.alias("trend"), "local_first", "local_last", change.alias("local_change"),
                          bound.alias("local_change_ci"))
     cells = running.select(keys).unique(maintain_order=True)

@@ -38,6 +38,7 @@ from ssmscope.runs.analysis.objective import Objective
 from ssmscope.runs.analysis.regime import attach_regime
 from ssmscope.runs.analysis.slopes.fit import fit_slopes
 from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT
+from ssmscope.runs.analysis.vocabulary import FitStatus
 from ssmscope.ssm.errors import ConfigError
 
 STATE_AXIS_ROLES = frozenset({"x_proj_B", "x_proj_C", "A_log"})
@@ -82,7 +83,7 @@ class Iteration:
     @property
     def worst(self) -> float | None:
         """max |slope| over the fitted targets (None if none was fitted)."""
-        ok = self.targets.filter(pl.col("status") == "ok")
+        ok = self.targets.filter(pl.col("status") == FitStatus.OK)
         return None if ok.is_empty() else float(ok.get_column("estimate").abs().max())
 
     @property
@@ -138,7 +139,7 @@ def target_slopes(frame: pl.DataFrame, objective: Objective, *, design: str = "j
         raise ConfigError("none of the objective's targets has probe rows in the sweep (sites "
                           f"{', '.join(sorted({t.site for t in objective.targets}))}); check the objective")
     out = pl.concat(parts, how="diagonal_relaxed")
-    flat = (pl.col("status") == "ok") & (pl.col("estimate").abs() <= objective.tolerance)
+    flat = (pl.col("status") == FitStatus.OK) & (pl.col("estimate").abs() <= objective.tolerance)
     return out.with_columns(flat.fill_null(False).alias("flat")).select(TARGET_COLUMNS)
 
 
@@ -157,7 +158,7 @@ def _init_shifts(frame: pl.DataFrame, objective: Objective, disc: str, design: s
         for row in fits.iter_rows(named=True) if not fits.is_empty() else []:
             term = row["term"]
             earlier = sum(moved.get((a, term), 0.0) for a in knob.after)
-            slope = row["estimate"] if row["status"] == "ok" else None
+            slope = row["estimate"] if row["status"] == FitStatus.OK else None
             raw = None if slope is None else -(slope + earlier)
             residual = None if slope is None else slope + earlier
             lo = None if row["ci_high"] is None else -(row["ci_high"] + earlier)
@@ -187,7 +188,7 @@ def _lr_shifts(frame: pl.DataFrame, objective: Objective, disc: str, design: str
                             step=objective.update_step, n_boot=n_boot, rng_seed=rng_seed)
         parts.append(fits.filter(pl.col("group") != ""))
     fits = pl.concat(parts, how="diagonal_relaxed")
-    ok = (pl.col("status") == "ok") & pl.col("energy_share").is_not_null()
+    ok = (pl.col("status") == FitStatus.OK) & pl.col("energy_share").is_not_null()
     weight = pl.when(ok).then(pl.col("energy_share")).otherwise(0.0)
     summary = (fits.with_columns(weight.alias("_w"))
                .group_by("group", "term", maintain_order=True)

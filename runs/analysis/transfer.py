@@ -18,9 +18,12 @@ import numpy as np
 import polars as pl
 
 from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT, interval_quantiles, normal_z
-from ssmscope.runs.store.schema import RunStatus
+from ssmscope.runs.analysis.vocabulary import TransferStatus
+from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, RunStatus
 
-GROUP_KEYS = ("preset", "discretization", "optimizer")
+GROUP_KEYS = PARAMETERIZATION_KEYS
+EDGE_STATUSES = (TransferStatus.EDGE_LOW, TransferStatus.EDGE_HIGH)
+"""A width whose best learning rate is at an end of the grid: its optimum may lie outside."""
 """What one learning-rate curve (and one drift) belongs to; `init_base` joins them where it varies."""
 
 
@@ -40,7 +43,7 @@ _PERCENTILES = [100 * q for q in interval_quantiles()]
 class Optimum:
     log2_lr: float  # log2 η*; NaN when none
     loss: float  # loss at the optimum (parabola vertex value, or the grid minimum)
-    status: str  # "interior" | "edge_low" | "edge_high" | "all_diverged" | "single_point"
+    status: TransferStatus
 
 
 def parabola_optimum(log2_lr: np.ndarray, loss: np.ndarray) -> Optimum:
@@ -49,28 +52,28 @@ def parabola_optimum(log2_lr: np.ndarray, loss: np.ndarray) -> Optimum:
     x, y = np.asarray(log2_lr, float)[order], np.asarray(loss, float)[order]
     finite = np.isfinite(y)
     if not finite.any():
-        return Optimum(math.nan, math.nan, "all_diverged")
+        return Optimum(math.nan, math.nan, TransferStatus.ALL_DIVERGED)
     if len(x) == 1:
-        return Optimum(float(x[0]), float(y[0]), "single_point")
+        return Optimum(float(x[0]), float(y[0]), TransferStatus.SINGLE_POINT)
     i = int(np.argmin(np.where(finite, y, np.inf)))
     if i == 0:
-        return Optimum(float(x[0]), float(y[0]), "edge_low")
+        return Optimum(float(x[0]), float(y[0]), TransferStatus.EDGE_LOW)
     if i == len(x) - 1:
-        return Optimum(float(x[i]), float(y[i]), "edge_high")
+        return Optimum(float(x[i]), float(y[i]), TransferStatus.EDGE_HIGH)
     x3, y3 = x[i - 1 : i + 2], y[i - 1 : i + 2]
     if not np.all(np.isfinite(y3)):  # the next learning rate diverged: keep the grid point
-        return Optimum(float(x[i]), float(y[i]), "interior")
+        return Optimum(float(x[i]), float(y[i]), TransferStatus.INTERIOR)
     a, b, c = np.polyfit(x3, y3, 2)
     if a <= 0:  # a flat triple: keep the grid point
-        return Optimum(float(x[i]), float(y[i]), "interior")
+        return Optimum(float(x[i]), float(y[i]), TransferStatus.INTERIOR)
     xv = float(np.clip(-b / (2 * a), x3[0], x3[-1]))
-    return Optimum(xv, float(a * xv**2 + b * xv + c), "interior")
+    return Optimum(xv, float(a * xv**2 + b * xv + c), TransferStatus.INTERIOR)
 
 
 def final_losses(losses: pl.DataFrame, use: str = "eval_loss") -> pl.DataFrame:
     """One row per run: the loss at its last logged step (diverged runs → +inf).
 
-    `losses` has the columns of runs.store.load_losses (run_id, step, train_loss, eval_loss,
+    `losses` has the columns of runs.store.db.load_losses (run_id, step, train_loss, eval_loss,
     preset, discretization, optimizer, lr, seed, n_u, n_x, status).
     """
     if use not in ("eval_loss", "train_loss"):
@@ -101,7 +104,7 @@ def optima(final: pl.DataFrame, n_boot: int = DEFAULT_N_BOOT, rng_seed: int = 0)
         x = np.log2(lrs)
         best = parabola_optimum(x, _mean_curve(grid))
         boot = []
-        if best.status != "all_diverged" and len(seeds) > 1:
+        if best.status != TransferStatus.ALL_DIVERGED and len(seeds) > 1:
             for _ in range(n_boot):
                 pick = rng.integers(0, len(seeds), len(seeds))
                 o = parabola_optimum(x, _mean_curve(grid[pick]))
@@ -133,7 +136,7 @@ def drift(opt: pl.DataFrame, final: pl.DataFrame | None = None, n_boot: int = DE
     rows = []
     keys = group_keys(opt)
     for key, sub in opt.group_by(keys, maintain_order=True):
-        ok = sub.filter(pl.col("status") == "interior")
+        ok = sub.filter(pl.col("status") == TransferStatus.INTERIOR)
         xs, ys = np.log2(ok["width"].to_numpy().astype(float)), ok["log2_lr_opt"].to_numpy()
         slope = lo = hi = math.nan
         if len(xs) >= 2:
@@ -150,8 +153,8 @@ def drift(opt: pl.DataFrame, final: pl.DataFrame | None = None, n_boot: int = DE
         rows.append({**dict(zip(keys, key, strict=True)), "drift": slope, "ci_low": lo, "ci_high": hi,
                      "reason": _missing_reason(len(xs), slope, lo),
                      "n_widths": len(sub), "n_interior": len(ok),
-                     "widths_at_edge": int(sub["status"].str.starts_with("edge").sum()),
-                     "widths_all_diverged": int((sub["status"] == "all_diverged").sum()),
+                     "widths_at_edge": int(sub["status"].is_in(EDGE_STATUSES).sum()),
+                     "widths_all_diverged": int((sub["status"] == TransferStatus.ALL_DIVERGED).sum()),
                      "loss_smallest": float(loss[0]), "loss_largest": float(loss[-1])})
     return pl.DataFrame(rows)
 

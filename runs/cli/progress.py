@@ -21,6 +21,7 @@ from collections import Counter
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ssmscope.runs.store.schema import RunStatus
 from ssmscope.runs.sweeps.spec import RunConfig
 
 PROGRESS_EVERY_S = 10.0
@@ -105,7 +106,7 @@ class LineSweepProgress:
         with self._lock:
             self.running.discard(run_id)
             self.statuses[status] += 1
-        if status != "completed":
+        if status != RunStatus.COMPLETED:
             self.console.print(f"  run {run_id}: {status}", markup=False, highlight=False)
 
     def stop(self) -> None:
@@ -118,7 +119,7 @@ class LineSweepProgress:
 
 
 class RichSweepProgress:
-    """Implements the progress protocol of runs.sweep.run_sweep: live bars on a terminal, else
+    """Implements the progress protocol of runs.sweeps.sweep.run_sweep: live bars on a terminal, else
     LineSweepProgress (rich prints nothing until the end when the console is not a terminal)."""
 
     def __init__(self, console: Console | None = None):
@@ -156,7 +157,7 @@ class RichSweepProgress:
         task = self.active.pop(run_id, None)
         if task is not None:
             self.progress.remove_task(task)
-        if status != "completed":
+        if status != RunStatus.COMPLETED:
             self.progress.console.print(f"  run {run_id}: [yellow]{status}[/yellow]")
         self.progress.advance(self.overall)
 

@@ -17,10 +17,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ssmscope.runs.analysis.vocabulary import Agreement
+
 if TYPE_CHECKING:
     import polars as pl
 
-AGREEMENT_STYLES = {"agrees": "green", "disagrees": "bold red", "no prediction": "dim", "not fitted": "dim"}
+AGREEMENT_STYLES = {Agreement.AGREES: "green", Agreement.DISAGREES: "bold red", Agreement.NO_PREDICTION: "dim",
+                    Agreement.NOT_FITTED: "dim"}
 """Colour of a cell by its agreement with the prediction."""
 
 

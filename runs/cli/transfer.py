@@ -3,7 +3,7 @@
     ssmscope sweep hp-transfer && ssmscope transfer --format md
     ssmscope transfer --where discretization=zoh --table optima --format csv --out optima.csv
 
-runs/cli/main.py calls `register(app)`. The analysis is runs.transfer (pure polars/numpy); this
+runs/cli/main.py calls `register(app)`. The analysis is runs.analysis.transfer (pure polars/numpy); this
 module loads the loss frame, applies --where (the same syntax as `ssmscope slopes`) and exports.
 """
 

@@ -17,8 +17,8 @@ from ssmscope.probes.schema import PROBE_COLUMNS, SCHEMA_VERSION
 __all__ = [
     "DERIVED_RUN_COLUMNS", "DUCKDB_TYPES", "EXCLUDED_STATUSES", "FILTER_COLUMNS", "FINISHED_STATUSES",
     "FLOAT_FILTER_COLUMNS", "FRAME_RUN_KEYS", "INT_FILTER_COLUMNS", "LEGACY_INIT_BASE", "LOSS_COLUMNS",
-    "OPTIONAL_RUN_KEYS", "PROBE_COLUMNS", "PROBE_FRAME_COLUMNS", "RUNS_RELATION", "RUN_COLUMNS", "RUN_KEY_TYPES",
-    "SCHEMA_VERSION", "WHERE_COLUMNS", "RunStatus", "ddl",
+    "OPTIONAL_RUN_KEYS", "PARAMETERIZATION_KEYS", "PROBE_COLUMNS", "PROBE_FRAME_COLUMNS", "RUNS_RELATION",
+    "RUN_COLUMNS", "RUN_KEY_TYPES", "SCHEMA_VERSION", "WHERE_COLUMNS", "WIDTH_KEYS", "RunStatus", "ddl",
 ]
 
 
@@ -77,7 +77,12 @@ def ddl() -> str:
 
 
 # --- what the analyses and queries see ---------------------------------------------------------
-FRAME_RUN_KEYS = ("run_id", "preset", "discretization", "optimizer", "lr", "seed", "n_u", "n_x", "status")
+PARAMETERIZATION_KEYS = ("preset", "discretization", "optimizer")
+"""One parameterization under test: a preset, discretised one way, trained by one optimizer. The analyses group
+by it (a fit, an LR-transfer curve, a coincidence check never mixes two)."""
+WIDTH_KEYS = ("n_u", "n_x")
+"""The two widths: channels N_u and state size N_x."""
+FRAME_RUN_KEYS = ("run_id", *PARAMETERIZATION_KEYS, "lr", "seed", *WIDTH_KEYS, "status")
 """Run keys every probe frame carries (joined onto each probe row)."""
 LEGACY_INIT_BASE = "ssmscope-v0"
 """The init base of a run whose config names none: every run made before bases existed (ssm.bases.LEGACY_BASE;

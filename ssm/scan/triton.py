@@ -385,7 +385,7 @@ def _check_inputs(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
     if u.device.type != "cuda" and not _interpreting():
         raise ValueError(
             f"scan_triton needs CUDA tensors (got {u.device}); on the CPU use backend='fast', "
-            "or set TRITON_INTERPRET=1 before importing ssm.scan_triton (slow; tests only)"
+            "or set TRITON_INTERPRET=1 before importing ssm.scan.triton (slow; tests only)"
         )
 
 

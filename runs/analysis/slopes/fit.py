@@ -30,10 +30,12 @@ from ssmscope.runs.analysis.norms import norm_expr, parse_convention
 from ssmscope.runs.analysis.slopes import bootstrap, codes, ols
 from ssmscope.runs.analysis.slopes.verdicts import attach_predictions
 from ssmscope.runs.analysis.stats import CONFIDENCE, DEFAULT_N_BOOT, normal_z
+from ssmscope.runs.analysis.vocabulary import FitStatus
 from ssmscope.runs.store.schema import (
     EXCLUDED_STATUSES,
     FRAME_RUN_KEYS,
     OPTIONAL_RUN_KEYS,
+    PARAMETERIZATION_KEYS,
     PROBE_FRAME_COLUMNS,
     RunStatus,
 )
@@ -42,7 +44,7 @@ from ssmscope.ssm.predictions import Convention
 
 MIN_WIDTHS = 3
 """Distinct widths per fitted axis below which a cell is reported too_few_points (2 points fit any line)."""
-CONFIG_KEYS = ["preset", "discretization", "optimizer", "lr", "fixed_width"]
+CONFIG_KEYS = [*PARAMETERIZATION_KEYS, "lr", "fixed_width"]
 """One sweep configuration: the fits never mix learning rates or a held-fixed width."""
 OPTIONAL_CONFIG_KEYS = list(OPTIONAL_RUN_KEYS)
 """Run keys that also separate configurations when the frame has them (the store adds them): two
@@ -75,28 +77,9 @@ _TERMS: dict[Design, tuple[tuple[str, str], ...]] = {
     Design.TWO_D: (("n_u", "n_u"), ("n_x", "n_x")),
 }
 
-# The paper's table: its four columns as (site, quantity).
-PAPER_COLUMNS: dict[str, tuple[str, str]] = {
-    "x": ("x", "value"),
-    "y": ("y", "value"),
-    "dx": ("x", "delta_init"),
-    "dy": ("y", "delta_init"),
-}
-
 Step = int | Literal["last"] | None
 """A step selector: an int, "last" (per configuration, the last step of an included run), None = all."""
 
-
-# The regressors (terms) of each design, as the log2 of which width column.
-_TERMS: dict[Design, tuple[tuple[str, str], ...]] = {
-    Design.JOINT: (("width", "n_u"),),
-    Design.N_U: (("n_u", "n_u"),),
-    Design.N_X: (("n_x", "n_x"),),
-    Design.TWO_D: (("n_u", "n_u"), ("n_x", "n_x")),
-}
-
-Step = int | Literal["last"] | None
-"""A step selector: an int, "last" (per configuration, the last step of an included run), None = all."""
 
 FIT_COLUMNS = [*CELL_KEYS, "convention", "design", "term", "estimate", "se", "ci_low", "ci_high",
                "intercept", "residual_sd", "n_points", "n_seeds", "n_widths", "n_diverged", "n_failed",
@@ -185,9 +168,6 @@ class _Points:
 _PROBE_KEYS = ("site", "quantity", "group")
 
 
-_PROBE_KEYS = ("site", "quantity", "group")
-
-
 def _points(frame: pl.DataFrame, runs: pl.DataFrame, convention: Convention) -> tuple[_Points, pl.DataFrame]:
     """The probe rows of runs in the design as points (codes and y = log2‖·‖), and the probe table:
     probe code → (site, quantity, group), codes in sorted order.
@@ -264,7 +244,7 @@ def fit_slopes(frame: pl.DataFrame, *, convention: Convention | str = Convention
 
     Args:
         frame: probe rows joined with run keys (PROBE_FRAME_COLUMNS), already filtered to the selection.
-        convention: norm convention (runs.norms); predictions are shifted to the same one.
+        convention: norm convention (runs.analysis.norms); predictions are shifted to the same one.
         design: which widths vary (Design): joint, n_u (N_x fixed), n_x (N_u fixed) or 2d.
         layers: "each" (a fit per layer) or "mean" (fit the layer-mean of log2‖·‖; layer is null).
         step: an int, "last" (per configuration, the last step logged by an included run), None = all.
@@ -312,12 +292,6 @@ def fit_slopes(frame: pl.DataFrame, *, convention: Convention | str = Convention
                          pl.lit(design.value).alias("design")))
     optional = [c for c in OPTIONAL_CONFIG_KEYS if c in frame.columns]
     return attach_predictions(out).select(*FIT_COLUMNS[:4], *optional, *FIT_COLUMNS[4:])
-
-
-FIT_COLUMNS = [*CELL_KEYS, "convention", "design", "term", "estimate", "se", "ci_low", "ci_high",
-               "intercept", "residual_sd", "n_points", "n_seeds", "n_widths", "n_diverged", "n_failed",
-               "n_nonfinite", "status", "predicted", "log_x", "verdict", "agreement", "prediction_note"]
-"""Columns of a slope frame, in order."""
 
 
 def _fit_cells(points: _Points, runs: _Runs, terms: list[str], n_boot: int, rng_seed: int,
@@ -379,8 +353,8 @@ def _fit_cells(points: _Points, runs: _Runs, terms: list[str], n_boot: int, rng_
                 "probe": points.probe[first], "step": points.step[first], "intercept": masked(fit.intercept),
                 "residual_sd": masked(resid_sd), "n_points": n_points, "n_seeds": n_seeds,
                 "n_nonfinite": n_nonfinite, "_too_few": too_few, "_singular": fit.singular}
-    status = (pl.when("_too_few").then(pl.lit("too_few_points"))
-              .when("_singular").then(pl.lit("singular")).otherwise(pl.lit("ok")))
+    status = (pl.when("_too_few").then(pl.lit(FitStatus.TOO_FEW_POINTS))
+              .when("_singular").then(pl.lit(FitStatus.SINGULAR)).otherwise(pl.lit(FitStatus.OK)))
     long = pl.concat([pl.DataFrame({
         **per_cell, "estimate": masked(fit.coef[:, j]), "se": masked(fit.se[:, j]),
         "ci_low": masked(low[:, j]), "ci_high": masked(high[:, j]), "n_widths": n_widths[:, j],

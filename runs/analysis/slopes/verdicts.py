@@ -10,6 +10,7 @@ from __future__ import annotations
 import polars as pl
 
 from ssmscope.runs.analysis.norms import parse_convention
+from ssmscope.runs.analysis.vocabulary import Agreement, FitStatus, Verdict
 from ssmscope.ssm.predictions import Convention, predictions
 
 FLAT_TOL = 0.1
@@ -52,13 +53,14 @@ def attach_predictions(slopes: pl.DataFrame) -> pl.DataFrame:
         pl.lit(None, pl.Boolean).alias("log_x"), pl.lit(None, pl.String).alias("prediction_note"))
     predicted = (pl.when(pl.col("term") == "width").then(pl.col("pred_n_u") + pl.col("pred_n_x"))
                  .when(pl.col("term") == "n_u").then(pl.col("pred_n_u")).otherwise(pl.col("pred_n_x")))
-    s, ok = pl.col("estimate"), pl.col("status") == "ok"
-    verdict = (pl.when(~ok).then(None).when(s > FLAT_TOL).then(pl.lit("grows"))
-               .when(s < -FLAT_TOL).then(pl.lit("vanishes")).otherwise(pl.lit("flat")))
+    s, ok = pl.col("estimate"), pl.col("status") == FitStatus.OK
+    verdict = (pl.when(~ok).then(None).when(s > FLAT_TOL).then(pl.lit(Verdict.GROWS))
+               .when(s < -FLAT_TOL).then(pl.lit(Verdict.VANISHES)).otherwise(pl.lit(Verdict.FLAT)))
     pred = pl.col("predicted")
     covered = (pl.col("ci_low") <= pred) & (pred <= pl.col("ci_high"))
-    agreement = (pl.when(~ok).then(pl.lit("not fitted")).when(pred.is_null()).then(pl.lit("no prediction"))
-                 .when(((s - pred).abs() <= AGREE_TOL) | covered.fill_null(False)).then(pl.lit("agrees"))
-                 .otherwise(pl.lit("disagrees")))
+    agreement = (pl.when(~ok).then(pl.lit(Agreement.NOT_FITTED)).when(pred.is_null())
+                 .then(pl.lit(Agreement.NO_PREDICTION))
+                 .when(((s - pred).abs() <= AGREE_TOL) | covered.fill_null(False)).then(pl.lit(Agreement.AGREES))
+                 .otherwise(pl.lit(Agreement.DISAGREES)))
     return (out.sort("_row").with_columns(predicted.alias("predicted")).drop("pred_n_u", "pred_n_x", "_row")
             .with_columns(verdict.alias("verdict"), agreement.alias("agreement")))
