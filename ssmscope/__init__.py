@@ -15,8 +15,14 @@ The repository's packages live under this namespace:
 
     ssmscope.ssm      the model, its parameterizations (presets), the selective scans, adapters
     ssmscope.probes   the Observer: statistics from inside the scan, per layer and step
-    ssmscope.runs     sweeps, the DuckDB store, the analyses (slopes, transfer), the CLI, the library
+    ssmscope.runs     sweeps, the DuckDB store, the analyses (slopes, transfer), the CLI
     ssmscope.app      the Streamlit dashboard
+
+and the notebook API is the namespace root itself, above all four (it imports downward only):
+
+    ssmscope.coord    coord_check          ssmscope.monitor   Monitor
+    ssmscope.figure   coord_figure         ssmscope.store     save, load, ingest
+    ssmscope.subjects the model families   ssmscope.records   run rows and probe frames of library runs
 
 Importing `ssmscope` is cheap: every name above loads its module on first use (PEP 562), so
 `import ssmscope` loads neither torch nor polars, duckdb, plotly or streamlit.
@@ -30,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    "coord_check": "ssmscope.runs.library.coord",
+    "coord_check": "ssmscope.coord",
     "fit_slopes": "ssmscope.runs.analysis.slopes.fit",
     "paper_slopes": "ssmscope.runs.analysis.slopes.paper",
-    "coord_figure": "ssmscope.runs.library.figure",
-    "Monitor": "ssmscope.runs.library.monitor",
+    "coord_figure": "ssmscope.figure",
+    "Monitor": "ssmscope.monitor",
     "HFMamba": "ssmscope.ssm.adapters.hf",
     "apply_preset_hf": "ssmscope.ssm.adapters.hf",
     "plan_hf": "ssmscope.ssm.adapters.hf",
@@ -59,13 +65,13 @@ assert set(__all__) == {"__version__", *_EXPORTS, *_SUBMODULES}, "__all__ lists 
 
 if TYPE_CHECKING:
     from ssmscope import store
+    from ssmscope.coord import coord_check
+    from ssmscope.figure import coord_figure
+    from ssmscope.monitor import Monitor
     from ssmscope.probes.hf import HFObserver
     from ssmscope.probes.observer import Observer
     from ssmscope.runs.analysis.slopes.fit import fit_slopes
     from ssmscope.runs.analysis.slopes.paper import paper_slopes
-    from ssmscope.runs.library.coord import coord_check
-    from ssmscope.runs.library.figure import coord_figure
-    from ssmscope.runs.library.monitor import Monitor
     from ssmscope.ssm.adapters.hf import HFMamba, apply_preset_hf, plan_hf
     from ssmscope.ssm.adapters.optim import RowScaledAdam, RowScaledSGD, build_row_optimizer
     from ssmscope.ssm.config import MambaConfig

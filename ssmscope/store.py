@@ -38,7 +38,7 @@ def save(frame: pl.DataFrame, db: str | Path | None = None, *, shards: str | Pat
     notebook cell run twice and concatenated, say — is refused (ConfigError) before anything is written.
     """
     from ssmscope.probes.schema import PROBE_COLUMNS
-    from ssmscope.runs.library.records import RUNS, loss_rows, run_row
+    from ssmscope.records import RUNS, loss_rows, run_row
     from ssmscope.runs.store.db import StoreError, default_db_path, shard_dir_for
     from ssmscope.runs.store.db import ingest as ingest_shards
     from ssmscope.runs.store.ownership import check_shard_root

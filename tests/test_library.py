@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import ssmscope
-from ssmscope.runs.library.records import FRAME_SCHEMA, RUNS
+from ssmscope.records import FRAME_SCHEMA, RUNS
 from ssmscope.runs.store.db import StoreError, connect, ingest, load_losses, load_probe_frame, load_runs
 from ssmscope.runs.store.layout import shard_dir_for
 from ssmscope.runs.store.schema import PROBE_FRAME_COLUMNS

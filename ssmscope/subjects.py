@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssmscope import records as rec
 from ssmscope.probes import Observer
-from ssmscope.runs.library import records as rec
 from ssmscope.ssm.adapters.hf import DISCRETIZATION as HF_DISCRETIZATION
 from ssmscope.ssm.adapters.hf import HFMamba, HFWidths, apply_preset_hf, is_hf_mamba
 from ssmscope.ssm.adapters.optim import build_row_optimizer

@@ -30,10 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ssmscope import records as rec
 from ssmscope.probes import Observer
 from ssmscope.probes.stats import is_finite_record
-from ssmscope.runs.library import records as rec
-from ssmscope.runs.library.subjects import LossFn, lm_loss
 from ssmscope.runs.store.db import StoreError, default_db_path, ingest, shard_dir_for
 from ssmscope.runs.store.ownership import check_shard_root
 from ssmscope.runs.store.schema import RunStatus
@@ -44,6 +43,7 @@ from ssmscope.ssm.config import ScanBackend
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.model import MambaLM
 from ssmscope.ssm.scan import backend_that_runs
+from ssmscope.subjects import LossFn, lm_loss
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """coord_check: the coordinate check of any Mamba in one call, in memory, as a probe frame.
 
 For every width × preset × discretisation × optimizer × learning rate × seed it builds the model
-(runs.library.subjects), trains it for `steps` steps on the given batches, and records the Observer's
+(ssmscope.subjects), trains it for `steps` steps on the given batches, and records the Observer's
 probe records at the logged steps, exactly as a sweep's worker does (runs.sweeps.worker: the same
 order of probe pass, training pass and update, the same divergence rule). The result is the probe
-frame the store would return for those runs (runs.library.records), so `ssmscope.fit_slopes`,
+frame the store would return for those runs (ssmscope.records), so `ssmscope.fit_slopes`,
 `ssmscope.coord_figure` and `ssmscope.store.save` take it directly.
 """
 
@@ -23,9 +23,8 @@ import polars as pl
 import torch
 from torch import Tensor
 
+from ssmscope import records as rec
 from ssmscope.probes.stats import is_finite_record
-from ssmscope.runs.library import records as rec
-from ssmscope.runs.library.subjects import Family, LossFn, Setting, Subject, lm_loss, preset_of, resolve_family
 from ssmscope.runs.store.schema import RunStatus
 from ssmscope.runs.sweeps.memory import human, mamba_run_bytes, parse_size
 from ssmscope.runs.sweeps.preflight import AUTO as AUTO_MEMORY
@@ -34,6 +33,7 @@ from ssmscope.ssm.config import Discretization, ScanBackend
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.presets import Optimizer
 from ssmscope.ssm.scan import backend_that_runs
+from ssmscope.subjects import Family, LossFn, Setting, Subject, lm_loss, preset_of, resolve_family
 
 Width = int | tuple[int, int]
 """A width: N (joint, N_u = N_x = N) or (N_u, N_x)."""
