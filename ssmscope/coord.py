@@ -24,16 +24,18 @@ import torch
 from torch import Tensor
 
 from ssmscope import records as rec
-from ssmscope.probes.stats import is_finite_record
-from ssmscope.runs.store.schema import RunStatus
+from ssmscope.records import RunData
+from ssmscope.runs.sweeps.ids import canonical_json, run_id_of
+from ssmscope.runs.sweeps.loop import LossFn, Schedule, train_and_probe
 from ssmscope.runs.sweeps.memory import human, mamba_run_bytes, parse_size
 from ssmscope.runs.sweeps.preflight import AUTO as AUTO_MEMORY
 from ssmscope.runs.sweeps.preflight import memory_limit
+from ssmscope.runs.sweeps.record import loss_rows, now_iso, provenance, run_row
 from ssmscope.ssm.config import Discretization, ScanBackend
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.presets import Optimizer
 from ssmscope.ssm.scan import backend_that_runs
-from ssmscope.subjects import Family, LossFn, Setting, Subject, lm_loss, preset_of, resolve_family
+from ssmscope.subjects import Family, Setting, lm_loss, preset_of, resolve_family
 
 Width = int | tuple[int, int]
 """A width: N (joint, N_u = N_x = N) or (N_u, N_x)."""
@@ -213,52 +215,6 @@ def _shape(batch: Any) -> tuple[int, int]:
     return 0, 0
 
 
-def train_and_probe(subject: Subject, loss_fn: LossFn, batches: Batches, probe_batch: Any, *, steps: int,
-                    log_every: int, base_lr: float, device: torch.device) -> dict[str, Any]:
-    """One run, in the worker's order (runs.sweeps.worker.train_and_probe): {status, last_finite_step,
-    probes, losses}. A fixed batch (a tensor) is trained on and probed in one pass; with a sequence,
-    step t trains on batches[t % len] and logged steps probe `probe_batch` in a pass of their own."""
-    fixed = isinstance(batches, Tensor)
-    pool = [batches] if fixed else list(batches)
-    model, opt = subject.model, subject.optimizer
-
-    def to_device(b: Any) -> Any:
-        return b.to(device) if isinstance(b, Tensor) else b
-
-    probe_batch = to_device(probe_batch)
-    probes: list[dict[str, Any]] = []
-    losses: list[dict[str, Any]] = []
-    status, last_finite = RunStatus.COMPLETED, -1
-    with subject.observer as obs:
-        for step in range(steps + 1):
-            logged = step % log_every == 0 or step == steps
-            batch = probe_batch if fixed else to_device(pool[step % len(pool)])
-            records: list[dict[str, Any]] = []
-            if logged and not fixed:
-                obs.arm(step)
-                loss_fn(model, probe_batch).backward()
-                records = obs.collect()
-            elif logged:
-                obs.arm(step)
-            loss = loss_fn(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if logged and fixed:
-                records = obs.collect()
-            value = loss.item()
-            finite = math.isfinite(value) and all(is_finite_record(r) for r in records)
-            probes.extend(records)
-            losses.append({"step": step, "train_loss": value, "eval_loss": None, "lr": base_lr})
-            if not finite:
-                status = RunStatus.DIVERGED
-                break
-            last_finite = step
-            if step == steps:
-                break
-            opt.step()
-    return {"status": status, "last_finite_step": last_finite, "probes": probes, "losses": losses}
-
-
 @dataclass(frozen=True)
 class _Context:
     """What every run of one coord_check shares; `run` trains one and records it."""
@@ -271,33 +227,46 @@ class _Context:
     dtype: torch.dtype | None
     name: str
     task: str
-    common: dict[str, Any]  # the settings every run's description holds
+    common: dict[str, Any]
+    eval_batches: Sequence[Any] | None = None
+    eval_every: int = 0
+    group_probes: bool = False  # the settings every run's description holds
 
-    def run(self, setting: Setting, n_u: int, n_x: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Train and probe one width; returns the run's row and its records (each with its run_id)."""
-        started, t0 = rec.now_iso(), time.perf_counter()
+    def run(self, setting: Setting, n_u: int, n_x: int) -> tuple[RunData, list[dict[str, Any]]]:
+        """Train and probe one width through the one loop (runs.sweeps.loop); returns the run's row and losses, and
+        its records (each with its run_id)."""
+        started, t0 = now_iso(), time.perf_counter()
         subject = self.family.build(n_u, n_x, setting, self.device, self.dtype)
-        out = train_and_probe(subject, self.loss_fn, self.batches, self.probe_batch,
-                              steps=self.common["steps"], log_every=self.common["log_every"], base_lr=setting.lr,
-                              device=self.device)
+        pool = [self.batches] if isinstance(self.batches, Tensor) else list(self.batches)
+
+        def to_device(b: Any) -> Any:
+            return b.to(self.device) if isinstance(b, Tensor) else b
+
+        eval_pool = self.eval_batches
+        out = train_and_probe(
+            subject.model, subject.optimizer, subject.observer, loss_fn=self.loss_fn,
+            probe_batch=to_device(self.probe_batch),
+            train_batch=None if isinstance(self.batches, Tensor) else lambda step: to_device(pool[step % len(pool)]),
+            schedule=Schedule(steps=self.common["steps"], log_every=self.common["log_every"],
+                              eval_every=self.eval_every, group_probes=self.group_probes),
+            lr=setting.lr, eval_batches=None if eval_pool is None else lambda: [to_device(b) for b in eval_pool])
         preset = setting.preset
         description = {"family": self.family.describe(), "preset": preset.name, "preset_source": preset.source,
                        "discretization": str(setting.discretization), "optimizer": setting.optimizer,
                        "lr": setting.lr, "seed": setting.seed, "n_u": n_u, "n_x": n_x,
                        "base": self.family.init_base(preset), **self.common}
-        run_id = rec.run_id_of(description)
+        run_id = run_id_of(description)
         batch_size, seq_len = _shape(self.probe_batch)
-        row = rec.run_row(
-            run_id=run_id, spec=self.name, status=out["status"].value, last_finite_step=out["last_finite_step"],
+        row = run_row(
+            run_id=run_id, spec=self.name, status=out.status, last_finite_step=out.last_finite_step,
             preset=preset.name, discretization=str(setting.discretization), optimizer=setting.optimizer,
             lr=setting.lr, seed=setting.seed, n_u=n_u, n_x=n_x, d_model=subject.d_model,
             n_layers=subject.n_layers, steps=self.common["steps"], batch=batch_size, seq_len=seq_len,
             task=self.task, fixed_batch=isinstance(self.batches, Tensor), dt_min=subject.dt_min,
-            dt_max=subject.dt_max, config_json=rec.json_of(description), started_at=started,
-            finished_at=rec.now_iso(), wall_s=time.perf_counter() - t0, device=str(self.device),
-            scan=backend_that_runs(setting.scan, self.device), **rec.provenance())
-        rec.RUNS[run_id] = rec.RunData(row, rec.loss_rows(out["losses"]))
-        return row, [{**r, "run_id": run_id} for r in out["probes"]]
+            dt_max=subject.dt_max, config_json=canonical_json(description), started_at=started,
+            finished_at=now_iso(), wall_s=time.perf_counter() - t0, device=str(self.device),
+            scan=backend_that_runs(setting.scan, self.device), **provenance())
+        return RunData(row, loss_rows(out.losses)), [{**r, "run_id": run_id} for r in out.probes]
 
 
 def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, *,
@@ -388,7 +357,9 @@ def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, *,
     runs: dict[str, dict[str, Any]] = {}
     for preset, disc, base_lr, seed, (n_u, n_x) in itertools.product(preset_objs, discs, lrs, seed_list, pairs):
         setting = Setting(preset, disc, optimizer, base_lr, seed, weight_decay, grads, state_prev, scan)
-        row, records = context.run(setting, n_u, n_x)
+        data, records = context.run(setting, n_u, n_x)
+        row = data.row
+        rec.RUNS[row["run_id"]] = data
         runs[row["run_id"]] = row
         all_records.extend(records)
         _report(progress, row)

@@ -38,12 +38,13 @@ def save(frame: pl.DataFrame, db: str | Path | None = None, *, shards: str | Pat
     notebook cell run twice and concatenated, say — is refused (ConfigError) before anything is written.
     """
     from ssmscope.probes.schema import PROBE_COLUMNS
-    from ssmscope.records import RUNS, loss_rows, run_row
+    from ssmscope.records import RUNS
     from ssmscope.runs.store.db import StoreError, default_db_path, shard_dir_for
     from ssmscope.runs.store.db import ingest as ingest_shards
     from ssmscope.runs.store.ownership import check_shard_root
     from ssmscope.runs.store.schema import FRAME_RUN_KEYS, OPTIONAL_RUN_KEYS, PROBE_FRAME_COLUMNS, RUN_COLUMNS
     from ssmscope.runs.store.shards import PROBE_KEY, write_shard
+    from ssmscope.runs.sweeps.record import loss_rows, run_row
     from ssmscope.ssm.errors import ConfigError
 
     if not isinstance(frame, pl.DataFrame):

@@ -17,11 +17,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from ssmscope import records as rec
 from ssmscope.probes import Observer
+from ssmscope.runs.sweeps.loop import next_token_loss
 from ssmscope.ssm.adapters.hf import DISCRETIZATION as HF_DISCRETIZATION
 from ssmscope.ssm.adapters.hf import HFMamba, HFWidths, apply_preset_hf, is_hf_mamba
 from ssmscope.ssm.adapters.optim import build_row_optimizer
@@ -30,23 +30,8 @@ from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.model import MambaLM
 from ssmscope.ssm.presets import Preset, apply_preset, build_optimizer, load_preset
 
-LossFn = Callable[[nn.Module, Any], Tensor]
-"""(model, batch) → scalar loss."""
-
-
-def lm_loss(model: nn.Module, ids: Tensor) -> Tensor:
-    """Next-token cross entropy on token ids (B, L+1): inputs ids[:, :-1], targets ids[:, 1:] (as a sweep)."""
-    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.shape[1] < 2:
-        raise ConfigError(f"a batch must be token ids of shape (batch, length + 1), got "
-                          f"{tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__}; "
-                          "for other batches pass loss=")
-    if isinstance(model, MambaLM):
-        logits = model(ids[:, :-1])
-    else:
-        logits = model(input_ids=ids[:, :-1], use_cache=False).logits
-    if logits.dtype in (torch.float16, torch.bfloat16):  # a half-precision model: the loss in fp32
-        logits = logits.float()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+lm_loss = next_token_loss
+"""The default loss: next-token cross entropy on token ids (runs.sweeps.loop.next_token_loss, as a sweep)."""
 
 
 @dataclass
