@@ -278,7 +278,8 @@ def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, *,
                 scan: str = "auto", device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                 name: str = "coord_check", task: str = "custom",
                 progress: bool | Callable[[dict[str, Any]], None] = False,
-                max_memory: int | str | None = AUTO_MEMORY) -> pl.DataFrame:
+                max_memory: int | str | None = AUTO_MEMORY,
+                return_runs: bool = False) -> pl.DataFrame | tuple[pl.DataFrame, rec.Runs]:
     """Train every width of a Mamba under each preset and return the probe records as one long frame.
 
     Args:
@@ -355,16 +356,18 @@ def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, *,
     context = _Context(family, loss_fn, batches, probe_batch, torch.device(device), dtype, name, task, common)
     all_records: list[dict[str, Any]] = []
     runs: dict[str, dict[str, Any]] = {}
+    made: dict[str, RunData] = {}
     for preset, disc, base_lr, seed, (n_u, n_x) in itertools.product(preset_objs, discs, lrs, seed_list, pairs):
         setting = Setting(preset, disc, optimizer, base_lr, seed, weight_decay, grads, state_prev, scan)
         data, records = context.run(setting, n_u, n_x)
         row = data.row
-        rec.RUNS[row["run_id"]] = data
+        made[row["run_id"]] = data
         runs[row["run_id"]] = row
         all_records.extend(records)
         _report(progress, row)
     frame = rec.probe_frame(all_records, runs)
-    return frame.with_columns(norm_exprs) if norm_exprs else frame
+    frame = frame.with_columns(norm_exprs) if norm_exprs else frame
+    return (frame, rec.Runs(made)) if return_runs else frame
 
 
 def _disc(value: str) -> Discretization:

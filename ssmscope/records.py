@@ -13,6 +13,7 @@ the same way whatever ran before.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ FRAME_SCHEMA: dict[str, pl.DataType] = {
 """Columns and types of a probe frame, in the store loader's order."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunData:
     """One run's row (RUN_COLUMNS) and its loss rows (LOSS_COLUMNS without run_id)."""
 
@@ -41,8 +42,31 @@ class RunData:
 USER_BASE = "user"
 """init_base of runs on a user's own initialisation (transformers' Mamba under the adapter, a Monitor's model)."""
 
-RUNS: dict[str, RunData] = {}
-"""Run id → RunData of every run this process made (store.save finds a frame's full rows here)."""
+class Runs(Mapping[str, RunData]):
+    """Run id → RunData of the runs of one or more coord_checks: read-only; `a | b` joins two (b wins a clash)."""
+
+    def __init__(self, by_id: Mapping[str, RunData] | None = None) -> None:
+        self._by_id: dict[str, RunData] = dict(by_id or {})
+
+    def __getitem__(self, run_id: str) -> RunData:
+        return self._by_id[run_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __or__(self, other: Mapping[str, RunData]) -> Runs:
+        return Runs({**self._by_id, **other})
+
+    def __repr__(self) -> str:
+        return f"Runs({len(self)} run{'s' if len(self) != 1 else ''})"
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Every run's row, in the order the runs were made."""
+        return [d.row for d in self._by_id.values()]
 
 
 def probe_frame(records: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) -> pl.DataFrame:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import ssmscope
-from ssmscope.records import FRAME_SCHEMA, RUNS
+from ssmscope.records import FRAME_SCHEMA
 from ssmscope.runs.store.db import StoreError, connect, ingest, load_losses, load_probe_frame, load_runs
 from ssmscope.runs.store.layout import shard_dir_for
 from ssmscope.runs.store.schema import PROBE_FRAME_COLUMNS
@@ -95,9 +95,9 @@ def test_coord_check_on_ssmscopes_model_returns_the_records_of_a_one_run_sweep(t
 
 
 def test_coord_check_fits_and_figure_work_on_its_frame_and_it_saves_into_the_store(tmp_path):
-    frame = ssmscope.coord_check(tiny(n_layers=1), [8, 16, 32], batch(0), presets=["sp", "mup-ssm"],
-                                 discretizations="zoh", optimizer="sgd", lr=0.05, steps=2, seeds=[0, 1],
-                                 conventions=["rms", "l2"], name="lib-test")
+    frame, made = ssmscope.coord_check(tiny(n_layers=1), [8, 16, 32], batch(0), presets=["sp", "mup-ssm"],
+                                       discretizations="zoh", optimizer="sgd", lr=0.05, steps=2, seeds=[0, 1],
+                                       conventions=["rms", "l2"], name="lib-test", return_runs=True)
     assert frame.select("preset", "seed", "n_u").unique().height == 2 * 2 * 3
     assert all(c in frame.columns for c in PROBE_FRAME_COLUMNS) and {"norm_rms", "norm_l2"} <= set(frame.columns)
     row = frame.row(0, named=True)
@@ -115,7 +115,7 @@ def test_coord_check_fits_and_figure_work_on_its_frame_and_it_saves_into_the_sto
     assert len(means) == 2 * 2  # (sp, mup-ssm) × (x, Δy), one layer
 
     db = tmp_path / "store.duckdb"
-    report = ssmscope.store.save(frame, db)
+    report = ssmscope.store.save(frame, db, runs=made)
     assert len(report.loaded) == 12
     back = ssmscope.store.load(db, spec="lib-test")
     assert back.sort(KEYS).equals(frame.drop("norm_rms", "norm_l2").sort(KEYS))
@@ -127,7 +127,7 @@ def test_coord_check_fits_and_figure_work_on_its_frame_and_it_saves_into_the_sto
     con.close()
     assert config["family"]["model"] == "ssmscope.MambaLM" and config["steps"] == 2
     assert load_losses(db).height == 12 * 3  # steps 0, 1, 2 of every run
-    assert ssmscope.store.save(frame, db).skipped == 12  # idempotent, like `ssmscope ingest`
+    assert ssmscope.store.save(frame, db, runs=made).skipped == 12  # idempotent, like `ssmscope ingest`
 
     done = subprocess.run([str(Path(sys.executable).with_name("ssmscope")), "slopes", "--db", str(db), "--format",
                            "csv", "--where", "preset=mup-ssm"], capture_output=True, text=True, timeout=120)
@@ -136,14 +136,14 @@ def test_coord_check_fits_and_figure_work_on_its_frame_and_it_saves_into_the_sto
 
 
 def test_a_diverging_run_keeps_its_records_up_to_the_divergence():
-    frame = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), presets="sp", discretizations="zoh",
-                                 optimizer="sgd", lr=1e4, steps=4)
+    frame, made = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), presets="sp", discretizations="zoh",
+                                       optimizer="sgd", lr=1e4, steps=4, return_runs=True)
     (run_id,) = frame["run_id"].unique().to_list()
     assert set(frame["status"]) == {"diverged"}
     assert sorted(frame["step"].unique().to_list()) == [0, 1]  # step 1 went non-finite: stopped there
     step0 = frame.filter(pl.col("step") == 0)
     assert step0["sumsq"].is_finite().all() and step0.height > 30
-    assert RUNS[run_id].row["last_finite_step"] == 0 and len(RUNS[run_id].losses) == 2
+    assert made[run_id].row["last_finite_step"] == 0 and len(made[run_id].losses) == 2
 
 
 def test_a_frame_from_elsewhere_saves_with_the_keys_it_carries(tmp_path):
@@ -156,6 +156,27 @@ def test_a_frame_from_elsewhere_saves_with_the_keys_it_carries(tmp_path):
     assert runs["run_id"].to_list() == ["from-file"] and runs["last_finite_step"].to_list() == [1]
     assert runs["preset"].to_list() == ["sp"] and load_losses(tmp_path / "s.duckdb").height == 0
     assert runs["init_base"].to_list() == frame["init_base"].unique().to_list() == ["mamba"]  # sp's own base
+
+
+def test_the_same_frame_saves_identically_whatever_ran_before_in_the_process(tmp_path):
+    """No process-global state: a frame saved without `runs` gets rows from its keys alone, before and after the
+    same runs were made again in this process (which once changed what save wrote); with `runs` it gets theirs."""
+    frame = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), presets="sp", discretizations="zoh", steps=1)
+    ssmscope.store.save(frame, tmp_path / "before.duckdb")
+    again, made = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), presets="sp", discretizations="zoh",
+                                       steps=1, return_runs=True)
+    assert again["run_id"].to_list() == frame["run_id"].to_list()  # the same run, made again
+    ssmscope.store.save(frame, tmp_path / "after.duckdb")
+    before, after = load_runs(tmp_path / "before.duckdb"), load_runs(tmp_path / "after.duckdb")
+    assert before.equals(after)
+    assert before["started_at"].to_list() == [""] and before["init_base"].to_list() == ["mamba"]
+    assert load_losses(tmp_path / "after.duckdb").height == 0
+    ssmscope.store.save(frame, tmp_path / "full.duckdb", runs=made)
+    full = load_runs(tmp_path / "full.duckdb")
+    assert full["started_at"].to_list() == [made.rows[0]["started_at"]] != [""]
+    assert load_losses(tmp_path / "full.duckdb")["step"].to_list() == [0, 1]
+    with pytest.raises(ConfigError, match="runs=list"):
+        ssmscope.store.save(frame, tmp_path / "x.duckdb", runs=[made])
 
 
 def test_a_shard_that_cannot_be_written_is_a_store_error_naming_the_folder(tmp_path):
@@ -299,13 +320,15 @@ def test_every_run_row_records_the_scan_that_ran_not_auto(tmp_path):
     spec = parse_spec(tomllib.loads(tiny_spec_toml("scan-record", widths=(16,))), "scan-record")
     run_sweep(spec, db, device="cpu", workers=1, scan="auto")
     assert load_runs(db)["scan"].to_list() == [ran, ran]
-    frame = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), steps=1, presets="sp", scan="auto")
-    assert RUNS[frame["run_id"][0]].row["scan"] == ran
+    _, made = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), steps=1, presets="sp", scan="auto",
+                                   return_runs=True)
+    assert made.rows[0]["scan"] == ran
     with ssmscope.Monitor(initialised(tiny(n_layers=1)), tmp_path / "m.duckdb", probe_batch=batch(0), every=1,
                           ingest=False) as mon:
         assert mon.run_row()["scan"] == ran
-    explicit = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), steps=1, presets="sp", scan="reference")
-    assert RUNS[explicit["run_id"][0]].row["scan"] == "reference"
+    _, explicit = ssmscope.coord_check(tiny(n_layers=1), [16], batch(0), steps=1, presets="sp", scan="reference",
+                                       return_runs=True)
+    assert explicit.rows[0]["scan"] == "reference"
 
 
 def test_a_worker_without_a_c_compiler_records_the_fast_scan(tmp_path, monkeypatch):
