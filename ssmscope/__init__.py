@@ -2,12 +2,14 @@
 
 The public API (see docs/library.md):
 
-    ssmscope.coord_check(make_model, widths, batches, presets=..., optimizer=..., lr=..., steps=..., seeds=...)
+    ssmscope.coord_check(make_model, widths, batches, ssmscope.Grid(presets=..., lrs=..., seeds=...),
+                         ssmscope.Training(steps=...))
                           train every width in memory → the probe frame (polars) a sweep would store
+                          (return_runs=True: also the runs' rows and losses, ssmscope.Runs)
     ssmscope.fit_slopes(frame)      width-scaling exponents with CIs and predicted values
     ssmscope.coord_figure(frame)    the dashboard's coordinate-check figure (Plotly)
-    ssmscope.store.save(frame, db)  put the runs where `ssmscope slopes` and the dashboard read them
-    ssmscope.Monitor(model, db, probe_batch=..., every=k)   the probes inside your own training loop
+    ssmscope.store.save(frame, db, runs=runs)  put the runs where `ssmscope slopes` and the dashboard read them
+    ssmscope.Monitor(model, db, probe_batch=..., every=k, labels=ssmscope.Labels(...))   the probes in your own loop
     ssmscope.HFMamba(config)        transformers' Mamba at any width (pip install 'ssmscope[hf]')
     ssmscope.apply_preset_hf, ssmscope.HFObserver, ssmscope.RowScaledAdam, ...  the pieces underneath
 
@@ -21,6 +23,7 @@ The repository's packages live under this namespace:
 and the notebook API is the namespace root itself, above all four (it imports downward only):
 
     ssmscope.coord    coord_check          ssmscope.monitor   Monitor
+    ssmscope.recipe   Grid, Training, Labels (the small config objects of coord_check and Monitor)
     ssmscope.figure   coord_figure         ssmscope.store     save, load, ingest
     ssmscope.subjects the model families   ssmscope.records   run rows and probe frames of library runs
 
@@ -37,6 +40,10 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     "coord_check": "ssmscope.coord",
+    "Grid": "ssmscope.recipe",
+    "Training": "ssmscope.recipe",
+    "Labels": "ssmscope.recipe",
+    "Runs": "ssmscope.records",
     "fit_slopes": "ssmscope.runs.analysis.slopes.fit",
     "paper_slopes": "ssmscope.runs.analysis.slopes.paper",
     "coord_figure": "ssmscope.figure",
@@ -58,9 +65,9 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = ("store",)
 """Public submodules, loaded on first access: ssmscope.store."""
 
-__all__ = ["ConfigError", "HFMamba", "HFObserver", "MambaConfig", "MambaLM", "Monitor", "Observer", "RowScaledAdam",
-           "RowScaledSGD", "__version__", "apply_preset_hf", "build_row_optimizer", "coord_check", "coord_figure",
-           "fit_slopes", "load_preset", "paper_slopes", "plan_hf", "store"]
+__all__ = ["ConfigError", "Grid", "HFMamba", "HFObserver", "Labels", "MambaConfig", "MambaLM", "Monitor", "Observer",
+           "RowScaledAdam", "RowScaledSGD", "Runs", "Training", "__version__", "apply_preset_hf", "build_row_optimizer",
+           "coord_check", "coord_figure", "fit_slopes", "load_preset", "paper_slopes", "plan_hf", "store"]
 assert set(__all__) == {"__version__", *_EXPORTS, *_SUBMODULES}, "__all__ lists every public name once"
 
 if TYPE_CHECKING:
@@ -70,6 +77,8 @@ if TYPE_CHECKING:
     from ssmscope.monitor import Monitor
     from ssmscope.probes.hf import HFObserver
     from ssmscope.probes.observer import Observer
+    from ssmscope.recipe import Grid, Labels, Training
+    from ssmscope.records import Runs
     from ssmscope.runs.analysis.slopes.fit import fit_slopes
     from ssmscope.runs.analysis.slopes.paper import paper_slopes
     from ssmscope.ssm.adapters.hf import HFMamba, apply_preset_hf, plan_hf

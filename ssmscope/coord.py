@@ -12,28 +12,25 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import math
-import numbers
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import polars as pl
 import torch
 from torch import Tensor
 
 from ssmscope import records as rec
-from ssmscope.records import RunData
+from ssmscope.recipe import Grid, Training, shown
+from ssmscope.records import RunData, Runs
 from ssmscope.runs.sweeps.ids import canonical_json, run_id_of
-from ssmscope.runs.sweeps.loop import LossFn, Schedule, train_and_probe
+from ssmscope.runs.sweeps.loop import LossFn, train_and_probe
 from ssmscope.runs.sweeps.memory import human, mamba_run_bytes, parse_size
 from ssmscope.runs.sweeps.preflight import AUTO as AUTO_MEMORY
 from ssmscope.runs.sweeps.preflight import memory_limit
 from ssmscope.runs.sweeps.record import loss_rows, now_iso, provenance, run_row
-from ssmscope.ssm.config import Discretization, ScanBackend
 from ssmscope.ssm.errors import ConfigError
-from ssmscope.ssm.presets import Optimizer
 from ssmscope.ssm.scan import backend_that_runs
 from ssmscope.subjects import Family, Setting, lm_loss, preset_of, resolve_family
 
@@ -55,75 +52,6 @@ def _widths(widths: Sequence[Width]) -> list[tuple[int, int]]:
     if len(set(out)) != len(out):
         raise ConfigError(f"widths={widths!r} repeats a width")
     return out
-
-
-def _names(key: str, value: str | Sequence[str] | None) -> list[Any]:
-    if value is None:
-        return [None]
-    values = [value] if isinstance(value, str) else list(value)
-    if not values:
-        raise ConfigError(f"{key}=[]; give at least one")
-    return values
-
-
-MAX_STEPS = 1_000_000
-"""The most optimizer steps (and the largest log_every) coord_check takes: a coordinate check needs tens, and its
-records stay in memory."""
-MAX_SEED = 2**63 - 1
-"""Seeds go to torch.manual_seed, which takes [0, 2**63 − 1] as a seed here (larger ones raise inside torch)."""
-SUPPORTED_SHOWN = 60
-"""A refused value is quoted up to this many characters."""
-
-
-def _shown(value: Any) -> str:
-    """repr(value), cut to SUPPORTED_SHOWN characters (a refusal stays one short line)."""
-    text = repr(value)
-    return text if len(text) <= SUPPORTED_SHOWN else text[:SUPPORTED_SHOWN] + "…"
-
-
-def _positive(key: str, value: Any, kind: type = int, most: int = MAX_STEPS) -> None:
-    if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value <= most:
-        raise ConfigError(f"{key}={_shown(value)}; allowed: a positive {kind.__name__} up to {most:,}")
-
-
-def _is_number(value: Any) -> bool:
-    """A real number that is not a bool (Python or numpy ints and floats; not strings, tensors, lists)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _lrs(lr: Any) -> list[float]:
-    """The learning rates: one positive finite number, or a non-empty list of them."""
-    allowed = "allowed: a positive finite number, or a non-empty list of them (e.g. 0.01 or [0.003, 0.01])"
-    if _is_number(lr):
-        values = [lr]
-    elif isinstance(lr, str | bytes | Mapping) or not isinstance(lr, Iterable):  # '0.01' is not 4 characters
-        raise ConfigError(f"lr={_shown(lr)} is a {type(lr).__name__}; {allowed}")
-    else:
-        values = list(lr)
-    if not values:
-        raise ConfigError(f"lr=[]; {allowed}")
-    for v in values:
-        if not _is_number(v) or not (math.isfinite(float(v)) and float(v) > 0):
-            raise ConfigError(f"lr={_shown(v)}; {allowed}")
-    if len(set(map(float, values))) != len(values):
-        raise ConfigError(f"lr={_shown(lr)} repeats a learning rate")
-    return [float(v) for v in values]
-
-
-def _seeds(seeds: Any) -> list[int]:
-    """The seeds: a non-empty list (or range) of distinct ints in [0, MAX_SEED]."""
-    allowed = "allowed: a non-empty list of distinct ints in [0, 2**63 - 1], e.g. [0] or range(3)"
-    if isinstance(seeds, str | bytes | Mapping) or not isinstance(seeds, Iterable):
-        raise ConfigError(f"seeds={_shown(seeds)}; {allowed}")
-    values = list(seeds)
-    if not values:
-        raise ConfigError(f"seeds=[]; {allowed}")
-    for s in values:
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 0 <= s <= MAX_SEED:
-            raise ConfigError(f"seeds: {_shown(s)}; {allowed}")
-    if len(set(values)) != len(values):
-        raise ConfigError(f"seeds={_shown(seeds)} repeats a seed")
-    return [int(s) for s in values]
 
 
 def _check_batch(what: str, batch: Any, vocab: int | None, token_ids: bool) -> None:
@@ -172,7 +100,7 @@ def _check_memory(family: Family, pairs: list[tuple[int, int]], batches: list[An
         if parsed is None:  # 'none' / 'off', as --max-memory takes them
             return
         if isinstance(parsed, bool) or not isinstance(parsed, int) or parsed <= 0:
-            raise ConfigError(f"max_memory={_shown(max_memory)}; allowed: 'auto', None, a number of bytes or a "
+            raise ConfigError(f"max_memory={shown(max_memory)}; allowed: 'auto', None, a number of bytes or a "
                               "size such as '16G'") from None
         limit, source = parsed, "max_memory"
     shapes = [_shape(b) for b in batches]
@@ -223,20 +151,18 @@ class _Context:
     loss_fn: LossFn
     batches: Batches
     probe_batch: Any
+    eval_batches: Sequence[Any] | None
+    training: Training
     device: torch.device
-    dtype: torch.dtype | None
     name: str
     task: str
-    common: dict[str, Any]
-    eval_batches: Sequence[Any] | None = None
-    eval_every: int = 0
-    group_probes: bool = False  # the settings every run's description holds
+    common: dict[str, Any]  # the settings every run's description holds (and its id hashes)
 
     def run(self, setting: Setting, n_u: int, n_x: int) -> tuple[RunData, list[dict[str, Any]]]:
         """Train and probe one width through the one loop (runs.sweeps.loop); returns the run's row and losses, and
         its records (each with its run_id)."""
         started, t0 = now_iso(), time.perf_counter()
-        subject = self.family.build(n_u, n_x, setting, self.device, self.dtype)
+        subject = self.family.build(n_u, n_x, setting, self.device, self.training.dtype)
         pool = [self.batches] if isinstance(self.batches, Tensor) else list(self.batches)
 
         def to_device(b: Any) -> Any:
@@ -247,9 +173,8 @@ class _Context:
             subject.model, subject.optimizer, subject.observer, loss_fn=self.loss_fn,
             probe_batch=to_device(self.probe_batch),
             train_batch=None if isinstance(self.batches, Tensor) else lambda step: to_device(pool[step % len(pool)]),
-            schedule=Schedule(steps=self.common["steps"], log_every=self.common["log_every"],
-                              eval_every=self.eval_every, group_probes=self.group_probes),
-            lr=setting.lr, eval_batches=None if eval_pool is None else lambda: [to_device(b) for b in eval_pool])
+            schedule=self.training.schedule, lr=setting.lr,
+            eval_batches=None if eval_pool is None else lambda: [to_device(b) for b in eval_pool])
         preset = setting.preset
         description = {"family": self.family.describe(), "preset": preset.name, "preset_source": preset.source,
                        "discretization": str(setting.discretization), "optimizer": setting.optimizer,
@@ -261,7 +186,7 @@ class _Context:
             run_id=run_id, spec=self.name, status=out.status, last_finite_step=out.last_finite_step,
             preset=preset.name, discretization=str(setting.discretization), optimizer=setting.optimizer,
             lr=setting.lr, seed=setting.seed, n_u=n_u, n_x=n_x, d_model=subject.d_model,
-            n_layers=subject.n_layers, steps=self.common["steps"], batch=batch_size, seq_len=seq_len,
+            n_layers=subject.n_layers, steps=self.training.steps, batch=batch_size, seq_len=seq_len,
             task=self.task, fixed_batch=isinstance(self.batches, Tensor), dt_min=subject.dt_min,
             dt_max=subject.dt_max, config_json=canonical_json(description), started_at=started,
             finished_at=now_iso(), wall_s=time.perf_counter() - t0, device=str(self.device),
@@ -269,18 +194,33 @@ class _Context:
         return RunData(row, loss_rows(out.losses)), [{**r, "run_id": run_id} for r in out.probes]
 
 
-def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, *,
-                presets: str | Sequence[str] = ("sp", "mup-ssm"), optimizer: str = "adam",
-                lr: float | Sequence[float] = 1e-2, steps: int = 10, seeds: Sequence[int] = (0,),
-                log_every: int = 1, discretizations: str | Sequence[str] | None = None,
-                probe_batch: Any = None, loss: LossFn | None = None, weight_decay: float = 0.0,
-                grads: bool = True, state_prev: bool = False, conventions: Sequence[str] = (),
-                scan: str = "auto", device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                name: str = "coord_check", task: str = "custom",
-                progress: bool | Callable[[dict[str, Any]], None] = False,
+@overload
+def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, grid: Grid | None = None,
+                training: Training | None = None, *, probe_batch: Any = None,
+                eval_batches: Sequence[Any] | None = None, loss: LossFn | None = None,
+                conventions: Sequence[str] = (), device: str | torch.device = "cpu", name: str = "coord_check",
+                task: str = "custom", progress: bool | Callable[[dict[str, Any]], None] = False,
+                max_memory: int | str | None = AUTO_MEMORY, return_runs: Literal[False] = False) -> pl.DataFrame: ...
+
+
+@overload
+def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, grid: Grid | None = None,
+                training: Training | None = None, *, probe_batch: Any = None,
+                eval_batches: Sequence[Any] | None = None, loss: LossFn | None = None,
+                conventions: Sequence[str] = (), device: str | torch.device = "cpu", name: str = "coord_check",
+                task: str = "custom", progress: bool | Callable[[dict[str, Any]], None] = False,
                 max_memory: int | str | None = AUTO_MEMORY,
-                return_runs: bool = False) -> pl.DataFrame | tuple[pl.DataFrame, rec.Runs]:
-    """Train every width of a Mamba under each preset and return the probe records as one long frame.
+                return_runs: Literal[True]) -> tuple[pl.DataFrame, Runs]: ...
+
+
+def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, grid: Grid | None = None,
+                training: Training | None = None, *, probe_batch: Any = None,
+                eval_batches: Sequence[Any] | None = None, loss: LossFn | None = None,
+                conventions: Sequence[str] = (), device: str | torch.device = "cpu", name: str = "coord_check",
+                task: str = "custom", progress: bool | Callable[[dict[str, Any]], None] = False,
+                max_memory: int | str | None = AUTO_MEMORY,
+                return_runs: bool = False) -> pl.DataFrame | tuple[pl.DataFrame, Runs]:
+    """Train every width of a Mamba under each setting of `grid` and return the probe records as one long frame.
 
     Args:
         make_model: the model family: an ssmscope MambaConfig (the template, widths set per run), a
@@ -290,44 +230,38 @@ def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, *,
         batches: token ids (B, L+1) — the fixed batch (trained on and probed, µP's coordinate check) — or a
             sequence of batches (step t trains on batches[t % len]; logged steps probe `probe_batch`,
             default batches[0], in a pass of their own).
-        presets: preset names or TOML paths. optimizer: sgd | adam | adamw. lr: base learning rate(s).
-        steps: optimizer steps (probes at step s see the model after s updates). seeds: one run each.
-        log_every: probe every this many steps (and at the last). discretizations: zoh | euler (ssmscope
-            models; transformers' scan is Euler); None: the model's own.
+        grid: what varies between runs (ssmscope.recipe.Grid: presets, discretizations, optimizer, lrs, seeds);
+            default Grid(): sp and mup-ssm, Adam, lr 1e-2, seed 0.
+        training: what every run shares (ssmscope.recipe.Training: steps, log_every, weight_decay, grads,
+            state_prev, scan, dtype, eval_every, group_probes); default Training(): 10 steps, every step logged.
+        eval_batches: held-out batches whose mean loss is stored every training.eval_every steps.
         loss: (model, batch) → scalar; default next-token cross entropy on token ids.
-        weight_decay, grads (∂L/∂y and ∂L/∂x), state_prev (Δx against the previous logged step).
         conventions: also add a column norm_<convention> (rms, l2, token_l2, channel_l2) per convention.
-        scan: ssmscope's scan backend (auto | reference | fast | triton). device, dtype: where and in what
-            precision the models train (dtype None: as built, float32).
+        device: where the models train.
         name, task: stored as the runs' spec and task (the dashboard's sweep selector shows `name`).
         progress: True prints a line per finished run; a callable receives each run's row.
         max_memory: the memory one run may use; the largest width's estimated peak (as `ssmscope sweep`
             estimates it, runs.sweeps.memory) must fit before anything trains. 'auto': this machine's free RAM
             (or the GPU's memory on CUDA); bytes or a size such as '16G'; None: no check.
+        return_runs: also return the runs' full rows and losses (ssmscope.records.Runs), for
+            `ssmscope.store.save(frame, db, runs=runs)`.
 
-    Every argument is checked before the first model is built; a problem is one ConfigError naming the
-    argument, what it got and what is allowed (a torch module instead of a model family, an empty batch,
-    token ids outside the vocabulary, lr inf or '0.01', a seed outside [0, 2**63 − 1], steps beyond
-    MAX_STEPS, widths that would not fit in memory).
+    Every argument is checked before the first model is built (the grid and training when they are made); a
+    problem is one ConfigError naming the argument, what it got and what is allowed (a torch module instead of
+    a model family, an empty batch, token ids outside the vocabulary, lrs inf or '0.01', a seed outside
+    [0, 2**63 − 1], steps beyond ssmscope.recipe.MAX_STEPS, widths that would not fit in memory).
 
     Returns: the probe frame (runs.store.schema.PROBE_FRAME_COLUMNS plus spec, task, dt_max), one row per
-    (run, step, layer, site, quantity, group). Diverged runs keep their records up to the divergence and
-    have status "diverged" (the fits and figures leave them out and mark them).
+    (run, step, layer, site, quantity, group) — with return_runs, (frame, runs). Diverged runs keep their
+    records up to the divergence and have status "diverged" (the fits and figures leave them out and mark them).
     """
+    grid = Grid() if grid is None else grid
+    training = Training() if training is None else training
+    for key, value, kind in (("grid", grid, Grid), ("training", training, Training)):
+        if not isinstance(value, kind):
+            raise ConfigError(f"{key}={type(value).__name__}; allowed: ssmscope.recipe.{kind.__name__}(...)")
     pairs = _widths(widths)
-    for key, value in (("steps", steps), ("log_every", log_every)):
-        _positive(key, value)
-    lrs = _lrs(lr)
-    seed_list = _seeds(seeds)
-    try:
-        optimizer = Optimizer(optimizer).value
-    except ValueError:
-        raise ConfigError(f"optimizer={optimizer!r}; allowed: {', '.join(o.value for o in Optimizer)}") from None
-    try:
-        scan = ScanBackend(scan).value
-    except ValueError:
-        raise ConfigError(f"scan={scan!r}; allowed: {', '.join(b.value for b in ScanBackend)}") from None
-    preset_objs = [preset_of(p) for p in _names("presets", presets)]
+    preset_objs = [preset_of(p) for p in grid.presets]
     if isinstance(batches, Tensor):
         if probe_batch is not None:
             raise ConfigError("probe_batch is for a sequence of batches; a single batch is itself the probe batch")
@@ -336,45 +270,56 @@ def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, *,
         if isinstance(batches, str | bytes) or not isinstance(batches, Sequence) or not batches:
             raise ConfigError("batches: a tensor of token ids (batch, length + 1) or a non-empty list of batches")
         probe_batch = batches[0] if probe_batch is None else probe_batch
+    if (eval_batches is None) != (training.eval_every == 0):
+        raise ConfigError(f"eval_batches={'None' if eval_batches is None else 'given'} with training.eval_every="
+                          f"{training.eval_every}; the held-out loss needs both (or neither)")
+    if eval_batches is not None and (isinstance(eval_batches, str | bytes | Tensor)
+                                     or not isinstance(eval_batches, Sequence) or not eval_batches):
+        raise ConfigError("eval_batches: a non-empty list of batches (token ids (batch, length + 1) for the default "
+                          "loss)")
     loss_fn = loss if loss is not None else lm_loss
     norm_exprs = _convention_columns(conventions)
     family = resolve_family(make_model, pairs[0])
-    discs = [family.discretizations(None if d is None else _disc(d)) for d in _names("discretizations",
-                                                                                        discretizations)]
+    discs = [family.discretizations(d) for d in grid.discretizations]
+    if training.group_probes and not family.group_probes:
+        raise ConfigError("training.group_probes=True: per-group update probes recompute ssmscope's MambaLM with "
+                          "one parameter group moved; this model family has none")
+    if training.group_probes and loss is not None:
+        raise ConfigError("training.group_probes=True needs the default loss (the group probes run the model on "
+                          "the probe batch's token ids)")
     shape = family.shape_at(*pairs[0])
+    vocab = shape.vocab_size if shape else None
     pool = [batches] if isinstance(batches, Tensor) else list(batches)
     for i, b in enumerate(pool):
-        _check_batch("batches" if isinstance(batches, Tensor) else f"batches[{i}]", b,
-                     shape.vocab_size if shape else None, token_ids=loss is None)
+        _check_batch("batches" if isinstance(batches, Tensor) else f"batches[{i}]", b, vocab, token_ids=loss is None)
     if not isinstance(batches, Tensor):
-        _check_batch("probe_batch", probe_batch, shape.vocab_size if shape else None, token_ids=loss is None)
+        _check_batch("probe_batch", probe_batch, vocab, token_ids=loss is None)
+    for i, b in enumerate(eval_batches or ()):
+        _check_batch(f"eval_batches[{i}]", b, vocab, token_ids=loss is None)
     _check_memory(family, pairs, [*pool, probe_batch], torch.device(device), max_memory)
 
-    common = {"steps": steps, "log_every": log_every, "weight_decay": weight_decay, "grads": grads,
-              "state_prev": state_prev, "data": _fingerprint(batches, probe_batch), "loss": _loss_name(loss),
-              "dtype": str(dtype) if dtype is not None else "default"}
-    context = _Context(family, loss_fn, batches, probe_batch, torch.device(device), dtype, name, task, common)
+    common = {"steps": training.steps, "log_every": training.log_every, "weight_decay": training.weight_decay,
+              "grads": training.grads, "state_prev": training.state_prev, "data": _fingerprint(batches, probe_batch),
+              "loss": _loss_name(loss), "dtype": str(training.dtype) if training.dtype is not None else "default"}
+    if training.eval_every:  # keys newer than the first stored checks: only in the ids of runs that use them
+        common |= {"eval_every": training.eval_every, "eval_data": _fingerprint(list(eval_batches or ()), None)}
+    if training.group_probes:
+        common["group_probes"] = True
+    context = _Context(family, loss_fn, batches, probe_batch, eval_batches, training, torch.device(device), name,
+                       task, common)
     all_records: list[dict[str, Any]] = []
-    runs: dict[str, dict[str, Any]] = {}
     made: dict[str, RunData] = {}
-    for preset, disc, base_lr, seed, (n_u, n_x) in itertools.product(preset_objs, discs, lrs, seed_list, pairs):
-        setting = Setting(preset, disc, optimizer, base_lr, seed, weight_decay, grads, state_prev, scan)
+    for preset, disc, base_lr, seed, (n_u, n_x) in itertools.product(preset_objs, discs, grid.lrs, grid.seeds,
+                                                                     pairs):
+        setting = Setting(preset, disc, grid.optimizer, base_lr, seed, training.weight_decay, training.grads,
+                          training.state_prev, training.scan)
         data, records = context.run(setting, n_u, n_x)
-        row = data.row
-        made[row["run_id"]] = data
-        runs[row["run_id"]] = row
+        made[data.row["run_id"]] = data
         all_records.extend(records)
-        _report(progress, row)
-    frame = rec.probe_frame(all_records, runs)
+        _report(progress, data.row)
+    frame = rec.probe_frame(all_records, {r: d.row for r, d in made.items()})
     frame = frame.with_columns(norm_exprs) if norm_exprs else frame
-    return (frame, rec.Runs(made)) if return_runs else frame
-
-
-def _disc(value: str) -> Discretization:
-    try:
-        return Discretization(value)
-    except ValueError:
-        raise ConfigError(f"discretization={value!r}; allowed: {', '.join(d.value for d in Discretization)}") from None
+    return (frame, Runs(made)) if return_runs else frame
 
 
 def _convention_columns(conventions: Sequence[str]) -> list[Any]:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ssmscope import records as rec
 from ssmscope.probes import Observer
 from ssmscope.probes.stats import is_finite_record
+from ssmscope.recipe import Labels
 from ssmscope.runs.store.db import StoreError, default_db_path, ingest, shard_dir_for
 from ssmscope.runs.store.ownership import check_shard_root
 from ssmscope.runs.store.schema import RunStatus
@@ -87,8 +88,8 @@ class Monitor:
         every: probe every this many steps (step 0 included). flush_every: write the shard every this many
             logged steps (and on exit). ingest: load the shard into `db` at each flush.
         loss: (model, batch) → scalar for the probe pass; default next-token cross entropy.
-        name: the run's `spec` (the dashboard's sweep selector); preset, optimizer, lr, seed, task: labels
-            stored as the run's keys (Monitor does not apply a preset: the model trains as the user set it).
+        labels: the run's keys (ssmscope.recipe.Labels: name — the run's `spec`, the dashboard's sweep selector —,
+            preset, optimizer, lr, seed, task); Monitor applies no preset: the model trains as the user set it.
         grads: record ∂L/∂y and ∂L/∂x. params: record ‖W‖ and ‖W − W_0‖ per parameter (keeps a copy of
             the weights at the first logged step: turn off for a model that barely fits its device).
         scan: ssmscope's scan for transformers models' recomputation.
@@ -96,9 +97,11 @@ class Monitor:
 
     def __init__(self, model: nn.Module, db: str | Path | None = None, *, probe_batch: Any, every: int = 100,
                  flush_every: int = 1, ingest: bool = True, shards: str | Path | None = None,
-                 loss: LossFn | None = None, name: str = "monitor", preset: str = "custom", optimizer: str = "",
-                 lr: float | None = None, seed: int = 0, task: str = "custom", grads: bool = True,
+                 loss: LossFn | None = None, labels: Labels | None = None, grads: bool = True,
                  params: bool = True, scan: str = "auto", run_id: str | None = None):
+        labels = Labels() if labels is None else labels
+        if not isinstance(labels, Labels):
+            raise ConfigError(f"labels={type(labels).__name__}; allowed: ssmscope.recipe.Labels(...)")
         for key, value in (("every", every), ("flush_every", flush_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{key}={value!r}; allowed: a positive integer")
@@ -114,9 +117,9 @@ class Monitor:
         self.loss_fn = loss if loss is not None else lm_loss
         self.started = now_iso()
         self._t0 = time.perf_counter()
-        keys = {"spec": name, "preset": preset, "optimizer": optimizer, "lr": lr, "seed": seed, "task": task,
-                **_widths(model)}
-        self.run_id = run_id or run_id_of({"monitor": name, "started": self.started, **provenance(), **keys})
+        keys = {"spec": labels.name, "preset": labels.preset, "optimizer": labels.optimizer, "lr": labels.lr,
+                "seed": labels.seed, "task": labels.task, **_widths(model)}
+        self.run_id = run_id or run_id_of({"monitor": labels.name, "started": self.started, **provenance(), **keys})
         self._keys = keys
         self.records: list[dict[str, Any]] = []
         self.losses: dict[int, dict[str, Any]] = {}

@@ -75,6 +75,9 @@ class ModelShape:
 class Family:
     """Builds a Subject at a width; `describe()` is stored with each run (and keys its run id)."""
 
+    group_probes: bool = False
+    """Whether its observer records per-group updates (probes.Observer.group_update_records)."""
+
     def shape_at(self, n_u: int, n_x: int) -> ModelShape | None:
         """The model's d_model, depth and vocabulary at a width, known without building it (None: unknown)."""
         return None
@@ -96,6 +99,8 @@ class Family:
 
 class SsmscopeFamily(Family):
     """ssmscope's MambaLM from a config template, or from a callable returning MambaLMs."""
+
+    group_probes = True
 
     def __init__(self, template: MambaConfig | None = None, make: Callable[[int, int], nn.Module] | None = None,
                  own: Discretization | None = None, sample: MambaConfig | None = None):
@@ -295,6 +300,10 @@ class _CallableFamily(Family):
 
     def prepare(self, n_u: int, n_x: int) -> Family:
         return self._resolve(n_u, n_x)
+
+    @property
+    def group_probes(self) -> bool:  # type: ignore[override]
+        return self.inner is not None and self.inner.group_probes
 
     def discretizations(self, requested: Discretization | None) -> Discretization:
         assert self.inner is not None, "prepare() first"
