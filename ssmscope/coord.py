@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ssmscope import records as rec
+from ssmscope.probes.family import ModelFamily
 from ssmscope.recipe import Grid, Training, shown
 from ssmscope.records import RunData, Runs
 from ssmscope.runs.sweeps.ids import canonical_json, run_id_of
@@ -32,7 +33,7 @@ from ssmscope.runs.sweeps.preflight import memory_limit
 from ssmscope.runs.sweeps.record import loss_rows, now_iso, provenance, run_row
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.scan import backend_that_runs
-from ssmscope.subjects import Family, Setting, lm_loss, preset_of, resolve_family
+from ssmscope.subjects import Setting, lm_loss, preset_of, resolve_family
 
 Width = int | tuple[int, int]
 """A width: N (joint, N_u = N_x = N) or (N_u, N_x)."""
@@ -81,7 +82,7 @@ def _check_batch(what: str, batch: Any, vocab: int | None, token_ids: bool) -> N
                           "map the ids into the vocabulary or build the model with a larger vocab_size")
 
 
-def _check_memory(family: Family, pairs: list[tuple[int, int]], batches: list[Any], device: torch.device,
+def _check_memory(family: ModelFamily, pairs: list[tuple[int, int]], batches: list[Any], device: torch.device,
                   max_memory: int | str | None) -> None:
     """The largest width's estimated peak (runs.sweeps.memory, as `ssmscope sweep` checks before training) must fit
     `max_memory`: bytes, a size ('16G'), 'auto' (this machine's free RAM, or the GPU's memory) or None (no check)."""
@@ -147,7 +148,7 @@ def _shape(batch: Any) -> tuple[int, int]:
 class _Context:
     """What every run of one coord_check shares; `run` trains one and records it."""
 
-    family: Family
+    family: ModelFamily
     loss_fn: LossFn
     batches: Batches
     probe_batch: Any

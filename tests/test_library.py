@@ -554,3 +554,36 @@ def test_a_transformers_mamba_monitored_in_a_loop(tmp_path):
     params = frame.filter(pl.col("site") == "param")["group"].unique().to_list()
     assert "x_proj_B:layers.0.mixer.x_proj.B.weight" in params  # ssmscope's names and roles
     assert frame.filter(pl.col("site") == "grad_x")["sumsq"].min() > 0
+
+
+# ----------------------------------------------------------------------------- a family of one's own
+def test_a_new_model_family_is_one_module_that_coord_check_runs_through_the_protocol(tmp_path):
+    from toy_family import ToyFamily, ToyLM
+
+    from ssmscope.probes.family import ModelFamily, Setting
+    from ssmscope.ssm.config import Discretization
+    from ssmscope.ssm.presets import load_preset
+
+    family = ToyFamily()
+    assert isinstance(family, ModelFamily)
+    frame, made = ssmscope.coord_check(family, [8, 16, 32], batch(0), Grid(presets=["sp", "mup-ssm"], lrs=0.01),
+                                       Training(steps=2), return_runs=True)
+    assert sorted(frame["n_u"].unique().to_list()) == [8, 16, 32] and set(frame["layer"]) == {-1, 0}  # -1: whole-model
+    assert set(frame["status"]) == {"completed"} and sorted(frame["step"].unique().to_list()) == [0, 1, 2]
+    sites = set(frame.filter(pl.col("group") == "")["site"])
+    assert {"x", "y", "cx", "grad_x", "grad_y"} <= sites  # the Observer tapped the toy's mixer
+    assert "x_proj_B:layers.0.mixer.x_proj.B.weight" in set(frame["group"])  # roles by ssmscope's names
+    assert {json.loads(r["config_json"])["family"]["model"] for r in made.rows} == {"tests.toy_family.ToyLM"}
+    assert {r["d_model"] for r in made.rows} == {4, 8, 16} and {r["n_layers"] for r in made.rows} == {1}
+    # step 0's training loss is the freshly built toy's cross entropy, computed here without ssmscope's loss
+    subject = family.build(8, 8, Setting(load_preset("sp"), Discretization.ZOH, "adam", 0.01, 0, 0.0, True, False,
+                                         "auto"), torch.device("cpu"), None)
+    assert isinstance(subject.model, ToyLM)
+    ids = batch(0)
+    with torch.no_grad():
+        logits = subject.model(ids[:, :-1])
+        want = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), ids[:, 1:].reshape(-1)).item()
+    (sp_8,) = [d for d in made.values() if d.row["preset"] == "sp" and d.row["n_u"] == 8]
+    assert sp_8.losses[0]["train_loss"] == want
+    ssmscope.store.save(frame, tmp_path / "toy.duckdb", runs=made)
+    assert load_runs(tmp_path / "toy.duckdb").height == 6
