@@ -110,6 +110,16 @@ def test_coord_check_on_ssmscopes_model_returns_the_records_of_a_one_run_sweep(t
     theirs = swept.drop("run_id", "spec", "task").sort(KEYS[1:])
     assert ours.height == theirs.height > 100
     assert ours.equals(theirs)  # the same numbers, bit for bit (same seeds, same order of operations)
+    # and the number both paths share is the one a model built by hand gives: step 0's loss before any update
+    torch.manual_seed(0)
+    model = ssmscope.MambaLM(tiny(d_model=8, d_state=16, discretization="zoh"))
+    from ssmscope.ssm import apply_preset, load_preset
+
+    apply_preset(model, model.cfg, load_preset("sp"), "adam", 0.01, seed=0)
+    with torch.no_grad():
+        ids = batch(0) if fixed else batches[0]  # step 0 trains on the fixed batch, or on the stream's first
+        want = torch.nn.functional.cross_entropy(model(ids[:, :-1]).reshape(-1, 256), ids[:, 1:].reshape(-1)).item()
+    assert load_losses(tmp_path / "s.duckdb").sort("step")["train_loss"][0] == pytest.approx(want, rel=1e-6)
 
 
 def test_coord_check_with_eval_loss_and_group_probes_is_the_same_run_as_a_sweeps(tmp_path):
@@ -142,8 +152,27 @@ def test_coord_check_fits_and_figure_work_on_its_frame_and_it_saves_into_the_sto
                                        conventions=["rms", "l2"], name="lib-test", return_runs=True)
     assert frame.select("preset", "seed", "n_u").unique().height == 2 * 2 * 3
     assert all(c in frame.columns for c in PROBE_FRAME_COLUMNS) and {"norm_rms", "norm_l2"} <= set(frame.columns)
-    row = frame.row(0, named=True)
-    assert row["norm_rms"] == pytest.approx((row["sumsq"] / row["count"]) ** 0.5)
+    # the norms of y at step 0, derived here from a model built by hand with the same seed and preset: the S6 output
+    # read off the mixer's ssm_output on the probe batch, before any update
+    from dataclasses import replace
+
+    from ssmscope.ssm import apply_preset, load_preset
+
+    torch.manual_seed(0)
+    cfg = replace(tiny(n_layers=1), d_model=4, d_state=8, discretization="zoh")
+    model = ssmscope.MambaLM(cfg)
+    apply_preset(model, cfg, load_preset("sp"), "sgd", 0.05, seed=0)
+    seen = []
+    model.layers[0].mixer.ssm_output.register_forward_hook(lambda m, a, out: seen.append(out.detach()))
+    with torch.no_grad():
+        model(batch(0)[:, :-1])
+    (y,) = seen
+    row = frame.filter((pl.col("preset") == "sp") & (pl.col("seed") == 0) & (pl.col("n_u") == 8)
+                       & (pl.col("step") == 0) & (pl.col("site") == "y") & (pl.col("quantity") == "value")
+                       & (pl.col("group") == "") & (pl.col("layer") == 0)).row(0, named=True)
+    assert row["count"] == y.numel() == 2 * 8 * 8  # batch 2 × length 8 × N_u 8
+    assert row["norm_rms"] == pytest.approx(float(y.pow(2).mean().sqrt()), rel=1e-5)
+    assert row["norm_l2"] == pytest.approx(float(y.norm()), rel=1e-5)
 
     slopes = ssmscope.fit_slopes(frame, step="last", n_boot=20)
     x = slopes.filter((pl.col("site") == "x") & (pl.col("quantity") == "value") & (pl.col("group") == ""))
