@@ -2,12 +2,14 @@
 
 The public API (see docs/library.md):
 
-    ssmscope.coord_check(make_model, widths, batches, presets=..., optimizer=..., lr=..., steps=..., seeds=...)
+    ssmscope.coord_check(make_model, widths, batches, ssmscope.Grid(presets=..., lrs=..., seeds=...),
+                         ssmscope.Training(steps=...))
                           train every width in memory → the probe frame (polars) a sweep would store
+                          (return_runs=True: also the runs' rows and losses, ssmscope.Runs)
     ssmscope.fit_slopes(frame)      width-scaling exponents with CIs and predicted values
     ssmscope.coord_figure(frame)    the dashboard's coordinate-check figure (Plotly)
-    ssmscope.store.save(frame, db)  put the runs where `ssmscope slopes` and the dashboard read them
-    ssmscope.Monitor(model, db, probe_batch=..., every=k)   the probes inside your own training loop
+    ssmscope.store.save(frame, db, runs=runs)  put the runs where `ssmscope slopes` and the dashboard read them
+    ssmscope.Monitor(model, db, probe_batch=..., every=k, labels=ssmscope.Labels(...))   the probes in your own loop
     ssmscope.HFMamba(config)        transformers' Mamba at any width (pip install 'ssmscope[hf]')
     ssmscope.apply_preset_hf, ssmscope.HFObserver, ssmscope.RowScaledAdam, ...  the pieces underneath
 
@@ -15,8 +17,15 @@ The repository's packages live under this namespace:
 
     ssmscope.ssm      the model, its parameterizations (presets), the selective scans, adapters
     ssmscope.probes   the Observer: statistics from inside the scan, per layer and step
-    ssmscope.runs     sweeps, the DuckDB store, the analyses (slopes, transfer), the CLI, the library
+    ssmscope.runs     sweeps, the DuckDB store, the analyses (slopes, transfer), the CLI
     ssmscope.app      the Streamlit dashboard
+
+and the notebook API is the namespace root itself, above all four (it imports downward only):
+
+    ssmscope.coord    coord_check          ssmscope.monitor   Monitor
+    ssmscope.recipe   Grid, Training, Labels (the small config objects of coord_check and Monitor)
+    ssmscope.figure   coord_figure         ssmscope.store     save, load, ingest
+    ssmscope.subjects the model families   ssmscope.records   run rows and probe frames of library runs
 
 Importing `ssmscope` is cheap: every name above loads its module on first use (PEP 562), so
 `import ssmscope` loads neither torch nor polars, duckdb, plotly or streamlit.
@@ -30,11 +39,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    "coord_check": "ssmscope.runs.library.coord",
+    "coord_check": "ssmscope.coord",
+    "Grid": "ssmscope.recipe",
+    "Training": "ssmscope.recipe",
+    "Labels": "ssmscope.recipe",
+    "Runs": "ssmscope.records",
     "fit_slopes": "ssmscope.runs.analysis.slopes.fit",
     "paper_slopes": "ssmscope.runs.analysis.slopes.paper",
-    "coord_figure": "ssmscope.runs.library.figure",
-    "Monitor": "ssmscope.runs.library.monitor",
+    "coord_figure": "ssmscope.figure",
+    "Monitor": "ssmscope.monitor",
     "HFMamba": "ssmscope.ssm.adapters.hf",
     "apply_preset_hf": "ssmscope.ssm.adapters.hf",
     "plan_hf": "ssmscope.ssm.adapters.hf",
@@ -52,20 +65,22 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = ("store",)
 """Public submodules, loaded on first access: ssmscope.store."""
 
-__all__ = ["ConfigError", "HFMamba", "HFObserver", "MambaConfig", "MambaLM", "Monitor", "Observer", "RowScaledAdam",
-           "RowScaledSGD", "__version__", "apply_preset_hf", "build_row_optimizer", "coord_check", "coord_figure",
-           "fit_slopes", "load_preset", "paper_slopes", "plan_hf", "store"]
+__all__ = ["ConfigError", "Grid", "HFMamba", "HFObserver", "Labels", "MambaConfig", "MambaLM", "Monitor", "Observer",
+           "RowScaledAdam", "RowScaledSGD", "Runs", "Training", "__version__", "apply_preset_hf", "build_row_optimizer",
+           "coord_check", "coord_figure", "fit_slopes", "load_preset", "paper_slopes", "plan_hf", "store"]
 assert set(__all__) == {"__version__", *_EXPORTS, *_SUBMODULES}, "__all__ lists every public name once"
 
 if TYPE_CHECKING:
     from ssmscope import store
+    from ssmscope.coord import coord_check
+    from ssmscope.figure import coord_figure
+    from ssmscope.monitor import Monitor
     from ssmscope.probes.hf import HFObserver
     from ssmscope.probes.observer import Observer
+    from ssmscope.recipe import Grid, Labels, Training
+    from ssmscope.records import Runs
     from ssmscope.runs.analysis.slopes.fit import fit_slopes
     from ssmscope.runs.analysis.slopes.paper import paper_slopes
-    from ssmscope.runs.library.coord import coord_check
-    from ssmscope.runs.library.figure import coord_figure
-    from ssmscope.runs.library.monitor import Monitor
     from ssmscope.ssm.adapters.hf import HFMamba, apply_preset_hf, plan_hf
     from ssmscope.ssm.adapters.optim import RowScaledAdam, RowScaledSGD, build_row_optimizer
     from ssmscope.ssm.config import MambaConfig

@@ -108,6 +108,8 @@ def test_layers_point_one_way():
             assert not {t for t in targets if t.startswith(("ssmscope.runs", "ssmscope.app"))}, module
         if module.startswith("ssmscope.app"):
             assert not {t for t in targets if t.startswith(("ssmscope.runs.cli", "ssmscope.runs.sweeps"))}, module
+        if module.startswith("ssmscope.runs"):  # the notebook API (ssmscope/*.py) sits above runs and app
+            assert not {t for t in targets if t.startswith("ssmscope.app")}, module
         if module.startswith("ssmscope.runs.analysis"):
             store = {t for t in targets if t.startswith("ssmscope.runs.store")} - {"ssmscope.runs.store.schema"}
             above = {t for t in targets if t.startswith(("ssmscope.runs.sweeps", "ssmscope.runs.cli", "ssmscope.app"))}
@@ -115,6 +117,32 @@ def test_layers_point_one_way():
         if module.startswith(("ssmscope.runs.analysis", "ssmscope.app")):  # of ssm, only the torch-free modules
             ssm = {t for t in targets if t.startswith("ssmscope.ssm")}
             assert ssm <= {*PRESET_LAYER, "ssmscope.ssm.predictions"}, (module, sorted(ssm))
+
+
+def test_no_module_under_runs_imports_app():
+    """runs/ is below app/ (the dashboard reads the store and the analyses, never the other way round), and the
+    notebook API that draws the dashboard's figure lives above both, in ssmscope/. Scans every import statement,
+    function-local and relative ones included (resolved against the module's package)."""
+    seen = 0
+    for name, path in _modules().items():
+        if not name.startswith("ssmscope.runs"):
+            continue
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{parent}.{base}" if base else parent
+                targets = [base, *(f"{base}.{a.name}" for a in node.names)]
+            else:
+                continue
+            seen += 1
+            assert not [t for t in targets if t in ("ssmscope.app", "app") or t.startswith(("ssmscope.app.", "app."))
+                        ], f"{name} imports {targets}"
+    assert seen > 200  # the scan saw runs/' imports
 
 
 def _clean_env() -> dict[str, str]:

@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 
     model = ssmscope.HFMamba({"num_hidden_layers": args.layers, "vocab_size": 256})  # bytes as tokens
     batch = corpus.batch("pydoc", "train", batch_size=args.batch, seq_len=args.seq_len, seed=0)  # ids (B, L + 1)
-    frame = ssmscope.coord_check(model, args.widths, batch, presets=["sp", "mup-ssm"], optimizer="adam",
-                                 lr=args.lr, steps=args.steps, seeds=args.seeds, name="hf-coord-check",
-                                 task="pydoc", progress=True)
+    grid = ssmscope.Grid(presets=["sp", "mup-ssm"], optimizer="adam", lrs=args.lr, seeds=args.seeds)
+    frame, runs = ssmscope.coord_check(model, args.widths, batch, grid, ssmscope.Training(steps=args.steps),
+                                       name="hf-coord-check", task="pydoc", progress=True, return_runs=True)
 
     slopes = ssmscope.fit_slopes(frame, step="last", layers="mean", n_boot=200 if len(args.seeds) > 1 else 0)
     table = (slopes.filter((pl.col("group") == "") & pl.col("site").is_in(["x", "y"])
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         ssmscope.coord_figure(frame, title="transformers Mamba: sp vs mup-ssm").write_html(args.html)
         print(f"figure: {args.html}")
     if args.db:
-        report = ssmscope.store.save(frame, args.db)
+        report = ssmscope.store.save(frame, args.db, runs=runs)  # with the runs' configs, timings and losses
         print(f"saved {len(report.loaded) + len(report.replaced)} run(s) into {args.db}: `ssmscope app --db {args.db}`")
     return 0
 

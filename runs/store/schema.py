@@ -10,6 +10,7 @@ Imports nothing but the standard library and probes.schema (the worker path read
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 
 from ssmscope.probes.schema import PROBE_COLUMNS, SCHEMA_VERSION
@@ -18,7 +19,8 @@ __all__ = [
     "DERIVED_RUN_COLUMNS", "DUCKDB_TYPES", "EXCLUDED_STATUSES", "FILTER_COLUMNS", "FINISHED_STATUSES",
     "FLOAT_FILTER_COLUMNS", "FRAME_RUN_KEYS", "INT_FILTER_COLUMNS", "LEGACY_INIT_BASE", "LOSS_COLUMNS",
     "OPTIONAL_RUN_KEYS", "PARAMETERIZATION_KEYS", "PROBE_COLUMNS", "PROBE_FRAME_COLUMNS", "RUNS_RELATION",
-    "RUN_COLUMNS", "RUN_KEY_TYPES", "SCHEMA_VERSION", "WHERE_COLUMNS", "WIDTH_KEYS", "RunStatus", "ddl",
+    "RUN_COLUMNS", "RUN_KEY_TYPES", "SCHEMA_VERSION", "WHERE_COLUMNS", "WIDTH_KEYS", "RunStatus",
+    "config_of_init_base", "ddl", "init_base_of",
 ]
 
 
@@ -96,6 +98,25 @@ DERIVED_RUN_COLUMNS: dict[str, tuple[str, str]] = {
 They have no column of their own, so every store has them, old ones included, without a migration; the
 queries read runs through RUNS_RELATION, which adds them once per run (not once per probe row). init_base
 separates runs of one preset drawn on different init bases (`grid.bases`): without it their fits merge."""
+
+
+def init_base_of(config_json: str | None) -> str:
+    """A run's init base from its config_json, as DERIVED_RUN_COLUMNS derives it in SQL: the config's `base`, or
+    LEGACY_INIT_BASE for a config without one (or not JSON). The Python side of the one derivation: library runs'
+    frames (ssmscope.records) read their init_base through it."""
+    try:
+        config = json.loads(config_json or "{}")
+    except ValueError:
+        return LEGACY_INIT_BASE
+    base = config.get("base") if isinstance(config, dict) else None
+    return str(base) if base is not None else LEGACY_INIT_BASE
+
+
+def config_of_init_base(init_base: str) -> str:
+    """The smallest config_json whose derived init_base is `init_base` (a run known only by its frame's keys)."""
+    return json.dumps({"base": init_base})
+
+
 RUNS_RELATION = ("(SELECT *, " + ", ".join(f"{expr} AS {name}" for name, (_, expr) in DERIVED_RUN_COLUMNS.items())
                  + " FROM runs)")
 """The runs table with its derived keys, for FROM clauses (`FROM {RUNS_RELATION} r`)."""

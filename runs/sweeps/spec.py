@@ -4,19 +4,18 @@ A spec is a grid: widths (joint N_u = N_x, or separate N_u and N_x lists) × pre
 discretisations × optimizers × learning rates × seeds (× init bases, default each preset's own),
 with one training recipe. Every
 value is validated at load time; errors name the TOML key, the value and what is allowed.
-Imports only the standard library and ssm (the worker path runs on bare GPU nodes).
+Imports only the standard library, ssm and runs.sweeps.ids (the worker path runs on bare GPU nodes).
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ssmscope.runs.sweeps.ids import run_id_of
 from ssmscope.ssm.bases import LEGACY_BASE, builtin_base_names, load_base
 from ssmscope.ssm.config import Discretization, MambaConfig, Optimizer
 from ssmscope.ssm.errors import ConfigError
@@ -101,8 +100,7 @@ class RunConfig:
         for key, value in HASH_OMITTED_DEFAULTS.items():
             if d[key] == value:
                 del d[key]
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return run_id_of(d)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, the resolved base included (stored as the run's config_json)."""

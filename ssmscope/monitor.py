@@ -30,20 +30,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ssmscope import records as rec
 from ssmscope.probes import Observer
 from ssmscope.probes.stats import is_finite_record
-from ssmscope.runs.library import records as rec
-from ssmscope.runs.library.subjects import LossFn, lm_loss
+from ssmscope.recipe import Labels
 from ssmscope.runs.store.db import StoreError, default_db_path, ingest, shard_dir_for
 from ssmscope.runs.store.ownership import check_shard_root
 from ssmscope.runs.store.schema import RunStatus
 from ssmscope.runs.store.shards import write_shard
+from ssmscope.runs.sweeps.ids import canonical_json, run_id_of
+from ssmscope.runs.sweeps.loop import LossFn
+from ssmscope.runs.sweeps.record import loss_rows, now_iso, provenance, run_row
 from ssmscope.ssm.adapters.hf import DISCRETIZATION as HF_DISCRETIZATION
 from ssmscope.ssm.adapters.hf import HFWidths, is_hf_mamba
 from ssmscope.ssm.config import ScanBackend
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.model import MambaLM
 from ssmscope.ssm.scan import backend_that_runs
+from ssmscope.subjects import lm_loss
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +88,8 @@ class Monitor:
         every: probe every this many steps (step 0 included). flush_every: write the shard every this many
             logged steps (and on exit). ingest: load the shard into `db` at each flush.
         loss: (model, batch) → scalar for the probe pass; default next-token cross entropy.
-        name: the run's `spec` (the dashboard's sweep selector); preset, optimizer, lr, seed, task: labels
-            stored as the run's keys (Monitor does not apply a preset: the model trains as the user set it).
+        labels: the run's keys (ssmscope.recipe.Labels: name — the run's `spec`, the dashboard's sweep selector —,
+            preset, optimizer, lr, seed, task); Monitor applies no preset: the model trains as the user set it.
         grads: record ∂L/∂y and ∂L/∂x. params: record ‖W‖ and ‖W − W_0‖ per parameter (keeps a copy of
             the weights at the first logged step: turn off for a model that barely fits its device).
         scan: ssmscope's scan for transformers models' recomputation.
@@ -93,9 +97,11 @@ class Monitor:
 
     def __init__(self, model: nn.Module, db: str | Path | None = None, *, probe_batch: Any, every: int = 100,
                  flush_every: int = 1, ingest: bool = True, shards: str | Path | None = None,
-                 loss: LossFn | None = None, name: str = "monitor", preset: str = "custom", optimizer: str = "",
-                 lr: float | None = None, seed: int = 0, task: str = "custom", grads: bool = True,
+                 loss: LossFn | None = None, labels: Labels | None = None, grads: bool = True,
                  params: bool = True, scan: str = "auto", run_id: str | None = None):
+        labels = Labels() if labels is None else labels
+        if not isinstance(labels, Labels):
+            raise ConfigError(f"labels={type(labels).__name__}; allowed: ssmscope.recipe.Labels(...)")
         for key, value in (("every", every), ("flush_every", flush_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{key}={value!r}; allowed: a positive integer")
@@ -109,11 +115,11 @@ class Monitor:
         self.probe_batch = probe_batch
         self.every, self.flush_every, self.ingest = every, flush_every, ingest
         self.loss_fn = loss if loss is not None else lm_loss
-        self.started = rec.now_iso()
+        self.started = now_iso()
         self._t0 = time.perf_counter()
-        keys = {"spec": name, "preset": preset, "optimizer": optimizer, "lr": lr, "seed": seed, "task": task,
-                **_widths(model)}
-        self.run_id = run_id or rec.run_id_of({"monitor": name, "started": self.started, **rec.provenance(), **keys})
+        keys = {"spec": labels.name, "preset": labels.preset, "optimizer": labels.optimizer, "lr": labels.lr,
+                "seed": labels.seed, "task": labels.task, **_widths(model)}
+        self.run_id = run_id or run_id_of({"monitor": labels.name, "started": self.started, **provenance(), **keys})
         self._keys = keys
         self.records: list[dict[str, Any]] = []
         self.losses: dict[int, dict[str, Any]] = {}
@@ -198,14 +204,14 @@ class Monitor:
     def run_row(self) -> dict[str, Any]:
         """The run's row as of now."""
         k = self._keys
-        return rec.run_row(
+        return run_row(
             run_id=self.run_id, spec=k["spec"], status=self.status, last_finite_step=self.last_finite_step,
             error=self.error, preset=k["preset"], discretization=k["discretization"], optimizer=k["optimizer"],
             lr=k["lr"], seed=k["seed"], n_u=k["n_u"], n_x=k["n_x"], d_model=k["d_model"], n_layers=k["n_layers"],
             steps=self.last_step if self.last_step is not None else 0, task=k["task"], dt_min=k["dt_min"],
-            dt_max=k["dt_max"], config_json=rec.json_of({"monitor": k, "every": self.every, "base": rec.USER_BASE}),
-            started_at=self.started, finished_at=rec.now_iso(), wall_s=time.perf_counter() - self._t0,
-            device=_device(self.model), scan=self._scan(), **rec.provenance())
+            dt_max=k["dt_max"], config_json=canonical_json({"monitor": k, "every": self.every, "base": rec.USER_BASE}),
+            started_at=self.started, finished_at=now_iso(), wall_s=time.perf_counter() - self._t0,
+            device=_device(self.model), scan=self._scan(), **provenance())
 
     def _scan(self) -> str:
         """The scan backend that computes the model's states (AUTO resolved on the model's device): ssmscope's
@@ -224,7 +230,7 @@ class Monitor:
         """
         try:
             path = write_shard(self.shards, self.run_row(), self.records,
-                               rec.loss_rows([self.losses[s] for s in sorted(self.losses)]))
+                               loss_rows([self.losses[s] for s in sorted(self.losses)]))
         except OSError as exc:
             problem = f"cannot write the shard of run {self.run_id} under {self.shards}: {exc.strerror or exc}"
             if self._attached:

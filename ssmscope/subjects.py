@@ -1,27 +1,30 @@
 """What coord_check trains: a model at one width under a preset, with its optimizer, observer and loss.
 
-A `make_model` argument names the model family; `family_of` turns it into a `Family` that builds one
-`Subject` per (width, preset, discretisation, optimizer, lr, seed):
+A `make_model` argument names the model family; `family_of` turns it into a probes.family.ModelFamily (the
+protocol) that builds one `Subject` per (width, preset, discretisation, optimizer, lr, seed). The two
+implementations here:
   - ssmscope's MambaLM: an ssmscope MambaConfig (the template; d_model = N_u/expand, d_state = N_x per
     width) — built, initialised and optimised exactly as a sweep's worker does (ssm.apply);
   - transformers' Mamba: an ssm.adapters.hf.HFMamba, or a transformers MambaConfig — built by
     transformers, rescaled by the adapter with the user's init at the base width as the base, optimised
     by the row-scaled optimizers (ssm.adapters.optim), observed by probes.hf.HFObserver;
-  - any callable (N_u, N_x) → one of those two models.
+  - any callable (N_u, N_x) → one of those two models;
+and any object implementing the protocol is taken as it is (a family of one's own: one module).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
+from ssmscope import records as rec
 from ssmscope.probes import Observer
-from ssmscope.runs.library import records as rec
+from ssmscope.probes.family import ModelFamily, ModelShape, Setting, Subject
+from ssmscope.runs.sweeps.loop import next_token_loss
 from ssmscope.ssm.adapters.hf import DISCRETIZATION as HF_DISCRETIZATION
 from ssmscope.ssm.adapters.hf import HFMamba, HFWidths, apply_preset_hf, is_hf_mamba
 from ssmscope.ssm.adapters.optim import build_row_optimizer
@@ -31,79 +34,19 @@ from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.model import MambaLM
 from ssmscope.ssm.presets import Preset, load_preset
 
-LossFn = Callable[[nn.Module, Any], Tensor]
-"""(model, batch) → scalar loss."""
-
-
-def lm_loss(model: nn.Module, ids: Tensor) -> Tensor:
-    """Next-token cross entropy on token ids (B, L+1): inputs ids[:, :-1], targets ids[:, 1:] (as a sweep)."""
-    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.shape[1] < 2:
-        raise ConfigError(f"a batch must be token ids of shape (batch, length + 1), got "
-                          f"{tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__}; "
-                          "for other batches pass loss=")
-    if isinstance(model, MambaLM):
-        logits = model(ids[:, :-1])
-    else:
-        logits = model(input_ids=ids[:, :-1], use_cache=False).logits
-    if logits.dtype in (torch.float16, torch.bfloat16):  # a half-precision model: the loss in fp32
-        logits = logits.float()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-
-
-@dataclass
-class Subject:
-    """One model ready to train and observe."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    observer: Observer
-    discretization: Discretization
-    n_layers: int
-    d_model: int
-    dt_min: float
-    dt_max: float
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One run's choices (besides the width)."""
-
-    preset: Preset
-    discretization: Discretization
-    optimizer: str
-    lr: float
-    seed: int
-    weight_decay: float
-    grads: bool
-    state_prev: bool
-    scan: str
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the memory estimate and the token-id check need to know of a family's model at one width."""
-
-    d_model: int
-    n_layers: int
-    vocab_size: int
+lm_loss = next_token_loss
+"""The default loss: next-token cross entropy on token ids (runs.sweeps.loop.next_token_loss, as a sweep)."""
 
 
 class Family:
-    """Builds a Subject at a width; `describe()` is stored with each run (and keys its run id)."""
+    """The shared defaults of ssmscope's two families (probes.family.ModelFamily is the protocol)."""
+
+    group_probes: bool = False
+    """Whether its observer records per-group updates (probes.Observer.group_update_records)."""
 
     def shape_at(self, n_u: int, n_x: int) -> ModelShape | None:
         """The model's d_model, depth and vocabulary at a width, known without building it (None: unknown)."""
         return None
-
-    def discretizations(self, requested: Discretization | None) -> Discretization:
-        raise NotImplementedError
-
-    def build(self, n_u: int, n_x: int, setting: Setting, device: torch.device,
-              dtype: torch.dtype | None) -> Subject:
-        raise NotImplementedError
-
-    def describe(self) -> dict[str, Any]:
-        raise NotImplementedError
 
     def init_base(self, preset: Preset) -> str:
         """The init base a run's exponents act on (stored as the run's `base`, the store's init_base key)."""
@@ -112,6 +55,8 @@ class Family:
 
 class SsmscopeFamily(Family):
     """ssmscope's MambaLM from a config template, or from a callable returning MambaLMs."""
+
+    group_probes = True
 
     def __init__(self, template: MambaConfig | None = None, make: Callable[[int, int], nn.Module] | None = None,
                  own: Discretization | None = None, sample: MambaConfig | None = None):
@@ -240,8 +185,8 @@ def _is_hf_config(obj: object) -> bool:
 
 
 SUPPORTED_FAMILIES = ("an ssmscope MambaConfig, a callable (n_u, n_x) -> ssmscope MambaLM, a transformers "
-                      "MambaConfig, ssmscope.HFMamba(...), or a callable (n_u, n_x) -> transformers MambaForCausalLM "
-                      "/ MambaModel")
+                      "MambaConfig, ssmscope.HFMamba(...), a callable (n_u, n_x) -> transformers MambaForCausalLM "
+                      "/ MambaModel, or a probes.family.ModelFamily")
 """What `make_model` may be, as the refusals word it."""
 
 
@@ -258,11 +203,13 @@ def _module_refusal(module: nn.Module) -> ConfigError:
                        f"every width; {hint}")
 
 
-def family_of(make_model: Any) -> Family:
-    """The Family behind a `make_model` argument (see the module docstring); ConfigError otherwise.
+def family_of(make_model: Any) -> ModelFamily:
+    """The family behind a `make_model` argument (see the module docstring); ConfigError otherwise.
 
-    A torch module is callable but is not a family (calling it runs its forward on the widths): refused by name,
-    with what to pass instead."""
+    A ModelFamily (probes.family: a family of one's own) is itself. A torch module is callable but is not a
+    family (calling it runs its forward on the widths): refused by name, with what to pass instead."""
+    if isinstance(make_model, ModelFamily):
+        return make_model
     if isinstance(make_model, nn.Module):
         raise _module_refusal(make_model)
     if isinstance(make_model, MambaConfig):
@@ -287,7 +234,7 @@ class _CallableFamily(Family):
 
     def __init__(self, make: Callable[[int, int], nn.Module]):
         self.make = make
-        self.inner: Family | None = None
+        self.inner: ModelFamily | None = None
 
     def _resolve(self, n_u: int, n_x: int) -> Family:
         if self.inner is None:
@@ -309,8 +256,12 @@ class _CallableFamily(Family):
         assert self.inner is not None, "prepare() first"
         return self.inner.shape_at(n_u, n_x)
 
-    def prepare(self, n_u: int, n_x: int) -> Family:
+    def prepare(self, n_u: int, n_x: int) -> ModelFamily:
         return self._resolve(n_u, n_x)
+
+    @property
+    def group_probes(self) -> bool:  # type: ignore[override]
+        return self.inner is not None and self.inner.group_probes
 
     def discretizations(self, requested: Discretization | None) -> Discretization:
         assert self.inner is not None, "prepare() first"
@@ -329,7 +280,7 @@ class _CallableFamily(Family):
         return self.inner.init_base(preset)
 
 
-def resolve_family(make_model: Any, first_width: tuple[int, int]) -> Family:
+def resolve_family(make_model: Any, first_width: tuple[int, int]) -> ModelFamily:
     """family_of, with a callable resolved (by building its first width once)."""
     family = family_of(make_model)
     if isinstance(family, _CallableFamily):
