@@ -18,6 +18,7 @@ import polars as pl
 from ssmscope.runs.analysis import export
 from ssmscope.runs.analysis.export import exponent_text, verdict_text
 from ssmscope.runs.analysis.norms import norm_expr
+from ssmscope.runs.analysis.slopes.fit import on_axis
 from ssmscope.runs.store.schema import EXCLUDED_STATUSES, PARAMETERIZATION_KEYS, WIDTH_KEYS
 from ssmscope.ssm.predictions import Convention
 
@@ -119,11 +120,8 @@ class WidthAxis:
 
     def select(self, frame: pl.DataFrame) -> pl.DataFrame:
         """The rows of `frame` (with n_u, n_x) on this axis, with a `width` column."""
-        if self.design == "joint":
-            return frame.filter(pl.col("n_u") == pl.col("n_x")).with_columns(pl.col("n_u").alias("width"))
-        if self.design == "n_u":
-            return frame.filter(pl.col("n_x") == self.fixed).with_columns(pl.col("n_u").alias("width"))
-        return frame.filter(pl.col("n_u") == self.fixed).with_columns(pl.col("n_x").alias("width"))
+        width = pl.col("n_x" if self.design == "n_x" else "n_u")
+        return frame.filter(on_axis(self.design, self.fixed)).with_columns(width.alias("width"))
 
 
 def width_axes(runs: pl.DataFrame) -> list[WidthAxis]:

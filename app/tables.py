@@ -46,22 +46,23 @@ SLOPE_COLUMN_CONFIG = {
 
 
 # --- downloads --------------------------------------------------------------------------------------
-def paper_exports(paper: pl.DataFrame, notes: list[str] = ()) -> dict[str, str]:
-    """The paper table (paper_slopes rows) as `ssmscope slopes --table paper --format …` writes it."""
+def _exports(output: Any, rows: pl.DataFrame, notes: list[str]) -> dict[str, str]:
+    """Every download format of a table: `output(rows, fmt, notes)` gives (frame, raw columns, caption)."""
     out = {}
     for fmt in FORMATS:
-        frame, raw, caption = export.paper_output(paper, fmt, notes)
+        frame, raw, caption = output(rows, fmt, notes)
         out[fmt] = export.export(frame, fmt, caption=caption, raw_columns=raw)
     return out
+
+
+def paper_exports(paper: pl.DataFrame, notes: list[str] = ()) -> dict[str, str]:
+    """The paper table (paper_slopes rows) as `ssmscope slopes --table paper --format …` writes it."""
+    return _exports(export.paper_output, paper, list(notes))
 
 
 def full_exports(slopes: pl.DataFrame, notes: list[str] = ()) -> dict[str, str]:
     """Every fitted cell as `ssmscope slopes --table full --format …` writes it."""
-    out = {}
-    for fmt in FORMATS:
-        frame, raw, caption = export.full_output(slopes, fmt, notes)
-        out[fmt] = export.export(frame, fmt, caption=caption, raw_columns=raw)
-    return out
+    return _exports(export.full_output, slopes, list(notes))
 
 
 def frame_exports(frame: pl.DataFrame, caption: str) -> dict[str, str]:

@@ -18,7 +18,8 @@ from ssmscope.app.frames import (
     seed_bands,
     slope_comparison,
 )
-from ssmscope.app.widgets import UrlState, download_buttons, export_figure
+from ssmscope.app.page import open_page
+from ssmscope.app.widgets import download_buttons, export_figure
 
 DIMENSIONS = {"preset": "Preset", "discretization": "Discretisation", "config": "Optimizer · learning rate"}
 VIEWS = {"side": "side by side", "overlay": "overlaid in one panel"}
@@ -28,20 +29,19 @@ def config_label(config: tuple[str, float]) -> str:
     return f"{config[0]} · lr {config[1]:g}"
 
 
+# What the page shows, under its title (a comment: Streamlit would print a bare string).
+CAPTION = ("Coordinate checks of several presets, discretisations or optimizer settings on shared axes (side by "
+           "side with one y range per row, or overlaid: line style = selection, colour = layer), and how their "
+           "fitted exponents differ from the first one's. Everything else is held fixed by the sidebar.")
+
+
 def main() -> None:
     """Render the page (Streamlit runs this file as the page's script)."""
-    state = UrlState("cmp")
-    db = data.current_store()
-    runs = data.runs_frame(db)
-
-    st.title("Compare")
-    st.caption("Coordinate checks of several presets, discretisations or optimizer settings on shared axes (side by "
-               "side with one y range per row, or overlaid: line style = selection, colour = layer), and how their "
-               "fitted exponents differ from the first one's. Everything else is held fixed by the sidebar.")
+    page = open_page("cmp", "Compare", CAPTION)
+    state, db, runs = page.state, page.db, page.runs
 
     # --- selection -----------------------------------------------------------------------------------
     with st.sidebar:
-        st.header("Compare")
         sweep = controls.sweep_select(state, runs)
         pool = runs.filter(pl.col("spec") == sweep)
         values = {"preset": ordered(pool["preset"], PRESET_ORDER),

@@ -16,7 +16,8 @@ from ssmscope.app.frames import (
     panel_slopes,
     seed_bands,
 )
-from ssmscope.app.widgets import UrlState, export_figure
+from ssmscope.app.page import open_page
+from ssmscope.app.widgets import export_figure
 
 LAYOUTS = {"presets": "presets as columns", "steps": "steps as columns (one preset)"}
 Y_RANGES = {"panel": "per panel", "row": "per row"}
@@ -31,22 +32,21 @@ def spread(steps: list[int], most: int = MAX_STEP_PANELS) -> list[int]:
     return sorted({steps[round(i * (len(steps) - 1) / (most - 1))] for i in range(most)})
 
 
+# What the page shows, under its title (a comment: Streamlit would print a bare string).
+CAPTION = ("log₂ of each probed norm against log₂ width, one colour per SSM layer: under a width-stable "
+           "parameterization every curve is flat (slope 0). Line = mean over seeds of log₂‖·‖ (the hover reads "
+           "it), band = min–max over seeds, dots = single runs; ✕ at the top = a diverged or failed run, ▼ at "
+           "the bottom = a zero or non-finite norm. Each layer's fitted slope is in the panel's corner; dotted "
+           "= the fitted line, dash-dot = the predicted slope through the layer's mean.")
+
+
 def main() -> None:
     """Render the page (Streamlit runs this file as the page's script)."""
-    state = UrlState("cc")
-    db = data.current_store()
-    runs = data.runs_frame(db)
-
-    st.title("Coordinate check")
-    st.caption("log₂ of each probed norm against log₂ width, one colour per SSM layer: under a width-stable "
-               "parameterization every curve is flat (slope 0). Line = mean over seeds of log₂‖·‖ (the hover reads "
-               "it), band = min–max over seeds, dots = single runs; ✕ at the top = a diverged or failed run, ▼ at "
-               "the bottom = a zero or non-finite norm. Each layer's fitted slope is in the panel's corner; dotted "
-               "= the fitted line, dash-dot = the predicted slope through the layer's mean.")
+    page = open_page("cc", "Coordinate check", CAPTION)
+    state, db, runs = page.state, page.db, page.runs
 
     # --- selection -----------------------------------------------------------------------------------
     with st.sidebar:
-        st.header("Coordinate check")
         chosen = controls.run_selection(state, runs)
         sweep, optimizer, lr, base, in_config = chosen.sweep, chosen.optimizer, chosen.lr, chosen.base, chosen.runs
         axis = controls.axis_select(state, in_config)

@@ -7,23 +7,24 @@ import streamlit as st
 
 from ssmscope.app import controls, data, figures, tables
 from ssmscope.app.frames import DISC_ORDER, PRESET_ORDER, lr_grid, ordered, transfer_curves, width_column
-from ssmscope.app.widgets import UrlState, download_buttons, export_figure
+from ssmscope.app.page import open_page
+from ssmscope.app.widgets import download_buttons, export_figure
 from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, RunStatus
 
 LOSSES = {"eval_loss": "held-out loss", "train_loss": "training loss"}
 
 
+# What the page shows, under its title (a comment: Streamlit would print a bare string).
+CAPTION = ("Final loss against the base learning rate (log₂ axis), one curve per width (mean over seeds). ★ = the "
+           "optimum (vertex of a parabola in log₂ lr through the best grid point and its neighbours); "
+           "✕ at the top = a learning rate where a run diverged. Transfer means the ★ stay at one learning rate "
+           "as width grows: a drift (slope of log₂ η* against log₂ width) near 0.")
+
+
 def main() -> None:
     """Render the page (Streamlit runs this file as the page's script)."""
-    state = UrlState("lr")
-    db = data.current_store()
-    runs = data.runs_frame(db)
-
-    st.title("Learning-rate transfer")
-    st.caption("Final loss against the base learning rate (log₂ axis), one curve per width (mean over seeds). ★ = the "
-               "optimum (vertex of a parabola in log₂ lr through the best grid point and its neighbours); "
-               "✕ at the top = a learning rate where a run diverged. Transfer means the ★ stay at one learning rate "
-               "as width grows: a drift (slope of log₂ η* against log₂ width) near 0.")
+    page = open_page("lr", "Learning-rate transfer", CAPTION)
+    state, db, runs = page.state, page.db, page.runs
 
     # --- which sweeps have a learning-rate grid ------------------------------------------------------
     grids = (runs.group_by("spec", *PARAMETERIZATION_KEYS).agg(pl.col("lr").n_unique().alias("n_lrs"))
@@ -37,7 +38,6 @@ def main() -> None:
         st.stop()
 
     with st.sidebar:
-        st.header("Learning-rate transfer")
         n = dict(grids.group_by("spec").agg(pl.len()).iter_rows())
         sweep = state.select("Sweep", "sweep", sorted(n), format_func=lambda s: f"{s} ({n[s]} grids)", share="sweep")
         use = state.select("Loss", "loss", list(LOSSES), format_func=LOSSES.get, widget="radio")

@@ -18,7 +18,8 @@ from plotly.subplots import make_subplots
 
 from ssmscope.app import controls, data
 from ssmscope.app.frames import DISC_ORDER, PRESET_ORDER, ROW_BY_KEY, WidthAxis
-from ssmscope.app.widgets import UrlState, export_figure
+from ssmscope.app.page import open_page
+from ssmscope.app.widgets import export_figure
 from ssmscope.runs.analysis.groups import GROUP_COLUMNS, GROUP_SITES, NO_GROUP_PROBES, contributions, group_slopes
 from ssmscope.runs.analysis.norms import norm_label
 from ssmscope.runs.analysis.regime import REGIME_COLUMNS, attach_regime
@@ -181,22 +182,21 @@ def group_figure(norms: pl.DataFrame, *, sites: list[str], panels: list[tuple[st
     return fig
 
 
+# What the page shows, under its title (a comment: Streamlit would print a bare string).
+CAPTION = ("One power law over every width hides whether a slope is still moving. Each point is the slope "
+           "fitted over successive widths (or a 3-width window), plotted at their geometric mean, with its "
+           "95 % CI (seed bootstrap ∪ OLS); the dashed line is the predicted exponent. trend: toward / away "
+           "from the prediction or settled, from the first and last local slopes and their CIs; regime: "
+           "nonlinear when ‖Δq‖/‖q₀‖ > 1 at the largest width (docs/slopes.md).")
+
+
 # --- the page ----------------------------------------------------------------------------------------
 def main() -> None:
     """Render the page (Streamlit runs this file as the page's script)."""
-    state = UrlState("run")
-    db = data.current_store()
-    runs = data.runs_frame(db)
-
-    st.title("Running exponents")
-    st.caption("One power law over every width hides whether a slope is still moving. Each point is the slope "
-               "fitted over successive widths (or a 3-width window), plotted at their geometric mean, with its "
-               "95 % CI (seed bootstrap ∪ OLS); the dashed line is the predicted exponent. trend: toward / away "
-               "from the prediction or settled, from the first and last local slopes and their CIs; regime: "
-               "nonlinear when ‖Δq‖/‖q₀‖ > 1 at the largest width (docs/slopes.md).")
+    page = open_page("run", "Running exponents", CAPTION)
+    state, db, runs = page.state, page.db, page.runs
 
     with st.sidebar:
-        st.header("Running exponents")
         chosen = controls.run_selection(state, runs)
         sweep, optimizer, lr, base, in_config = chosen.sweep, chosen.optimizer, chosen.lr, chosen.base, chosen.runs
         axis = controls.axis_select(state, in_config)

@@ -13,8 +13,8 @@ import streamlit as st
 
 from ssmscope.app import controls, data, figures
 from ssmscope.app.frames import DEFAULT_ROWS, DISC_ORDER, PRESET_ORDER, ROW_BY_KEY, available_rows, fmt_lr, run_curves
+from ssmscope.app.page import open_page
 from ssmscope.app.tables import status_styled
-from ssmscope.app.widgets import UrlState
 from ssmscope.runs.analysis.export import order_rows
 from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, WIDTH_KEYS, RunStatus
 
@@ -39,15 +39,11 @@ def select_clicked_run(event: object, run_ids: list[str]) -> str | None:
 
 def main() -> None:
     """Render the page (Streamlit runs this file as the page's script)."""
-    state = UrlState("runs")
-    db = data.current_store()
-    runs = data.runs_frame(db)
-
-    st.title("Runs")
+    page = open_page("runs", "Runs", sidebar="Filter runs")
+    state, db, runs = page.state, page.db, page.runs
 
     # --- filters -------------------------------------------------------------------------------------
     with st.sidebar:
-        st.header("Filter runs")
         sweep = controls.sweep_select(state, runs, allow_all=True)
         pool = runs if sweep is None else runs.filter(pl.col("spec") == sweep)
         chosen = {

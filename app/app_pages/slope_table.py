@@ -7,7 +7,8 @@ import streamlit as st
 
 from ssmscope.app import controls, data, tables
 from ssmscope.app.frames import DISC_ORDER, PRESET_ORDER
-from ssmscope.app.widgets import UrlState, download_buttons
+from ssmscope.app.page import open_page
+from ssmscope.app.widgets import download_buttons
 from ssmscope.runs.analysis.export import compact_caption, slope_caption, slope_display
 from ssmscope.runs.analysis.slopes import Design, LayerAgg
 from ssmscope.runs.analysis.vocabulary import Agreement, FitStatus
@@ -17,20 +18,19 @@ from ssmscope.runs.analysis.vocabulary import Agreement, FitStatus
 LAYOUTS = {"compact": "paper, compact", "numeric": "paper, one row per exponent", "full": "every cell"}
 
 
+# What the page shows, under its title (a comment: Streamlit would print a bare string).
+CAPTION = ("The exponent s of each norm against width (log₂‖·‖ = a + s·log₂ width) beside the one the theory "
+           "predicts: ✓ / green = agrees, ✗ / red = disagrees. Click a column header to sort by it. The downloads "
+           "are what `ssmscope slopes` writes for the same options.")
+
+
 def main() -> None:
     """Render the page (Streamlit runs this file as the page's script)."""
-    state = UrlState("st")
-    db = data.current_store()
-    runs = data.runs_frame(db)
-
-    st.title("Slope table")
-    st.caption("The exponent s of each norm against width (log₂‖·‖ = a + s·log₂ width) beside the one the theory "
-               "predicts: ✓ / green = agrees, ✗ / red = disagrees. Click a column header to sort by it. The downloads "
-               "are what `ssmscope slopes` writes for the same options.")
+    page = open_page("st", "Slope table", CAPTION)
+    state, db, runs = page.state, page.db, page.runs
 
     # --- selection -----------------------------------------------------------------------------------
     with st.sidebar:
-        st.header("Slope table")
         sweep = controls.sweep_select(state, runs, allow_all=True)
         pool = runs if sweep is None else runs.filter(pl.col("spec") == sweep)
         presets = controls.multi_filter(state, "Presets", "presets", pool["preset"], order=PRESET_ORDER,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from ssmscope.runs.analysis.slopes.fit import config_keys
+from ssmscope.runs.analysis.slopes.fit import config_keys, on_axis
 from ssmscope.runs.store.schema import EXCLUDED_STATUSES, FRAME_RUN_KEYS, OPTIONAL_RUN_KEYS
 
 
@@ -23,8 +23,7 @@ def fitted_runs(frame: pl.DataFrame, design: str, include_failed: bool) -> tuple
     keys = [k for k in config_keys(frame) if k != "fixed_width"]
     run_cols = [c for c in (*FRAME_RUN_KEYS, *OPTIONAL_RUN_KEYS) if c in frame.columns]
     runs = frame.select(run_cols).unique(subset="run_id")
-    if design == "joint":
-        runs = runs.filter(pl.col("n_u") == pl.col("n_x"))
+    runs = runs.filter(on_axis(design))
     if not include_failed:
         runs = runs.filter(~pl.col("status").is_in([s.value for s in EXCLUDED_STATUSES]))
     fixed = {"n_u": pl.col("n_x"), "n_x": pl.col("n_u")}.get(design, pl.lit(None))

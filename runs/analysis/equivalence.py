@@ -22,6 +22,7 @@ from functools import cache
 
 import polars as pl
 
+from ssmscope.runs.analysis.slopes.fit import on_axis
 from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, WIDTH_KEYS
 from ssmscope.ssm.config import FAMILY_OF_OPTIMIZER as FAMILY_OF_OPTIMIZER
 from ssmscope.ssm.config import Discretization, OptimizerFamily
@@ -101,9 +102,7 @@ def coincidences(frame: pl.DataFrame, design: str, order: Iterable[str] = ()) ->
     need = {*PARAMETERIZATION_KEYS, *WIDTH_KEYS}
     if frame.is_empty() or not need <= set(frame.columns):
         return []
-    points = frame.select(*need).unique()
-    if design == "joint":
-        points = points.filter(pl.col("n_u") == pl.col("n_x"))
+    points = frame.select(*need).unique().filter(on_axis(design))
     rank = {p: i for i, p in enumerate(order)}
     found = []
     for (disc, opt), part in sorted(points.group_by("discretization", "optimizer"), key=lambda kv: kv[0]):

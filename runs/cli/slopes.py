@@ -175,9 +175,9 @@ def _fit_option(fit: str, design: str) -> str:
 
 def _nothing_to_fit(frame: pl.DataFrame, table: str, design: str) -> str:
     """Why a selection with rows gave no fit, as a hint."""
-    import polars as pl
+    from ssmscope.runs.analysis.slopes.fit import on_axis
 
-    if design == "joint" and frame.filter(pl.col("n_u") == pl.col("n_x")).is_empty():
+    if design == "joint" and frame.filter(on_axis(design)).is_empty():
         return "nothing to fit: no runs with N_u = N_x for --width joint; use --width 2d, n_u or n_x"
     if table == "paper":
         return "nothing to fit: the paper table needs rows of site x/y, quantity value/delta_init, group ''"

@@ -46,6 +46,14 @@ def _check_row_scales(groups: list[dict[str, Any]]) -> None:
                                   f"has shape {tuple(p.shape)}; give one factor per row (dim 0)")
 
 
+def _closure_loss(closure: Any) -> Tensor | None:
+    """The loss `closure` recomputes with gradients on (torch.optim's step protocol), or None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class RowScaledSGD(torch.optim.Optimizer):
     """torch.optim.SGD (single-tensor path) with optional per-row learning-rate factors."""
 
@@ -61,10 +69,7 @@ class RowScaledSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
             for p in group["params"]:
@@ -105,10 +110,7 @@ class RowScaledAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
             beta1, beta2 = group["betas"]

@@ -62,6 +62,18 @@ class Design(StrEnum):
     TWO_D = "2d"  # every (N_u, N_x) point, slopes s_u and s_x
 
 
+def on_axis(design: Design | str, fixed: int | None = None) -> pl.Expr:
+    """The rows (with n_u, n_x) a fit along `design` uses: joint → N_u = N_x; n_u → N_x = `fixed`; n_x → N_u =
+    `fixed` (every row when `fixed` is None: one fit per fixed width); 2d → every row. The one width filter of
+    the fits, the coincidence check, the CLI's hints and the dashboard's width axes."""
+    design = Design(design)
+    if design == Design.JOINT:
+        return pl.col("n_u") == pl.col("n_x")
+    if fixed is not None and design in (Design.N_U, Design.N_X):
+        return pl.col("n_x" if design == Design.N_U else "n_u") == fixed
+    return pl.lit(True)
+
+
 class LayerAgg(StrEnum):
     """How layers enter a fit."""
 

@@ -173,3 +173,8 @@ class ExecutorOptions:
     cluster: str = "slurm"
     array_parallelism: int | None = None
     slurm_params: dict[str, Any] = field(default_factory=dict)
+
+
+def execute_task(task: Task, threads: int) -> tuple[str, str]:
+    """`execute` as a remote task (Ray, Slurm): (run id, status), so the submitting side knows whose outcome."""
+    return task.run_id, execute(task, threads=threads)

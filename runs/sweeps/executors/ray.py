@@ -12,14 +12,10 @@ from ssmscope.runs.sweeps.executors.base import (
     StepFn,
     Task,
     error_text,
-    execute,
+    execute_task,
     require,
 )
 from ssmscope.ssm.errors import ConfigError
-
-
-def _ray_task(task: Task, threads: int) -> tuple[str, str]:
-    return task.run_id, execute(task, threads=threads)
 
 
 class RayExecutor(Executor):
@@ -54,7 +50,7 @@ class RayExecutor(Executor):
                 raise ConfigError(f"--address={self.address!r}: cannot start or reach a Ray cluster "
                                   f"({first})") from None
             self._owns = True
-        self._remote = ray.remote(_ray_task).options(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+        self._remote = ray.remote(execute_task).options(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
                                                      max_retries=0, retry_exceptions=False, name="ssmscope-run")
         return device
 

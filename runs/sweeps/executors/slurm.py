@@ -17,14 +17,10 @@ from ssmscope.runs.sweeps.executors.base import (
     StepFn,
     Task,
     error_text,
-    execute,
+    execute_task,
     require,
 )
 from ssmscope.ssm.errors import ConfigError
-
-
-def _submitit_task(task: Task, threads: int) -> tuple[str, str]:
-    return task.run_id, execute(task, threads=threads)
 
 
 def _job_error(job, exc: Exception) -> str:
@@ -110,7 +106,7 @@ class SlurmExecutor(Executor):
     def submit(self, tasks: list[Task]) -> None:
         threads = max(1, int(self.cpus_per_task))
         try:
-            jobs = self._ex.map_array(_submitit_task, tasks, [threads] * len(tasks))
+            jobs = self._ex.map_array(execute_task, tasks, [threads] * len(tasks))
         except Exception as exc:  # sbatch refused the array (partition, account, limits)
             raise ConfigError(f"slurm submission failed: {error_text(exc).splitlines()[0]}") from None
         for job, task in zip(jobs, tasks, strict=True):
