@@ -6,7 +6,6 @@ waits to its end, the lock holder's name, and SIGTERM during an ingest. Each cas
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import signal
@@ -18,6 +17,7 @@ import typing
 from pathlib import Path
 
 import duckdb
+import faults
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -31,7 +31,6 @@ from ssmscope.runs.store import db as store_db
 from ssmscope.runs.store.db import StoreError, StoreLocked, connect, counts, shard_dir_for
 from ssmscope.runs.store.errors import program_name
 from ssmscope.runs.store.shards import list_shards
-from ssmscope.runs.sweeps.executors import FAULTS_ENV
 from ssmscope.runs.sweeps.spec import load_spec
 from ssmscope.runs.sweeps.sweep import run_sweep
 from ssmscope.ssm import ConfigError
@@ -43,7 +42,7 @@ SPEC = tiny_spec_toml().replace("steps = 2", "steps = 1").replace("n_layers = 2"
 @pytest.fixture(autouse=True)
 def _plain_env(monkeypatch):
     monkeypatch.delenv("SSMSCOPE_SHARDS", raising=False)
-    monkeypatch.delenv(FAULTS_ENV, raising=False)
+    faults.clear(monkeypatch)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
@@ -292,7 +291,7 @@ def test_triton_without_cuda_is_refused_before_any_run(tmp_path, device):
 def test_failed_runs_exit_1_with_their_count(tmp_path, monkeypatch, failing, line):
     spec = spec_file(tmp_path)
     ids = [c.run_id for c in load_spec(spec).runs if failing == "all" or c.preset == failing]
-    monkeypatch.setenv(FAULTS_ENV, json.dumps(dict.fromkeys(ids, "raise")))
+    faults.inject(monkeypatch, dict.fromkeys(ids, "raise"))
     result = CliRunner().invoke(app, ["sweep", str(spec), "--db", str(tmp_path / "x.duckdb"), "--retries", "0",
                                       "--device", "cpu"])
     assert result.exit_code == 1, result.output

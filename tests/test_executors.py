@@ -7,7 +7,6 @@ fresh Python (torch import, ~5 s) per job, so its test runs half of that grid (2
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -16,13 +15,13 @@ import tomllib
 from pathlib import Path
 
 import duckdb
+import faults
 import pytest
 from conftest import tiny_spec_toml
 from typer.testing import CliRunner
 
 from ssmscope.runs.cli.main import app
 from ssmscope.runs.store.db import counts, load_runs
-from ssmscope.runs.sweeps.executors import FAULTS_ENV
 from ssmscope.runs.sweeps.executors.ray import RayExecutor
 from ssmscope.runs.sweeps.spec import parse_spec
 from ssmscope.runs.sweeps.sweep import run_sweep
@@ -91,7 +90,11 @@ def ray_cluster():
     old_auth = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"  # otherwise Ray 2.5x+ writes a token under ~/.ray
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's unix sockets live under it
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+    # the tests' fault hook (tests/faults.py) must import in Ray's workers too
+    tests = str(Path(__file__).parent)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH"))
+                                                                      if p)}})
     try:
         yield ray
     finally:
@@ -147,7 +150,7 @@ class Recorder:
 
 def _faults(monkeypatch, spec, modes: list[str]) -> list[str]:
     ids = [cfg.run_id for cfg in spec.runs]
-    monkeypatch.setenv(FAULTS_ENV, json.dumps({rid: m for rid, m in zip(ids, modes, strict=False) if m}))
+    faults.inject(monkeypatch, {rid: m for rid, m in zip(ids, modes, strict=False) if m})
     return ids
 
 
@@ -201,7 +204,7 @@ def test_ray_worker_killed_or_raising_is_failed_retried_and_sweep_completes(spec
     failed = runs.filter(runs["status"] == "failed")
     assert failed["run_id"].to_list() == [ids[2]] and "runs/sweeps/executors/" in failed["error"][0]  # the remote trace
     # rerun without faults on the local executor: only the failed run is redone, nothing lost or duplicated
-    monkeypatch.delenv(FAULTS_ENV)
+    faults.clear(monkeypatch)
     resumed = run_sweep(spec, db, device="cpu", workers=1)
     assert resumed.skipped == 3 and resumed.statuses == {"completed": 1}
     assert_same_store(db, reference)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import faults
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -37,7 +38,7 @@ from ssmscope.runs.store.schema import SCHEMA_VERSION
 from ssmscope.runs.store.shard_maintenance import clean_stale, stale_temporaries
 from ssmscope.runs.store.shards import QUARANTINE_DIR, list_shards, write_shard
 from ssmscope.runs.sweeps import sweep as sweep_module
-from ssmscope.runs.sweeps.executors import FAULTS_ENV, Executor
+from ssmscope.runs.sweeps.executors import Executor
 from ssmscope.runs.sweeps.spec import load_spec, parse_spec
 from ssmscope.runs.sweeps.sweep import run_sweep
 
@@ -52,7 +53,7 @@ for old, new in LIGHT.items():
 @pytest.fixture(autouse=True)
 def _plain_env(monkeypatch):
     monkeypatch.delenv("SSMSCOPE_SHARDS", raising=False)
-    monkeypatch.delenv(FAULTS_ENV, raising=False)
+    faults.clear(monkeypatch)
 
 
 @dataclass(frozen=True)
@@ -552,7 +553,7 @@ def test_an_interrupted_ingest_is_one_line_and_the_rerun_finishes(clean, tmp_pat
 def test_an_unwritable_failed_shard_does_not_stop_the_sweep(clean, tmp_path, monkeypatch):
     spec = parse_spec(tomllib.loads(HALF), "half")
     lost, kept = (cfg.run_id for cfg in spec.runs)
-    monkeypatch.setenv(FAULTS_ENV, f'{{"{lost}": "task-raise"}}')
+    faults.inject(monkeypatch, {lost: "task-raise"})
 
     def unwritable(task, *args, **kw):
         raise PermissionError(errno.EACCES, "Permission denied", f"{task.shard_root}/{task.run_id}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -10,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import faults
 import numpy as np
 import pytest
 from conftest import tiny_spec_toml
@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from ssmscope.runs.cli.main import app
 from ssmscope.runs.store.db import counts, load_runs
-from ssmscope.runs.sweeps.executors import FAULTS_ENV
 from ssmscope.runs.sweeps.spec import load_spec, parse_spec
 from ssmscope.runs.sweeps.sweep import run_sweep
 from ssmscope.ssm import ConfigError
@@ -151,7 +150,7 @@ def test_diverging_run_is_recorded_and_sweep_completes(tmp_path):
 def test_failing_run_is_marked_failed_with_its_error(tmp_path, monkeypatch):
     spec = load_spec(_spec(tmp_path))
     sp_runs = [cfg.run_id for cfg in spec.runs if cfg.preset == "sp"]
-    monkeypatch.setenv(FAULTS_ENV, json.dumps(dict.fromkeys(sp_runs, "raise")))
+    faults.inject(monkeypatch, dict.fromkeys(sp_runs, "raise"))
     db = tmp_path / "store.duckdb"
     report = run_sweep(spec, db, device="cpu", retries=1)
     assert report.statuses["failed"] == 2 and report.statuses["completed"] == 2 and report.retried == 2

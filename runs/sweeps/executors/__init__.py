@@ -4,7 +4,6 @@
     local    inline, or spawned worker processes on this machine
     ray      one Ray task per run
     slurm    submitit job arrays
-    faults   test-only fault injection
 `make_executor(name, options)` builds one from the sweep's flags; ray and slurm import their
 packages only when started.
 """
@@ -13,26 +12,31 @@ from __future__ import annotations
 
 from ssmscope.runs.sweeps.executors.base import (
     PACKAGES,
+    WORKER_HOOK_DATA_ENV,
+    WORKER_HOOK_ENV,
     Executor,
     ExecutorOptions,
     ExecutorUnavailable,
     Outcome,
     Task,
+    WorkerHook,
     error_text,
     execute,
+    load_hook,
     make_task,
     require,
     resolve_device,
     write_failed_shard,
 )
-from ssmscope.runs.sweeps.executors.faults import FAULT_MODES, FAULTS_ENV, injected_fault
 from ssmscope.ssm.errors import ConfigError
 
 EXECUTORS = ("local", "ray", "slurm")
 
-__all__ = ["EXECUTORS", "FAULTS_ENV", "FAULT_MODES", "PACKAGES", "Executor", "ExecutorOptions", "ExecutorUnavailable",
-           "Outcome", "Task", "error_text", "execute", "injected_fault", "make_executor", "make_task", "require",
-           "resolve_device", "write_failed_shard"]
+__all__ = [
+    "EXECUTORS", "PACKAGES", "WORKER_HOOK_DATA_ENV", "WORKER_HOOK_ENV", "Executor", "ExecutorOptions",
+    "ExecutorUnavailable", "Outcome", "Task", "WorkerHook", "error_text", "execute", "load_hook", "make_executor",
+    "make_task", "require", "resolve_device", "write_failed_shard",
+]
 
 
 def make_executor(name: str, options: ExecutorOptions | None = None) -> Executor:

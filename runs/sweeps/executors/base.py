@@ -23,17 +23,18 @@ inside functions, and ray / submitit never.
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
 import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ssmscope.runs.store.schema import RunStatus
 from ssmscope.runs.store.shards import write_shard
-from ssmscope.runs.sweeps.executors import faults
 from ssmscope.runs.sweeps.record import run_record
 from ssmscope.runs.sweeps.spec import RunConfig
 from ssmscope.ssm.errors import ConfigError
@@ -58,8 +59,11 @@ class Task:
     device: str = "auto"
     scan: str = "auto"
     attempt: int = 1
-    fault: str = ""
-    """Test-only (runs.sweeps.executors.faults); empty in real sweeps."""
+    hook: str = ""
+    """A worker hook, `module:object` (WORKER_HOOK_ENV on the submitting side), shipped with the task so that every
+    executor's workers see it; empty in real sweeps."""
+    hook_data: str = ""
+    """Text for the hook (WORKER_HOOK_DATA_ENV on the submitting side), read from the task in the worker."""
 
     @property
     def run_id(self) -> str:
@@ -105,9 +109,34 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+WORKER_HOOK_ENV = "SSMSCOPE_WORKER_HOOK"
+"""`module:object` whose `before_run(task)` and `at_step(task, step)` every worker calls: a plug-in point around
+each task (the tests inject real faults through it — tests/faults.py). Unset in real sweeps."""
+WORKER_HOOK_DATA_ENV = "SSMSCOPE_WORKER_HOOK_DATA"
+"""Text the hook reads from `task.hook_data` (shipped with the task: a worker's own environment may differ)."""
+
+
+class WorkerHook(Protocol):
+    """What a worker hook offers (both are called in the worker process, around `run_one`)."""
+
+    def before_run(self, task: Task) -> None: ...
+    def at_step(self, task: Task, step: int) -> None: ...
+
+
 def make_task(cfg: RunConfig, shard_root: Path, *, spec: str, device: str, scan: str, attempt: int) -> Task:
     return Task(cfg=cfg, shard_root=str(shard_root), spec=spec, device=device, scan=scan, attempt=attempt,
-                fault=faults.injected_fault(cfg.run_id, attempt))
+                hook=os.environ.get(WORKER_HOOK_ENV, ""), hook_data=os.environ.get(WORKER_HOOK_DATA_ENV, ""))
+
+
+def load_hook(spec: str) -> WorkerHook | None:
+    """The worker hook `module:object` names (None for ''); a ConfigError names what could not be loaded."""
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name or "HOOK")
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{WORKER_HOOK_ENV}={spec!r} cannot be loaded ({exc}); allowed: module:object") from None
 
 
 def execute(task: Task, progress: Callable[[int, int], None] | None = None, threads: int | None = None) -> str:
@@ -119,10 +148,13 @@ def execute(task: Task, progress: Callable[[int, int], None] | None = None, thre
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(task.device)
-    faults.before_run(task.fault, task.run_id)
+    hook = load_hook(task.hook)
+    if hook is not None:
+        hook.before_run(task)
 
     def on_step(step: int, total: int) -> None:
-        faults.at_step(task.fault, task.run_id, step)
+        if hook is not None:
+            hook.at_step(task, step)
         if progress is not None:
             progress(step, total)
 
