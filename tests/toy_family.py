@@ -16,9 +16,10 @@ from torch import Tensor, nn
 
 from ssmscope.probes.family import ModelShape, Setting, Subject
 from ssmscope.probes.observer import Observer
+from ssmscope.ssm.apply import apply_preset, build_optimizer
 from ssmscope.ssm.config import Discretization, MambaConfig
 from ssmscope.ssm.model import MambaMixer, ScaledEmbedding, ScaledLinear
-from ssmscope.ssm.presets import Preset, apply_preset, build_optimizer
+from ssmscope.ssm.presets import Preset
 
 VOCAB = 256
 
