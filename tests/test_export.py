@@ -15,6 +15,7 @@ from ssmscope.runs.analysis import export, selection
 from ssmscope.runs.analysis.slopes import FIT_COLUMNS, fit_slopes, paper_slopes
 from ssmscope.runs.analysis.synthetic import synthetic_frame
 from ssmscope.runs.cli import slopes as cli_slopes
+from ssmscope.runs.cli.main import OneLineErrors
 from ssmscope.ssm.errors import ConfigError
 
 SPECIAL = r"we_ird%&#$ {name}~^\x"
@@ -157,7 +158,7 @@ def app(monkeypatch):
         return frame
 
     monkeypatch.setattr(store, "load_probe_frame", load)
-    application = typer.Typer()
+    application = typer.Typer(cls=OneLineErrors)
     application.callback()(lambda: None)
     cli_slopes.register(application)
     application.calls = calls
@@ -200,8 +201,8 @@ def test_cli_writes_parquet_with_every_column(app, tmp_path):
     (["--format", "xlsx"], "format='xlsx'"),
     (["--format", "parquet"], "give --out FILE"),
     (["--format", "md", "--convention", "l3"], "convention='l3'"),
-    (["--format", "md", "--width", "3d"], "--width='3d'"),
-    (["--format", "md", "--table", "half"], "--table='half'"),
+    (["--format", "md", "--width", "3d"], "Invalid value for '--width': Value error, '3d' is not one of"),
+    (["--format", "md", "--table", "half"], "Invalid value for '--table': Value error, 'half' is not one of"),
     (["--format", "md", "--step", "soon"], "--step='soon'"),
     (["--format", "md", "--where", "colour=red"], "unknown key 'colour'"),
     (["--format", "md", "--where", "n_u>=big"], "n_u takes an integer"),
@@ -240,7 +241,7 @@ def test_cli_reads_a_real_store_with_run_filters_pushed_into_its_sql(tmp_path):
                     rows.drop(*run, "run_id").to_dicts(), [])
     db = tmp_path / "store.duckdb"
     ingest(db, tmp_path / "shards")
-    application = typer.Typer()
+    application = typer.Typer(cls=OneLineErrors)
     application.callback()(lambda: None)
     cli_slopes.register(application)
     result = _run(application, "--db", str(db), "--format", "json", "--where", "preset=mup-ssm",

@@ -14,6 +14,7 @@ from ssmscope.runs.analysis.regime import REGIME_THRESHOLD, attach_regime, respo
 from ssmscope.runs.analysis.slopes import fit_slopes, paper_slopes
 from ssmscope.runs.analysis.synthetic import synthetic_frame
 from ssmscope.runs.cli import slopes as cli_slopes
+from ssmscope.runs.cli.main import OneLineErrors
 
 CELLS = (("x", "value"), ("x", "delta_init"), ("y", "value"), ("y", "delta_init"), ("grad_y", "value"))
 SEED_FACTOR = {0: 1.0, 1: 1.5, 2: 0.5}  # the median over seeds is the seed-0 value
@@ -123,7 +124,7 @@ def test_cli_reports_the_regime_in_every_table(frame, monkeypatch):
     from ssmscope.runs.store import db as store
 
     monkeypatch.setattr(store, "load_probe_frame", lambda db_path, filters=None: frame)
-    app = typer.Typer()
+    app = typer.Typer(cls=OneLineErrors)
     app.callback()(lambda: None)
     cli_slopes.register(app)
     md = CliRunner().invoke(app, ["slopes", "--format", "md", "--n-boot", "0"])

@@ -23,6 +23,7 @@ from ssmscope.runs.analysis.running import (
 from ssmscope.runs.analysis.slopes import fit_slopes
 from ssmscope.runs.analysis.synthetic import synthetic_frame
 from ssmscope.runs.cli import slopes as cli_slopes
+from ssmscope.runs.cli.main import OneLineErrors
 from ssmscope.ssm.errors import ConfigError
 
 WIDTHS = (32, 64, 128, 256, 512, 1024)
@@ -159,7 +160,7 @@ def app(monkeypatch):
 
     frame = curved(lambda L: 0.05 * (L - 5) ** 2)
     monkeypatch.setattr(store, "load_probe_frame", lambda db_path, filters=None: frame)
-    application = typer.Typer()
+    application = typer.Typer(cls=OneLineErrors)
     application.callback()(lambda: None)
     cli_slopes.register(application)
     return application

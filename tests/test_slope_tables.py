@@ -14,6 +14,7 @@ from ssmscope.runs.analysis import export
 from ssmscope.runs.analysis.slopes import paper_slopes
 from ssmscope.runs.analysis.synthetic import synthetic_frame
 from ssmscope.runs.cli import slopes as cli_slopes
+from ssmscope.runs.cli.main import OneLineErrors
 
 CELLS = (("x", "value"), ("y", "value"), ("x", "delta_init"), ("y", "delta_init"))
 
@@ -118,7 +119,7 @@ def cli(monkeypatch):
 
     frame = synthetic_frame(seeds=3, steps=(0, 4), cells=CELLS).with_columns(spec=pl.lit("paper-figure"))
     monkeypatch.setattr(store, "load_probe_frame", lambda db_path, filters=None: frame)
-    application = typer.Typer()
+    application = typer.Typer(cls=OneLineErrors)
     application.callback()(lambda: None)
     cli_slopes.register(application)
     return application

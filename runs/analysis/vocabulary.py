@@ -68,3 +68,19 @@ class TableKind(StrEnum):
     PAPER = "paper"  # the paper's four columns, one row per configuration
     FULL = "full"  # every fitted cell
     GROUPS = "groups"  # which parameter group moves Δx, Δy
+
+
+class Design(StrEnum):
+    """Which widths vary across the fitted points."""
+
+    JOINT = "joint"  # N_u = N_x = width, one slope s
+    N_U = "n_u"  # N_x held fixed (one fit per fixed N_x), slope in N_u
+    N_X = "n_x"  # N_u held fixed (one fit per fixed N_u), slope in N_x
+    TWO_D = "2d"  # every (N_u, N_x) point, slopes s_u and s_x
+
+
+class LayerAgg(StrEnum):
+    """How layers enter a fit."""
+
+    EACH = "each"  # one fit per layer
+    MEAN = "mean"  # fit the mean over layers of log2‖·‖ (= the mean of the per-layer slopes)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,9 +19,14 @@ WHERE_HELP = ("filter, repeatable: key=value, key=v1,v2, key!=v, n_u>=64, \"pres
               "several joined by ' and '; keys: run keys and step, layer, site, quantity, group")
 
 
-def fail(message: str, code: int = 2) -> None:
-    """Print one line for a user error and exit (the message is text: its brackets are not markup)."""
+def error_line(message: str) -> None:
+    """Print one error line (the message is text: its brackets are not markup)."""
     err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one line for a user error and exit."""
+    error_line(message)
     raise typer.Exit(code)
 
 
@@ -51,6 +56,13 @@ def one_line_errors(path: Path | str = "") -> Iterator[None]:
         if mapped is None:
             raise
         fail(str(mapped))
+
+
+def status_counts(statuses: Mapping[str, int]) -> str:
+    """'3 completed, 0 diverged, 1 failed': a sweep's finished runs by status, every final status named."""
+    from ssmscope.runs.store.schema import RunStatus
+
+    return ", ".join(f"{statuses.get(s, 0)} {s}" for s in (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED))
 
 
 def db_path(db: str | Path | None) -> Path:

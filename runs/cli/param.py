@@ -9,6 +9,7 @@ import typer
 from ssmscope.runs.cli.bounds import check_options
 from ssmscope.runs.cli.console import console, err_console, fail
 from ssmscope.runs.cli.param_fit import param_fit
+from ssmscope.ssm.config import Discretization, Optimizer  # light: enums, no torch
 
 
 def register(app: typer.Typer) -> None:
@@ -26,8 +27,9 @@ def param_show(
     expand: Annotated[int, typer.Option(help="N_u / d_model")] = 2,
     n_layers: Annotated[int, typer.Option(help="number of Mamba blocks")] = 3,
     vocab_size: Annotated[int, typer.Option(help="vocabulary size")] = 256,
-    discretization: Annotated[str, typer.Option(help="zoh or euler")] = "zoh",
-    optimizer: Annotated[str, typer.Option(help="sgd, adam or adamw")] = "adam",
+    discretization: Annotated[Discretization, typer.Option(help="the discretisation")] = Discretization.ZOH,
+    optimizer: Annotated[Optimizer, typer.Option(help="the optimizer (its family sets the lr exponents)")] = (
+        Optimizer.ADAM),
     lr: Annotated[float, typer.Option(help="base learning rate (at the base width)")] = 1e-3,
     base: Annotated[str | None, typer.Option(
         help="init base (mamba, hf, ssmscope-v0 or a .toml file); default: the preset's own")] = None,

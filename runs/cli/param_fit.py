@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ssmscope.runs.cli.bounds import check_memory, check_options
-from ssmscope.runs.cli.console import DB_HELP, console, db_path, err_console, fail
+from ssmscope.runs.cli.console import DB_HELP, console, db_path, err_console, fail, status_counts
 from ssmscope.runs.cli.outfile import check_out
 from ssmscope.ssm.config import FAMILY_OF_OPTIMIZER, ScanBackend  # light: enums, no torch
 
@@ -232,8 +232,7 @@ class _Measure:
         report = run_sweep(spec, self.store, device=self.device, workers=self.workers, scan=self.scan,
                            progress=RichSweepProgress(console))
         st = report.statuses
-        console.print(f"  {st.get('completed', 0)} completed, {st.get('diverged', 0)} diverged, "
-                      f"{st.get('failed', 0)} failed, {report.skipped} reused in {report.wall_s:.0f} s",
+        console.print(f"  {status_counts(st)}, {report.skipped} reused in {report.wall_s:.0f} s",
                       highlight=False)
         if report.interrupted:
             raise typer.Exit(130)

@@ -27,6 +27,7 @@ from ssmscope.runs.analysis.selection import (
     pushdown_filters,
 )
 from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT
+from ssmscope.runs.analysis.vocabulary import Design, LayerAgg, TableKind  # light: enums only
 from ssmscope.runs.cli.bounds import check_memory, check_options
 from ssmscope.runs.cli.console import DB_HELP, WHERE_HELP, console, err_console, fail
 from ssmscope.runs.cli.outfile import check_out, writing
@@ -75,9 +76,9 @@ def register(app: typer.Typer) -> None:
         where: Annotated[list[str] | None, typer.Option(help=WHERE_HELP)] = None,
         step: Annotated[str, typer.Option(help=STEP_HELP)] = "last",
         convention: Annotated[str, typer.Option(help=CONVENTION_HELP)] = "rms",
-        width: Annotated[str, typer.Option(help=WIDTH_HELP)] = "joint",
-        table: Annotated[str, typer.Option(help=TABLE_HELP)] = "paper",
-        layers: Annotated[str | None, typer.Option(help=LAYERS_HELP)] = None,
+        width: Annotated[Design, typer.Option(help=WIDTH_HELP)] = Design.JOINT,
+        table: Annotated[TableKind, typer.Option(help=TABLE_HELP)] = TableKind.PAPER,
+        layers: Annotated[LayerAgg | None, typer.Option(help=LAYERS_HELP)] = None,
         out: Annotated[Path | None, typer.Option(help="output file (required for parquet)")] = None,
         n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the seeds (0: no CI)")] = DEFAULT_N_BOOT,
         seed: Annotated[int, typer.Option(help="seed of the bootstrap draws")] = 0,
@@ -134,20 +135,17 @@ def _options(fmt: str | None, out: Path | None, step: str, convention: str, widt
     """Check every option before the store is opened: the output format and the fit options."""
     from ssmscope.runs.analysis.export import BINARY_FORMATS
     from ssmscope.runs.analysis.norms import parse_convention
-    from ssmscope.runs.analysis.slopes import Design, LayerAgg
+    from ssmscope.runs.analysis.slopes import LayerAgg
     from ssmscope.ssm.errors import ConfigError
 
     out_format = output_format(fmt, out)
     if out_format in BINARY_FORMATS and out is None:
         raise ConfigError(f"--format {out_format.value} writes a binary file: give --out FILE")
-    if table not in ("paper", "full", "groups"):
-        raise ConfigError(f"--table={table!r}; allowed: paper, full, groups")
     check_options({"--n-boot": n_boot, "--seed": seed})
     check_out(out)
-    layers = layers or ("mean" if table == "paper" else "each")
-    options = dict(convention=parse_convention(convention), design=_choice(Design, "--width", width),
-                   layers=_choice(LayerAgg, "--layers", layers), step=parse_step(step), n_boot=n_boot,
-                   rng_seed=seed, include_failed=include_failed)
+    layers = layers or (LayerAgg.MEAN if table == TableKind.PAPER else LayerAgg.EACH)
+    options = dict(convention=parse_convention(convention), design=width, layers=layers, step=parse_step(step),
+                   n_boot=n_boot, rng_seed=seed, include_failed=include_failed)
     return out_format, options
 
 
@@ -179,23 +177,13 @@ def _nothing_to_fit(frame: pl.DataFrame, table: str, design: str) -> str:
 
     if design == "joint" and frame.filter(on_axis(design)).is_empty():
         return "nothing to fit: no runs with N_u = N_x for --width joint; use --width 2d, n_u or n_x"
-    if table == "paper":
+    if table == TableKind.PAPER:
         return "nothing to fit: the paper table needs rows of site x/y, quantity value/delta_init, group ''"
-    if table == "groups":
+    if table == TableKind.GROUPS:
         from ssmscope.runs.analysis.groups import NO_GROUP_PROBES
 
         return NO_GROUP_PROBES
     return "nothing to fit in the selection"
-
-
-def _choice(enum: type, option: str, value: str) -> str:
-    """`value` if it names a member of `enum`, else a ConfigError listing the members."""
-    from ssmscope.ssm.errors import ConfigError
-
-    allowed = [e.value for e in enum]
-    if value not in allowed:
-        raise ConfigError(f"{option}={value!r}; allowed: {', '.join(allowed)}")
-    return value
 
 
 def _compute(frame: pl.DataFrame, table: str, out_format: Format | str,
@@ -207,7 +195,7 @@ def _compute(frame: pl.DataFrame, table: str, out_format: Format | str,
 
     notes = export.coincidence_notes(frame, options["design"])
     slopes = slope_table(frame, table=table, **options)
-    if table != "paper" or options["fit"] == "running":  # running: one row per window, not a paper cell
+    if table != TableKind.PAPER or options["fit"] == "running":  # running: one row per window, not a paper cell
         if out_format == TABLE:
             return slopes, [], export.slope_caption(slopes, notes)
         return export.full_output(slopes, out_format, notes)
@@ -231,7 +219,7 @@ def _write_table(result: pl.DataFrame, table: str, caption: str, out: Path | Non
     """The terminal table on stdout (colours on a terminal), or as plain text in `out`."""
     from ssmscope.runs.cli.table import full_rich_table, paper_rich_table, print_table, render
 
-    rich_table = paper_rich_table(result) if table == "paper" else full_rich_table(result)
+    rich_table = paper_rich_table(result) if table == TableKind.PAPER else full_rich_table(result)
     if out is None:
         print_table(console, rich_table, caption)
         return

@@ -8,7 +8,8 @@ import typer
 from rich.markup import escape
 
 from ssmscope.runs.cli.bounds import check_options
-from ssmscope.runs.cli.console import DB_HELP, console, db_path, fail, note, one_line_errors, warn
+from ssmscope.runs.cli.console import DB_HELP, console, db_path, fail, note, one_line_errors, status_counts, warn
+from ssmscope.runs.sweeps.executor_names import ExecutorName, SlurmCluster  # light: enums only
 from ssmscope.ssm.config import ScanBackend  # light: the enum and ConfigError, no torch
 
 
@@ -23,9 +24,9 @@ def sweep(
     workers: Annotated[int | None, typer.Option(help="local: parallel worker processes "
                                                      "(default: one per GPU on cuda, else 1)")] = None,
     db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
-    scan: Annotated[str, typer.Option(help="scan backend: " + ", ".join(b.value for b in ScanBackend))] = "auto",
+    scan: Annotated[ScanBackend, typer.Option(help="scan backend")] = ScanBackend.AUTO,
     retries: Annotated[int, typer.Option(help="retries of a failed run")] = 1,
-    executor: Annotated[str, typer.Option(help="where runs execute: local, ray or slurm")] = "local",
+    executor: Annotated[ExecutorName, typer.Option(help="where runs execute")] = ExecutorName.LOCAL,
     shards: Annotated[str | None, typer.Option(help="shard folder, shared by all workers (default: "
                                                     "$SSMSCOPE_SHARDS or <db dir>/<db name>.shards)")] = None,
     max_memory: Annotated[str, typer.Option(help="memory one run may use, e.g. 16G or 512M; auto: this machine's "
@@ -42,8 +43,9 @@ def sweep(
     array_parallelism: Annotated[int | None, typer.Option(help="slurm: most array tasks running at once")] = None,
     slurm_param: Annotated[list[str] | None, typer.Option(
         help="slurm: extra sbatch parameter KEY=VALUE (submitit's name, e.g. account=proj); repeatable")] = None,
-    cluster: Annotated[str, typer.Option(help="slurm: slurm (sbatch), or local (submitit's local executor, "
-                                              "jobs as subprocesses here: to try a setup)")] = "slurm",
+    cluster: Annotated[SlurmCluster, typer.Option(help="slurm: slurm (sbatch), or local (submitit's local executor, "
+                                                       "jobs as subprocesses here: to try a setup)")] = (
+        SlurmCluster.SLURM),
 ) -> None:
     """Run a sweep (resumable: finished runs are skipped), then ingest it into the store.
 
@@ -54,7 +56,7 @@ def sweep(
     from pathlib import Path
 
     from ssmscope.runs.cli.progress import RichSweepProgress
-    from ssmscope.runs.sweeps.executors import EXECUTORS, ExecutorOptions, make_executor, require
+    from ssmscope.runs.sweeps.executors import ExecutorOptions, make_executor, require
     from ssmscope.runs.sweeps.memory import parse_size
     from ssmscope.runs.sweeps.preflight import AUTO, check_plan
     from ssmscope.runs.sweeps.spec import load_spec
@@ -63,11 +65,6 @@ def sweep(
 
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         fail(f"--device={device!r}; allowed: auto, cpu, cuda")
-    if executor not in EXECUTORS:
-        fail(f"--executor={executor!r}; allowed: {', '.join(EXECUTORS)}")
-    if workers is not None and executor != "local":
-        fail(f"--workers={workers}; allowed with --executor local only (ray and slurm: --cpus-per-task, "
-             "--gpus-per-task)")
     try:
         check_options({"--workers": workers, "--time-min": time_min, "--retries": retries,
                        "--cpus-per-task": cpus_per_task, "--gpus-per-task": gpus_per_task,
@@ -79,27 +76,21 @@ def sweep(
         memory = AUTO if max_memory.strip().lower() == AUTO else parse_size(max_memory)
     except ValueError:
         fail(f"--max-memory={max_memory!r}; allowed: auto, none, or a size such as 16G, 512M")
-    if scan not in {b.value for b in ScanBackend}:
-        fail(f"--scan={scan!r}; allowed: {', '.join(b.value for b in ScanBackend)}")
-    only = {"address": ("ray", address is not None), "partition": ("slurm", partition is not None),
-            "array-parallelism": ("slurm", array_parallelism is not None), "slurm-param": ("slurm", bool(slurm_param)),
-            "cluster": ("slurm", cluster != "slurm")}
-    for flag, (owner, given) in only.items():
-        if given and executor != owner:
-            fail(f"--{flag} applies to --executor {owner} (got --executor {executor})")
     params = {}
     for item in slurm_param or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             fail(f"--slurm-param={item!r}; allowed: KEY=VALUE")
         params[key] = value
+    options = ExecutorOptions(workers=workers, address=address, cpus_per_task=cpus_per_task,
+                              gpus_per_task=gpus_per_task, partition=partition, time_min=time_min, cluster=cluster,
+                              array_parallelism=array_parallelism, slurm_params=params)
+    if options.misplaced(executor):  # an option of another executor: its own line, before anything runs
+        fail(options.misplaced(executor))
     try:
         require(executor)
         s = load_spec(spec)
-        ex = make_executor(executor, ExecutorOptions(
-            workers=workers, address=address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task,
-            partition=partition, time_min=time_min, cluster=cluster, array_parallelism=array_parallelism,
-            slurm_params=params))
+        ex = make_executor(executor, options)
         check_plan(s, device, executor, workers, memory, scan)  # before anything is printed or created
     except ConfigError as exc:
         fail(str(exc))
@@ -112,9 +103,9 @@ def sweep(
     st = report.statuses
     others = f" (+{report.other_ingested} of other writers)" if report.other_ingested else ""
     console.print(
-        f"[bold]summary[/bold]: {st.get('completed', 0)} completed, {st.get('diverged', 0)} diverged, "
-        f"{st.get('failed', 0)} failed, {report.skipped} skipped (already finished), {report.retried} retried "
-        f"in {report.wall_s:.0f} s; ingested {report.own_ingested} of this sweep's runs{others}"
+        f"[bold]summary[/bold]: {status_counts(st)}, {report.skipped} skipped (already finished), "
+        f"{report.retried} retried in {report.wall_s:.0f} s; "
+        f"ingested {report.own_ingested} of this sweep's runs{others}"
     )
     for rid, errs in report.attempt_errors.items():  # attempts that failed and were retried
         for i, err in enumerate(errs[: len(errs) - (rid in report.failures)], 1):

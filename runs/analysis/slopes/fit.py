@@ -30,7 +30,7 @@ from ssmscope.runs.analysis.norms import norm_expr, parse_convention
 from ssmscope.runs.analysis.slopes import bootstrap, codes, ols
 from ssmscope.runs.analysis.slopes.verdicts import attach_predictions
 from ssmscope.runs.analysis.stats import CONFIDENCE, DEFAULT_N_BOOT, normal_z
-from ssmscope.runs.analysis.vocabulary import FitStatus
+from ssmscope.runs.analysis.vocabulary import Design, FitStatus, LayerAgg
 from ssmscope.runs.store.schema import (
     EXCLUDED_STATUSES,
     FRAME_RUN_KEYS,
@@ -53,15 +53,6 @@ CELL_KEYS = [*CONFIG_KEYS, "layer", "site", "quantity", "group", "step"]
 """One fit = one cell (plus any OPTIONAL_CONFIG_KEYS present, after lr)."""
 
 
-class Design(StrEnum):
-    """Which widths vary across the fitted points."""
-
-    JOINT = "joint"  # N_u = N_x = width, one slope s
-    N_U = "n_u"  # N_x held fixed (one fit per fixed N_x), slope in N_u
-    N_X = "n_x"  # N_u held fixed (one fit per fixed N_u), slope in N_x
-    TWO_D = "2d"  # every (N_u, N_x) point, slopes s_u and s_x
-
-
 def on_axis(design: Design | str, fixed: int | None = None) -> pl.Expr:
     """The rows (with n_u, n_x) a fit along `design` uses: joint → N_u = N_x; n_u → N_x = `fixed`; n_x → N_u =
     `fixed` (every row when `fixed` is None: one fit per fixed width); 2d → every row. The one width filter of
@@ -72,13 +63,6 @@ def on_axis(design: Design | str, fixed: int | None = None) -> pl.Expr:
     if fixed is not None and design in (Design.N_U, Design.N_X):
         return pl.col("n_x" if design == Design.N_U else "n_u") == fixed
     return pl.lit(True)
-
-
-class LayerAgg(StrEnum):
-    """How layers enter a fit."""
-
-    EACH = "each"  # one fit per layer
-    MEAN = "mean"  # fit the mean over layers of log2‖·‖ (= the mean of the per-layer slopes)
 
 
 # The regressors (terms) of each design, as the log2 of which width column.

@@ -10,6 +10,7 @@ packages only when started.
 
 from __future__ import annotations
 
+from ssmscope.runs.sweeps.executor_names import ExecutorName, SlurmCluster
 from ssmscope.runs.sweeps.executors.base import (
     PACKAGES,
     WORKER_HOOK_DATA_ENV,
@@ -30,12 +31,29 @@ from ssmscope.runs.sweeps.executors.base import (
 )
 from ssmscope.ssm.errors import ConfigError
 
-EXECUTORS = ("local", "ray", "slurm")
+EXECUTORS = tuple(e.value for e in ExecutorName)
 
 __all__ = [
-    "EXECUTORS", "PACKAGES", "WORKER_HOOK_DATA_ENV", "WORKER_HOOK_ENV", "Executor", "ExecutorOptions",
-    "ExecutorUnavailable", "Outcome", "Task", "WorkerHook", "error_text", "execute", "load_hook", "make_executor",
-    "make_task", "require", "resolve_device", "write_failed_shard",
+    "EXECUTORS",
+    "PACKAGES",
+    "WORKER_HOOK_DATA_ENV",
+    "WORKER_HOOK_ENV",
+    "Executor",
+    "ExecutorName",
+    "ExecutorOptions",
+    "ExecutorUnavailable",
+    "Outcome",
+    "SlurmCluster",
+    "Task",
+    "WorkerHook",
+    "error_text",
+    "execute",
+    "load_hook",
+    "make_executor",
+    "make_task",
+    "require",
+    "resolve_device",
+    "write_failed_shard",
 ]
 
 

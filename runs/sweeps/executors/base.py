@@ -29,7 +29,7 @@ import re
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +39,8 @@ from ssmscope.runs.sweeps.record import run_record
 from ssmscope.runs.sweeps.spec import RunConfig
 from ssmscope.ssm.errors import ConfigError
 
+OWNERS_KEY = "executors"
+"""Metadata key of an ExecutorOptions field: the executors that read it."""
 PACKAGES = {"ray": ("ray", "ray>=2.9"), "slurm": ("submitit", "submitit>=1.5")}
 ERROR_CHARS = 4000
 
@@ -194,17 +196,28 @@ class Executor:
 
 @dataclass
 class ExecutorOptions:
-    """What the CLI's sweep flags configure (each backend reads its own)."""
+    """What the CLI's sweep flags configure. Each field's metadata names the executors that read it
+    (OWNERS_KEY): a value given for another executor is a mistake, refused by `misplaced` in one line."""
 
-    workers: int | None = None
-    address: str | None = None
-    cpus_per_task: float = 1
-    gpus_per_task: float = 0
-    partition: str | None = None
-    time_min: int = 60
-    cluster: str = "slurm"
-    array_parallelism: int | None = None
-    slurm_params: dict[str, Any] = field(default_factory=dict)
+    workers: int | None = field(default=None, metadata={OWNERS_KEY: ("local",)})
+    address: str | None = field(default=None, metadata={OWNERS_KEY: ("ray",)})
+    cpus_per_task: float = field(default=1, metadata={OWNERS_KEY: ("ray", "slurm")})
+    gpus_per_task: float = field(default=0, metadata={OWNERS_KEY: ("ray", "slurm")})
+    partition: str | None = field(default=None, metadata={OWNERS_KEY: ("slurm",)})
+    time_min: int = field(default=60, metadata={OWNERS_KEY: ("slurm",)})
+    cluster: str = field(default="slurm", metadata={OWNERS_KEY: ("slurm",)})
+    array_parallelism: int | None = field(default=None, metadata={OWNERS_KEY: ("slurm",)})
+    slurm_params: dict[str, Any] = field(default_factory=dict, metadata={OWNERS_KEY: ("slurm",), "flag": "slurm-param"})
+
+    def misplaced(self, executor: str) -> str | None:
+        """One line naming the first option set away from its default that `executor` does not read, or None."""
+        for f in fields(self):
+            owners = f.metadata[OWNERS_KEY]
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            if executor not in owners and getattr(self, f.name) != default:
+                flag = f.metadata.get("flag", f.name.replace("_", "-"))
+                return f"--{flag} applies to --executor {' or '.join(owners)} (got --executor {executor})"
+        return None
 
 
 def execute_task(task: Task, threads: int) -> tuple[str, str]:
