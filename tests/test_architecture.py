@@ -227,3 +227,14 @@ def test_reading_presets_loads_no_torch():
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_docs_architecture_names_every_module():
+    """docs/architecture.md names every module of the packages (as `name` or by its path): a new module gets a
+    line there, saying what its one job is."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    modules = [f.relative_to(ROOT) for pkg in ("ssm", "probes", "runs", "app", "ssmscope")
+               for f in sorted((ROOT / pkg).rglob("*.py")) if f.name != "__init__.py"]
+    assert len(modules) > 100
+    missing = [str(m) for m in modules if f"`{m.stem}`" not in doc and str(m) not in doc]
+    assert missing == [], f"docs/architecture.md does not name: {', '.join(missing)}"
