@@ -205,9 +205,16 @@ def test_runs_page_filters_by_status_and_details_a_diverged_run(app_store, monke
     assert traces(loss, "loss") and traces(curves, "run_curve")
     first = at.selectbox(key="runs_run").value
     other = next(o for o in at.selectbox(key="runs_run").options if not o.startswith(first))
-    at.selectbox(key="runs_run").set_value(other.split(" · ")[0]).run()
-    assert figure(at, 0)["data"][0]["y"] != loss["data"][0]["y"] or figure(at, 1) != curves
-    assert at.query_params["run"] == other.split(" · ")[0]
+    chosen = other.split(" · ")[0]
+    at.selectbox(key="runs_run").set_value(chosen).run()
+    # the loss figure now draws the chosen run's own losses, as the store holds them
+    from ssmscope.runs.store.db import load_losses
+
+    stored = load_losses(app_store, {"run_id": chosen}).sort("step")
+    drawn = figure(at, 0)["data"][0]
+    assert list(drawn["x"]) == stored["step"].to_list()
+    assert list(drawn["y"]) == pytest.approx(stored["train_loss"].to_list(), rel=1e-12, nan_ok=True)
+    assert at.query_params["run"] == chosen
 
 
 # --- slope table ---------------------------------------------------------------------------------
