@@ -19,7 +19,7 @@ import polars as pl
 from plotly.subplots import make_subplots
 
 from ssmscope.app.frames import Row
-from ssmscope.runs.analysis.export import exponent_text, verdict_text
+from ssmscope.runs.analysis.export import exponent_text, record_words
 from ssmscope.runs.analysis.norms import norm_label
 from ssmscope.runs.analysis.vocabulary import FitStatus
 from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, WIDTH_KEYS
@@ -65,7 +65,7 @@ def slope_text(rec: dict | None) -> str:
         ci = f" [{rec['ci_low']:.2f}, {rec['ci_high']:.2f}]"
     pred = (f" · predicted {exponent_text(rec['predicted'], rec.get('log_x'))}" if rec.get("predicted") is not None
             else "")
-    words = verdict_text(rec.get("verdict"), rec.get("agreement"), rec.get("predicted"), rec.get("log_x"))
+    words = record_words(rec)
     return f"slope s = {_signed(rec['estimate'])}{ci}{pred} · {words}"
 
 

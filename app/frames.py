@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from ssmscope.runs.analysis import export
-from ssmscope.runs.analysis.export import exponent_text, verdict_text
+from ssmscope.runs.analysis.export import exponent_text, record_words
 from ssmscope.runs.analysis.norms import norm_expr
 from ssmscope.runs.analysis.slopes.fit import on_axis
 from ssmscope.runs.store.schema import EXCLUDED_STATUSES, PARAMETERIZATION_KEYS, WIDTH_KEYS
@@ -254,7 +254,7 @@ def figure_slopes(slopes: pl.DataFrame, rows: Sequence[Row], panels: Sequence[st
                         "estimate": r["estimate"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
                         "predicted": "no prediction" if r["predicted"] is None else
                         exponent_text(r["predicted"], r.get("log_x")),
-                        "verdict": verdict_text(r["verdict"], r["agreement"], r["predicted"], r.get("log_x")),
+                        "verdict": record_words(r),
                         "n_seeds": r["n_seeds"], "n_widths": r["n_widths"], "status": r["status"].replace("_", " "),
                         "_rank": (panel_rank[r["panel"]], row_rank[(r["site"], r["quantity"])], r["layer"])})
     records.sort(key=lambda rec: rec.pop("_rank"))
@@ -272,9 +272,7 @@ def slope_comparison(fits: pl.DataFrame, labels: Sequence[str], rows: Sequence[R
     if fits.is_empty():
         return pl.DataFrame()
     shown = fits.filter(in_rows(rows) & pl.col("panel").is_in(list(labels)))
-    words = [verdict_text(v, a, p, lx) for v, a, p, lx in
-             shown.select("verdict", "agreement", "predicted", "log_x").iter_rows()]
-    shown = shown.with_columns(pl.Series("words", words, pl.String))
+    shown = shown.with_columns(pl.Series("words", [record_words(r) for r in shown.iter_rows(named=True)], pl.String))
     joined = None
     for label in labels:
         side = shown.filter(pl.col("panel") == label).select(

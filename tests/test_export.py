@@ -83,7 +83,7 @@ def test_markdown_paper_table_has_the_papers_header_and_one_row_per_configuratio
     assert lines[0] == "| preset | discretization | optimizer | step | ‖x‖ | ‖y‖ | ‖Δx‖ | ‖Δy‖ |"
     assert lines[1] == "|---|---|---|---:|---|---|---|---|"
     assert len(lines) == 2 + 3 * 2  # presets × discretizations
-    assert re.search(r"(, as predicted \(|; predicted )width<sup>", lines[2]), lines[2]
+    assert re.search(r"(, as predicted \(|; predicted |agrees with )width<sup>", lines[2]), lines[2]
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| sp"] * 2 + ["| mup"] * 2 + ["| mup-ssm"] * 2
 
 
@@ -124,7 +124,61 @@ def test_latex_paper_table_keeps_its_math_cells_and_escapes_its_names(paper):
     table = export.format_paper_table(paper, "latex")
     tex = export.to_latex(table, raw_columns=[export.paper_header(c, "latex") for c in "x y dx dy".split()])
     assert r"$\|\Delta y\|$" in tex and r"$\mathrm{width}^{" in tex and r"\pm" in tex
+    assert tex.isascii() and "as predicted" not in tex  # short cells: exponent, (prediction), mark
     assert r"we\_ird" in tex and _balanced(tex)
+
+
+def _latex_document(tables: list[str]) -> str:
+    return "\n".join([r"\documentclass{article}", r"\usepackage{booktabs}",
+                      r"\usepackage[margin=0.5in,landscape]{geometry}", r"\begin{document}", *tables,
+                      r"\end{document}", ""])
+
+
+def _annotated_paper() -> pl.DataFrame:
+    """The paper rows as `ssmscope slopes` gets them (regime and trend attached), from a synthetic frame."""
+    from ssmscope.runs.analysis.slope_tables import slope_table
+
+    return slope_table(synthetic_frame(seeds=3, steps=(0, 2)), table="paper", layers="mean", step="last", n_boot=100)
+
+
+def test_latex_exports_are_pure_ascii_balanced_and_short():
+    """pdflatex rejects Unicode its input encoding lacks (‖ ± ½ ₀ …): every LaTeX export is ASCII with LaTeX macros
+    only, its braces balance, and the paper table's cells are short (no sentences: the caption explains)."""
+    paper = _annotated_paper()
+    table, raw, caption = export.paper_output(paper, "latex", ["µP and µP-SSM coincide (‖·‖₂, ½·log N_x)"])
+    paper_tex = export.export(table, "latex", caption=caption, raw_columns=raw)
+    full, _, full_caption = export.full_output(fit_slopes(synthetic_frame(seeds=3), n_boot=50), "latex")
+    full_tex = export.export(full, "latex", caption=full_caption)
+    for tex in (paper_tex, full_tex):
+        assert tex.isascii(), sorted({ch for ch in tex if not ch.isascii()})
+        assert _balanced(tex) and tex.count("$") % 2 == 0
+    assert r"\frac12" in paper_tex and r"\pm" in paper_tex and r"\|" in paper_tex
+    for column in raw:
+        for cell in table[column]:
+            assert len(re.sub(r"\\[a-z]+|[${}]", "", cell)) <= 40, cell  # e.g. width^0.48±0.06 (½) ✓ NL→
+            assert "predicted" not in cell and "as " not in cell, cell
+
+
+@pytest.mark.parametrize("text", ["‖Δx‖ ± ½ · N₀ ≤ η*", "é ∂ ∪ √ → ← ✓ ✗ ⁻¹", "\u2603 snow", "naïve – “q”"])
+def test_latex_escape_gives_ascii_for_any_unicode(text):
+    escaped = export.latex_escape(text)
+    assert escaped.isascii() and _balanced(escaped), escaped
+
+
+@pytest.mark.skipif(__import__("shutil").which("pdflatex") is None, reason="pdflatex is not installed")
+def test_latex_exports_compile_with_pdflatex(tmp_path):
+    import subprocess
+
+    paper = _annotated_paper()
+    table, raw, caption = export.paper_output(paper, "latex")
+    full, _, full_caption = export.full_output(fit_slopes(synthetic_frame(seeds=3), n_boot=50), "latex")
+    doc = _latex_document([export.export(table, "latex", caption=caption, raw_columns=raw),
+                           export.export(full, "latex", caption=full_caption)])
+    (tmp_path / "t.tex").write_text(doc, encoding="ascii")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert (tmp_path / "t.pdf").read_bytes().startswith(b"%PDF")
 
 
 # --- the paper table's cells -----------------------------------------------------------------------
@@ -134,7 +188,9 @@ def test_two_d_cells_read_nx_then_nu_with_ci_and_prediction():
     table = export.paper_table(frame, design="2d", n_boot=100)
     cell = table["‖y‖"].item()
     number = r"[\-0-9.]+±[0-9.]+"
-    assert re.match(rf"N_x\^{number}·N_u\^{number} \w+/\w+, as predicted \(N_x\^1\.5·N_u\^-1\) ✓", cell), cell
+    words = r"(\w+/\w+, as predicted \(|agrees with )"
+    assert re.match(rf"N_x\^{number}·N_u\^{number} {words}N_x\^1\.5·N_u\^-1", cell), cell
+    assert cell.endswith("✓"), cell
 
 
 def test_too_few_points_cell_says_so():

@@ -34,6 +34,7 @@ def test_rows_run_sp_mup_mup_ssm_then_custom_presets_by_name():
 @pytest.mark.parametrize(("verdict", "agreement", "predicted", "log_x", "text"), [
     ("vanishes", "agrees", -0.5, False, "vanishes, as predicted"),
     ("grows", "agrees", 1.0, False, "grows, as predicted"),
+    ("flat", "agrees", 0.0, True, "flat, as predicted"),  # 0·log: a log factor keeps the verdict of the power
     ("flat", "disagrees", 0.5, False, "flat; predicted +½"),
     ("grows", "disagrees", 0.0, True, "grows; predicted log"),
     ("grows", "no prediction", None, None, "grows; no prediction"),
@@ -41,6 +42,59 @@ def test_rows_run_sp_mup_mup_ssm_then_custom_presets_by_name():
 ])
 def test_verdict_words_carry_the_agreement(verdict, agreement, predicted, log_x, text):
     assert export.verdict_text(verdict, agreement, predicted, log_x) == text
+
+
+def _judged(estimate: float, ci: tuple[float, float] | None, predicted: float | None) -> dict:
+    """One fitted cell judged by the real rule (runs.analysis.slopes.verdicts.attach_predictions' thresholds)."""
+    from ssmscope.runs.analysis.slopes import AGREE_TOL, FLAT_TOL
+
+    lo, hi = ci if ci is not None else (None, None)
+    verdict = "grows" if estimate > FLAT_TOL else "vanishes" if estimate < -FLAT_TOL else "flat"
+    if predicted is None:
+        agreement = "no prediction"
+    else:
+        covered = ci is not None and lo <= predicted <= hi
+        agreement = "agrees" if abs(estimate - predicted) <= AGREE_TOL or covered else "disagrees"
+    return dict(estimate=estimate, ci_low=lo, ci_high=hi, predicted=predicted, log_x=False, verdict=verdict,
+                agreement=agreement, status="ok", term="width", n_points=6)
+
+
+# (slope, CI, prediction) → the words: a measured verdict and an agreement that never contradict each other
+WORDING = [
+    (0.21, (-0.17, 0.59), 0.0, "agrees with 0 within its CI"),  # grows by its own verdict, CI holds 0
+    (-0.38, (-0.59, 0.05), 0.0, "agrees with 0 within its CI"),  # vanishes by its own verdict, CI holds 0
+    (0.12, (0.11, 0.13), 0.0, "agrees with 0 within ±0.15"),  # outside the flat band, CI misses 0, within the tol
+    (0.05, (-0.10, 0.60), 0.5, "agrees with +½ within its CI"),  # flat by its own verdict, the theory says grows
+    (0.02, None, 0.0, "flat, as predicted"),
+    (-0.62, (-0.89, -0.35), -0.5, "vanishes, as predicted"),
+    (0.48, (0.42, 0.54), 0.5, "grows, as predicted"),
+    (0.41, (0.07, 0.75), 1.0, "grows; predicted +1"),
+    (0.00, (-0.09, 0.09), 0.5, "flat; predicted +½"),
+    (-0.30, (-0.50, -0.10), 0.0, "vanishes; predicted 0"),
+    (0.30, (0.10, 0.50), None, "grows; no prediction"),
+]
+
+
+@pytest.mark.parametrize(("estimate", "ci", "predicted", "text"), WORDING)
+def test_verdict_words_never_contradict_the_agreement(estimate, ci, predicted, text):
+    """The rule of docs/slopes.md ("Reading a verdict"): "<verdict>, as predicted" only where the prediction does
+    what the measurement does; an agreement the verdict does not show reads "agrees with <p> within its CI"."""
+    rec = _judged(estimate, ci, predicted)
+    words = export.record_words(rec)
+    assert words == text
+    predicted_does = export.predicted_verdict(predicted)
+    if "as predicted" in words:
+        assert rec["agreement"] == "agrees" and rec["verdict"] == predicted_does
+    for verdict in ("flat", "grows", "vanishes"):  # a verdict word next to an agreement is the prediction's own
+        if rec["agreement"] == "agrees" and verdict in words:
+            assert verdict == predicted_does
+    cell = export._paper_cell([rec], "text")  # the paper table's cell says the same, exponents as powers of width
+    if predicted is not None:
+        power = f"width^{export._fmt_num(predicted, 'text', None)}"
+        said = export.exponent_text(predicted)
+        text = (text.replace("as predicted", f"as predicted ({power})").replace(f" {said} ", f" {power} ")
+                .replace(f"predicted {said}", f"predicted {power}"))
+    assert text in cell, cell
 
 
 @pytest.mark.parametrize(("value", "log_x", "text"), [(0.0, False, "0"), (0.5, False, "+½"), (-0.5, False, "−½"),
@@ -59,7 +113,7 @@ def test_a_mark_always_follows_words_that_say_what_it_means(paper):
     assert any(c.endswith("✗") for c in cells) and any(c.endswith("✓") for c in cells)
     for cell in cells:
         if cell.endswith("✓"):
-            assert ", as predicted (" in cell, cell
+            assert ", as predicted (" in cell or " agrees with width^" in cell, cell
         if cell.endswith("✗"):
             assert "; predicted " in cell and "as predicted" not in cell, cell
 

@@ -30,7 +30,7 @@ from ssmscope.runs.analysis.slopes import (
     PAPER_COLUMNS,
     paper_slopes,
 )
-from ssmscope.runs.analysis.vocabulary import Agreement, FitStatus, Regime, Trend
+from ssmscope.runs.analysis.vocabulary import Agreement, FitStatus, Regime, Trend, Verdict
 from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS
 from ssmscope.ssm.errors import ConfigError
 
@@ -132,16 +132,34 @@ _LATEX_UNICODE = {
     "Θ": r"\ensuremath{\Theta}",
     "∂": r"\ensuremath{\partial}", "✓": r"\ensuremath{\surd}", "✗": r"\ensuremath{\times}", "—": "---",
     "≤": r"\ensuremath{\le}", "≥": r"\ensuremath{\ge}", "µ": r"\ensuremath{\mu}", "μ": r"\ensuremath{\mu}",
-    "≫": r"\ensuremath{\gg}", "…": r"\ldots{}",
+    "≫": r"\ensuremath{\gg}", "…": r"\ldots{}", "½": r"\ensuremath{\frac12}", "∪": r"\ensuremath{\cup}",
+    "∩": r"\ensuremath{\cap}", "√": r"\ensuremath{\surd}", "≈": r"\ensuremath{\approx}",
+    "×": r"\ensuremath{\times}", "✕": r"\ensuremath{\times}", "→": r"\ensuremath{\to}",
+    "←": r"\ensuremath{\leftarrow}", "η": r"\ensuremath{\eta}", "ρ": r"\ensuremath{\rho}",
+    "σ": r"\ensuremath{\sigma}", "∞": r"\ensuremath{\infty}", "≠": r"\ensuremath{\ne}", "–": "--",
+    "▼": "v", "★": "*", "’": "'", "‘": "`", "“": "``", "”": "''", "\u00a0": "~",
+    **{sup: rf"\ensuremath{{^{{{asc}}}}}" for sup, asc in zip("⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻", "0123456789+-", strict=True)},
+    **{sub: rf"\ensuremath{{_{{{asc}}}}}" for sub, asc in zip("₀₁₂₃₄₅₆₇₈₉ₓᵤ", "0123456789xu", strict=True)},
 }
 
 
+def _ascii(ch: str) -> str:
+    """A character no table uses knowingly, as ASCII: its compatibility decomposition's ASCII part (é → e), else ?."""
+    import unicodedata
+
+    folded = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode("ascii")
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in folded) or "?"
+
+
 def latex_escape(text: str) -> str:
-    """Text safe in LaTeX text mode: \\ & % $ # _ { } ~ ^ < > | escaped, the tables' Unicode symbols as math.
+    """Text safe in LaTeX text mode and pure ASCII (pdflatex rejects what its input encoding lacks):
+    \\ & % $ # _ { } ~ ^ < > | escaped, the tables' Unicode symbols as math macros (‖ → \\|, ± → \\pm,
+    ½ → \\frac12, ₀ → _{0}), any other character as its ASCII letters (or ?).
 
     Character by character, so an escape is never escaped again and braces stay balanced.
     """
-    return "".join(_LATEX_SPECIAL.get(ch) or _LATEX_UNICODE.get(ch) or ch for ch in text)
+    return "".join(_LATEX_SPECIAL.get(ch) or _LATEX_UNICODE.get(ch) or (ch if ch.isascii() else _ascii(ch))
+                   for ch in text)
 
 
 def to_latex(frame: pl.DataFrame, *, digits: int = FLOAT_DIGITS, caption: str | None = None,
@@ -213,10 +231,15 @@ def order_rows(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(rank.alias("_rank")).sort("_rank", maintain_order=True).drop("_rank")
 
 
-# --- verdict wording ---------------------------------------------------------------------------
+# --- verdict wording ---------------------------------------------------------------------------------
 # A verdict says what the measurement does (flat, grows, vanishes); whether that is what the theory says is
-# the agreement. Every phrase carries both, so a mark can never seem to contradict its verdict:
-# "vanishes, as predicted ✓" and "flat; predicted +½ ✗", never a bare "vanishes ✓".
+# the agreement. The words of a cell never contradict each other (docs/slopes.md, "Reading a verdict"):
+#   agrees, and the prediction does what the measurement does  → "vanishes, as predicted"
+#   agrees only within the CI (or the tolerance), although the measurement's own verdict differs from the
+#   prediction's (a slope of +0.21 ± 0.38 where 0 is predicted)  → "agrees with 0 within its CI"
+#   disagrees  → "flat; predicted +½"        no prediction  → "grows; no prediction"
+# so "grows, as predicted" is never written where the prediction is flat, and a ✓ never follows "vanishes"
+# where the theory says "grows".
 AGREEMENT_WORDS = {Agreement.AGREES: "as predicted", Agreement.DISAGREES: "predicted {pred}",
                    Agreement.NO_PREDICTION: "no prediction"}
 """How each agreement reads after the verdict; {pred} is the predicted exponent."""
@@ -234,13 +257,60 @@ def exponent_text(value: float | None, log_x: bool | None = False) -> str:
     return text + ("·log" if log_x else "")
 
 
+def predicted_verdict(predicted: float | None) -> Verdict | None:
+    """What the predicted exponent does, judged as a measurement is (FLAT_TOL): flat, grows or vanishes.
+
+    A log N_x factor does not change it (0·log is flat: over the sweeps' widths it adds about 0.15–0.3)."""
+    if predicted is None or (isinstance(predicted, float) and math.isnan(predicted)):
+        return None
+    return Verdict.GROWS if predicted > FLAT_TOL else Verdict.VANISHES if predicted < -FLAT_TOL else Verdict.FLAT
+
+
+def _covered(ci_low: float | None, ci_high: float | None, predicted: float | None) -> bool:
+    """Whether the CI holds the prediction (False without a CI)."""
+    values = (ci_low, ci_high, predicted)
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+        return False
+    return ci_low <= predicted <= ci_high
+
+
+def within_words(covered: Iterable[bool]) -> str:
+    """How an agreement that the verdict alone does not show was reached: "within its CI" (every term's CI holds
+    its prediction), "within ±0.15" (AGREE_TOL: none does) or "within its CI or ±0.15" (some do)."""
+    covered = list(covered)
+    if all(covered):
+        return "within its CI"
+    return f"within ±{AGREE_TOL:g}" if not any(covered) else f"within its CI or ±{AGREE_TOL:g}"
+
+
 def verdict_text(verdict: str | None, agreement: str | None, predicted: float | None,
-                 log_x: bool | None = False) -> str:
-    """One fitted exponent in words: "vanishes, as predicted", "flat; predicted +½", "grows; no prediction"."""
+                 log_x: bool | None = False, *, ci_low: float | None = None, ci_high: float | None = None) -> str:
+    """One fitted exponent in words that never contradict themselves (the rule above):
+    "vanishes, as predicted", "agrees with 0 within its CI", "flat; predicted +½", "grows; no prediction"."""
     if verdict is None or agreement not in AGREEMENT_WORDS:
         return "not fitted"
-    words = AGREEMENT_WORDS[agreement].format(pred=exponent_text(predicted, log_x))
-    return f"{verdict}, {words}" if agreement == Agreement.AGREES else f"{verdict}; {words}"
+    pred = exponent_text(predicted, log_x)
+    if agreement == Agreement.AGREES:
+        if predicted_verdict(predicted) == verdict:
+            return f"{verdict}, as predicted"
+        return f"agrees with {pred} {within_words([_covered(ci_low, ci_high, predicted)])}"
+    return f"{verdict}; {AGREEMENT_WORDS[agreement].format(pred=pred)}"
+
+
+def record_words(rec: dict) -> str:
+    """verdict_text of one slope record (a row of a slope frame as a dict)."""
+    return verdict_text(rec.get("verdict"), rec.get("agreement"), rec.get("predicted"), rec.get("log_x"),
+                        ci_low=rec.get("ci_low"), ci_high=rec.get("ci_high"))
+
+
+def worded(slopes: pl.DataFrame) -> pl.DataFrame:
+    """A slope frame whose `verdict` column holds the verdict in words (record_words): what reading formats and
+    the terminal show; machine formats keep the bare verdict."""
+    if "verdict" not in slopes.columns or slopes.is_empty():
+        return slopes
+    cols = [c for c in ("verdict", "agreement", "predicted", "log_x", "ci_low", "ci_high") if c in slopes.columns]
+    words = [record_words(r) for r in slopes.select(cols).iter_rows(named=True)]
+    return slopes.with_columns(pl.Series("verdict", words, pl.String))
 
 
 MARKS = {Agreement.AGREES: "✓", Agreement.DISAGREES: "✗"}
@@ -356,10 +426,48 @@ def _cell_agreement(terms: list[dict]) -> str:
     return Agreement.AGREES
 
 
-def _paper_cell(terms: list[dict], style: PaperStyle) -> str:
-    """One cell: measured exponent(s) ± half the CI width, verdict(s), what the theory says, a mark.
+def _latex_exponent(value: float, log_x: bool = False) -> str:
+    """A predicted exponent as LaTeX math (no $): 0, \\frac12, -\\frac12, \\frac32, -1, with \\log for a log N_x
+    factor."""
+    frac = Fraction(value).limit_denominator(12)
+    sign = "-" if frac < 0 else ""
+    mag = abs(frac)
+    text = f"{sign}\\frac{{{mag.numerator}}}{{{mag.denominator}}}" if mag.denominator != 1 else f"{frac}"
+    text = text.replace("\\frac{1}{2}", "\\frac12").replace("\\frac{3}{2}", "\\frac32")
+    if log_x:
+        return "\\log" if frac == 0 else f"{text}\\,\\log"
+    return text
 
-    "width^0.51±0.04 grows, as predicted (width^0.5) ✓" · "width^0.02±0.03 flat; predicted width^0.5 ✗".
+
+def _cell_words(terms: list[dict], pred: str) -> str:
+    """What a paper cell says after its measured exponents, by the wording rule (see verdict_text)."""
+    verdicts = "/".join(t["verdict"] for t in terms)
+    agreement = _cell_agreement(terms)
+    if agreement == Agreement.AGREES:
+        if all(predicted_verdict(t["predicted"]) == t["verdict"] for t in terms):
+            return f"{verdicts}, as predicted ({pred})"
+        return f"agrees with {pred} " + within_words(_covered(t["ci_low"], t["ci_high"], t["predicted"])
+                                                     for t in terms)
+    if agreement == Agreement.DISAGREES:
+        return f"{verdicts}; predicted {pred}"
+    return f"{verdicts}; no prediction"
+
+
+LATEX_CELL_NOTE = ("Each cell: the measured exponent ± half its 95% CI, the predicted exponent in parentheses, "
+                   "✓ agrees / ✗ disagrees with it; NL: outside linear response; → / ←: the local slopes still move "
+                   "toward / away from the prediction, ~: still moving (no prediction).")
+"""How a reader decodes the short cells of the LaTeX paper table (its caption starts with it)."""
+LATEX_TREND_MARKS = {Trend.TOWARD: r"$\to$", Trend.AWAY: r"$\leftarrow$", Trend.MOVING: r"$\sim$"}
+"""TREND_MARKS as LaTeX math (pdflatex without packages)."""
+
+
+def _paper_cell(terms: list[dict], style: PaperStyle) -> str:
+    """One cell: measured exponent(s) ± half the CI width, what they do against the theory, a mark.
+
+    text/markdown: "width^0.51±0.04 grows, as predicted (width^0.5) ✓" · "width^0.21±0.38 agrees with
+    width^0 within its CI ✓" · "width^0.02±0.03 flat; predicted width^0.5 ✗" (words: verdict_text's rule).
+    latex, short and ASCII: "$\\mathrm{width}^{0.51\\pm0.04}$ ($\\frac12$) $\\surd$ NL" — the predicted
+    exponent(s) in parentheses, the mark, NL / a trend arrow (the caption says how to read them).
     """
     if not terms:
         return "---" if style == "latex" else "—"
@@ -375,16 +483,20 @@ def _paper_cell(terms: list[dict], style: PaperStyle) -> str:
         measured.append(_power(_BASES[t["term"]], exponent, style))
         if t["predicted"] is not None:
             predicted.append(_power(_BASES[t["term"]], _fmt_num(t["predicted"], style, digits=None), style))
-    log = {"latex": r"\log N_x", "markdown": "·log N<sub>x</sub>", "text": "·log N_x"}[style]
-    log = log if any(t["log_x"] for t in terms) else ""
-    verdicts = "/".join(t["verdict"] for t in terms)
     agreement = _cell_agreement(terms)
-    mark = _MARKS[style].get(agreement, "") + _regime_mark(terms[0], style)
-    pred = (f"${dot.join(predicted)}{log}$" if style == "latex" else f"{dot.join(predicted)}{log}") if predicted else ""
-    said = {Agreement.AGREES: f", as predicted ({pred})",
-            Agreement.DISAGREES: f"; predicted {pred}"}.get(agreement, "; no prediction")
-    shown = f"${dot.join(measured)}$" if style == "latex" else dot.join(measured)
-    return f"{shown} {verdicts}{said} {mark}".rstrip()
+    mark = _MARKS[style].get(agreement, "")
+    if style == "latex":
+        log_x = any(t["log_x"] for t in terms)
+        pred = (", ".join(f"${_latex_exponent(t['predicted'], log_x and i == len(terms) - 1)}$"
+                          for i, t in enumerate(terms)) if agreement != Agreement.NO_PREDICTION else "no pred.")
+        marks = ("NL" if terms[0].get("regime") == Regime.NONLINEAR else "") + \
+            LATEX_TREND_MARKS.get(terms[0].get("trend") or "", "")
+        return " ".join(part for part in (f"${dot.join(measured)}$", f"({pred})", mark, marks) if part)
+    log = {"markdown": "·log N<sub>x</sub>", "text": "·log N_x"}[style]
+    log = log if any(t["log_x"] for t in terms) else ""
+    pred = f"{dot.join(predicted)}{log}" if predicted else ""
+    words = _cell_words(terms, pred)
+    return f"{dot.join(measured)} {words} {mark}".rstrip() + _regime_mark(terms[0], style)
 
 
 def _row_keys(paper: pl.DataFrame) -> list[str]:
@@ -416,8 +528,7 @@ def _regime_mark(term: dict, style: PaperStyle) -> str:
     marks = ""
     if term.get("regime") == Regime.NONLINEAR:
         ratio = _ratio_text(term["regime_ratio"])
-        marks += (rf" [nonlinear: $\|\Delta\|/\|q_0\| = {ratio}$]" if style == "latex"
-                  else f" [nonlinear: ‖Δ‖/‖q₀‖ = {ratio}]")
+        marks += f" [nonlinear: ‖Δ‖/‖q₀‖ = {ratio}]"
     if term.get("trend") in TREND_MARKS:
         marks += f" [trend: {term['trend']}]"
     return marks
@@ -555,10 +666,8 @@ def numeric_paper(paper: pl.DataFrame) -> pl.DataFrame:
     verdict (in words that carry the agreement), agreement, and any annotation columns (regime, trend)."""
     keys = [k for k in _row_keys(paper) if k != "step" or paper.get_column("step").n_unique() > 1]
     terms = ["term"] if paper.get_column("term").n_unique() > 1 else []
-    words = [verdict_text(v, a, p, lx) for v, a, p, lx in
-             zip(paper["verdict"], paper["agreement"], paper["predicted"], paper["log_x"], strict=True)]
-    titled = paper.with_columns(pl.col("column").replace_strict(QUANTITY_TITLES, return_dtype=pl.String)
-                                .alias("quantity"), pl.Series("verdict", words, pl.String))
+    titled = worded(paper).with_columns(pl.col("column").replace_strict(QUANTITY_TITLES, return_dtype=pl.String)
+                                        .alias("quantity"))
     extra = [c for c in ANNOTATION_COLUMNS if c in paper.columns]
     return order_rows(titled).select(*keys, "quantity", *terms, *NUMERIC_COLUMNS, *extra, "n_seeds", "n_widths",
                                      "status")
@@ -577,6 +686,8 @@ def paper_output(paper: pl.DataFrame, fmt: Format | str,
         return order_rows(paper), [], caption
     style: PaperStyle = "latex" if fmt == Format.LATEX else "markdown"
     raw = [paper_header(c, style) for c in PAPER_COLUMNS]
+    if style == "latex":
+        caption = f"{LATEX_CELL_NOTE} {caption}"
     return format_paper_table(paper, style), raw, caption
 
 
@@ -585,4 +696,4 @@ def full_output(slopes: pl.DataFrame, fmt: Format | str,
     """(frame, [], caption) of every fitted cell in `fmt`: read columns for md/latex, all columns otherwise."""
     fmt = parse_format(fmt)
     caption = slope_caption(slopes, notes)
-    return (slope_display(slopes) if fmt in TEXT_TABLE_FORMATS else order_rows(slopes)), [], caption
+    return (slope_display(worded(slopes)) if fmt in TEXT_TABLE_FORMATS else order_rows(slopes)), [], caption

@@ -83,12 +83,9 @@ def full_rich_table(slopes: pl.DataFrame, title: str | None = None) -> Table:
 
     A terminal is narrow: key columns that hold one value in every row (and a `term` that is always
     `width`) are said once in the title ("optimizer adam · step 4") instead of in every row."""
-    import polars as pl
+    from ssmscope.runs.analysis.export import FLOAT_DIGITS, slope_display, worded
 
-    from ssmscope.runs.analysis.export import FLOAT_DIGITS, slope_display, verdict_text
-
-    words = [verdict_text(*r) for r in slopes.select("verdict", "agreement", "predicted", "log_x").iter_rows()]
-    shown = slope_display(slopes.with_columns(pl.Series("verdict", words, pl.String)))
+    shown = slope_display(worded(slopes))
     keys = shown.columns[:shown.columns.index("term")]
     columns = [*keys, *(c for c in FULL_COLUMNS if c in shown.columns)]
     same = constant_columns(shown, [c for c in columns if c not in ("estimate", "verdict")])
