@@ -266,7 +266,7 @@ def coord_figure(points: pl.DataFrame, bands: pl.DataFrame, flags: pl.DataFrame,
                     groupclick="togglegroup"),
         annotations=[*layout.get("annotations", []), *out.annotations],
         meta=dict(kind="coord_check", convention=convention, step=step, rows=[r.key for r in rows],
-                  panels=list(panels), y_range=y_range))
+                  panels=list(panels), y_range=y_range, layers=[int(v) for v in layers]))
     if title:
         layout["title"] = dict(text=title, x=0, y=0.995, yanchor="top", font=dict(size=14))
     return go.Figure(data=out.traces, layout=layout, _validate=False)  # built above as plotly wants them

@@ -230,23 +230,26 @@ def export_figure(fig: go.Figure, name: str, key: str, ident: object) -> None:
     figure (`ident`: what identifies it, e.g. the page's selections and the store version) and size, so every
     download button stays until either changes. A failure is shown as a message, never a traceback.
     """
-    st.download_button("Download interactive HTML", data=lambda: export.to_html(fig), file_name=f"{name}.html",
+    st.download_button("Download interactive HTML", data=lambda: export.to_html(fig),
+                       file_name=f"{export.file_stem(fig, name)}.html",
                        mime="text/html", key=f"{key}_html", on_click="ignore")
     problem = export.static_export_problem()
     if problem is not None:
         st.info(problem)
         return
-    cols = st.columns([2, 1, 1, 1])
+    cols = st.columns([2, 1, 1, 1, 1])
     size_key = cols[0].selectbox("Size", list(export.SIZES), key=f"{key}_size",
                                  format_func=lambda k: export.SIZES[k].name)
     size = export.SIZES[size_key]
     if size.width_in is not None:
         size = export.PaperSize(size.name, cols[1].number_input("width (in)", 1.0, 20.0, size.width_in, 0.25,
                                                                 key=f"{key}_{size_key}_w"),
-                                cols[2].number_input("height (in)", 1.0, 20.0, size.height_in, 0.25,
+                                cols[2].number_input("height (in)", 1.0, 20.0, size.height_for(fig), 0.25,
                                                      key=f"{key}_{size_key}_h"),
                                 cols[3].number_input("font (pt)", 5.0, 24.0, float(size.font_pt), 0.5,
-                                                     key=f"{key}_{size_key}_f"))
+                                                     key=f"{key}_{size_key}_f"),
+                                int(cols[4].number_input("PNG dpi", *export.DPI_RANGE, size.dpi, 50,
+                                                         key=f"{key}_{size_key}_dpi")))
     wanted = (repr(ident), size)
     rendered = st.session_state.get(f"{key}_rendered")
     if rendered is not None and rendered[0] != wanted:
@@ -261,7 +264,7 @@ def export_figure(fig: go.Figure, name: str, key: str, ident: object) -> None:
             rendered = (wanted, files)
             st.session_state[f"{key}_rendered"] = rendered
     if rendered is not None:
-        stem = name if size_key == "screen" else f"{name}-{size_key}"
+        stem = export.file_stem(fig, name, size_key, size)
         cols = st.columns(len(export.STATIC_FORMATS))
         for col, fmt in zip(cols, export.STATIC_FORMATS, strict=True):
             col.download_button(f"Download {fmt.upper()}", data=rendered[1][fmt], file_name=f"{stem}.{fmt}",

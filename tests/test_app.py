@@ -779,7 +779,7 @@ def test_one_render_offers_png_svg_and_pdf_together(app_store, monkeypatch):  # 
     at.button(key="lr__export_render").click().run()
     labels = [b.proto.label for b in at.get("download_button") if b.proto.label.startswith("Download ")]
     assert {"Download PNG", "Download SVG", "Download PDF"} <= set(labels)
-    assert len(calls) == 1 and calls[0].width_in == 3.25 and calls[0].font_pt == 8
+    assert len(calls) == 1 and calls[0].width_in == 3.3 and calls[0].font_pt == 7 and calls[0].dpi == 300
     at.run()  # the downloads stay for the same figure and size without another render
     assert "Download PDF" in [b.proto.label for b in at.get("download_button")] and len(calls) == 1
 
@@ -791,7 +791,7 @@ def test_static_export_renders_png_svg_and_a_valid_pdf_in_one_session():
     files = figure_export.to_static_all(fig, figure_export.SIZES["column"])
     assert files["png"].startswith(b"\x89PNG") and files["svg"].lstrip().startswith(b"<svg")
     assert files["pdf"].startswith(b"%PDF") and files["pdf"].rstrip().endswith(b"%%EOF")
-    assert int.from_bytes(files["png"][16:20], "big") == 975  # IHDR width: 3.25 in at 300 dpi
+    assert int.from_bytes(files["png"][16:20], "big") == 990  # IHDR width: 3.3 in at 300 dpi
 
 
 # --- learning-rate transfer: what cannot be computed says why ---------------------------------------
