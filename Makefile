@@ -18,11 +18,13 @@ $(VENV)/.installed: pyproject.toml
 	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q "$(TORCH)" -e ".[dev]"
 	touch $@
 
-# The main job: a smoke sweep into the default store, its slope table in the terminal, then the dashboard
-# on it (served on http://127.0.0.1:8501 until Ctrl-C).
+# The main job: a smoke sweep into the default store, its slope table in the terminal, the reproduction
+# report (one HTML file that opens offline), then the dashboard on it (http://127.0.0.1:8501 until Ctrl-C).
 demo: setup
 	$(BIN)/ssmscope sweep smoke --workers 2
 	$(BIN)/ssmscope slopes --format table
+	$(BIN)/ssmscope report --out ssmscope-data/report.html
+	@echo "The report: $(CURDIR)/ssmscope-data/report.html (open it in a browser; it needs no network)"
 	$(BIN)/ssmscope app
 
 test: setup

@@ -697,3 +697,9 @@ def full_output(slopes: pl.DataFrame, fmt: Format | str,
     fmt = parse_format(fmt)
     caption = slope_caption(slopes, notes)
     return (slope_display(worded(slopes)) if fmt in TEXT_TABLE_FORMATS else order_rows(slopes)), [], caption
+
+
+def paper_rows(paper: pl.DataFrame) -> tuple[list[str], dict[tuple, dict[str, list[dict]]]]:
+    """(row keys, rows) of the paper table: each row's key tuple → paper column → its slope records, in the order
+    of format_paper_table and compact_paper (SP → µP → µP-SSM first)."""
+    return _paper_rows(paper)

@@ -1,6 +1,6 @@
 """The `ssmscope` command line: thin commands that validate, call one library function, report.
 
-One module per command group (param, sweep, ingest, slopes, transfer, dashboard); each exposes
+One module per command group (param, sweep, ingest, slopes, transfer, report, dashboard); each exposes
 `register(app)`. They import only runs.cli.console from this package, never this module, so the
 CLI has no import circle. User mistakes end as one line on stderr and exit code 2, never a traceback:
 a ConfigError inside a command (runs.cli.console.fail), and what the command line itself gets wrong —
@@ -21,7 +21,7 @@ from typer._click import exceptions as click  # typer vendors click: its excepti
 from typer.core import TyperGroup
 from typer.exceptions import Abort
 
-from ssmscope.runs.cli import dashboard, ingest, param, slopes, sweep, transfer
+from ssmscope.runs.cli import dashboard, ingest, param, report, slopes, sweep, transfer
 from ssmscope.runs.cli.console import err_console, error_line
 
 DEBUG_ENV = "SSMSCOPE_DEBUG"
@@ -63,7 +63,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for command_group in (param, sweep, ingest, slopes, transfer, dashboard):
+for command_group in (param, sweep, ingest, slopes, transfer, report, dashboard):
     command_group.register(app)
 
 
