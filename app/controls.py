@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 import streamlit as st
 
-from ssmscope.app.frames import DEFAULT_ROWS, ROW_BY_KEY, Row, WidthAxis, available_rows, fmt_lr, width_axes
+from ssmscope.app.frames import ROW_BY_KEY, Row, WidthAxis, available_rows, default_rows, fmt_lr, width_axes
 from ssmscope.app.widgets import UrlState
 from ssmscope.runs.analysis.norms import norm_label
 from ssmscope.ssm.predictions import Convention
@@ -101,13 +101,14 @@ def axis_select(state: UrlState, runs: pl.DataFrame, *, where: Any = st.sidebar)
 
 
 def rows_select(state: UrlState, frame: pl.DataFrame, *, where: Any = st.sidebar) -> list[Row]:
-    """The probed quantities shown as figure rows (the paper's x, y, Δx, Δy by default)."""
+    """The probed quantities shown as figure rows (x, C·x, Δx, Δ(C·x) by default: frames.DEFAULT_ROWS)."""
     rows = available_rows(frame)
     keys = [r.key for r in rows]
-    default = [k for k in DEFAULT_ROWS if k in keys] or keys[:4]
+    default = default_rows(keys)
     chosen = state.multiselect("Rows (quantities)", "rows", keys, default, format_func=lambda k: ROW_BY_KEY[k].title,
-                               where=where, help="∂L/∂y and ∂L/∂x are the gradients (recorded when the sweep "
-                               "has train.grads = true); C·x is y without the D⊙u skip.")
+                               where=where, help="C·x is the S6 readout, y = C·x + D⊙u adds the skip (mostly "
+                               "the skip under Mamba's constants); ∂L/∂y and ∂L/∂x are the gradients (recorded when "
+                               "the sweep has train.grads = true).")
     return [ROW_BY_KEY[k] for k in keys if k in chosen]
 
 

@@ -137,6 +137,10 @@ def _span(values: pl.Series) -> _Span:
     return _Span(float(finite.min()), float(finite.max())) if len(finite) else _Span(0.0, 1.0)
 
 
+COLUMN_TITLE_SIZE = 12
+"""Font size of the column titles: "mup-ssm · euler" fits its panel with six panels across a 1280-px window."""
+
+
 @functools.cache
 def _grid_json(n_rows: int, n_cols: int, per_row: bool, titles: tuple[str, ...]) -> str:
     """The layout of a subplot grid as JSON (make_subplots validates every axis: ~0.5 s, so it is built once)."""
@@ -144,7 +148,11 @@ def _grid_json(n_rows: int, n_cols: int, per_row: bool, titles: tuple[str, ...])
                          column_titles=list(titles) or None,
                          horizontal_spacing=(0.03 if per_row else 0.045) if n_cols > 1 else 0.1,
                          vertical_spacing=min(0.06, 0.3 / n_rows))
-    return json.dumps(grid.layout.to_plotly_json())
+    layout = grid.layout.to_plotly_json()
+    for note in layout.get("annotations", []):  # the column titles
+        note["font"] = {"size": COLUMN_TITLE_SIZE}
+        note["name"] = "column_title"
+    return json.dumps(layout)
 
 
 @functools.cache
@@ -168,13 +176,15 @@ def _grid_layout(n_rows: int, n_cols: int, per_row: bool, titles: Sequence[str],
         for j in range(1, n_cols + 1):
             xa = layout.setdefault(_axis("x", i, j, n_cols), {})
             xa.update(range=x_range, zeroline=False, tickvals=[lw for lw, _ in widths],
-                      ticktext=[f"{lw:g} ({w})" for lw, w in widths])
-            if i == n_rows:
-                xa["title"] = {"text": x_title}
+                      ticktext=[str(w) for _, w in widths])  # at log₂ width, labelled with the width
             ya = layout.setdefault(_axis("y", i, j, n_cols), {})
             if (i, j) in y_ranges and not (per_row and j > 1):  # per row: the others match the first
                 ya["range"] = y_ranges[(i, j)]
         layout[_axis("y", i, 1, n_cols)]["title"] = {"text": y_titles[i - 1], "font": {"size": 10}}
+    # one x title under the whole grid (a title under every column repeats it and runs into its neighbours)
+    layout.setdefault("annotations", []).append(dict(
+        text=x_title, xref="paper", yref="paper", x=0.5, y=0, xanchor="center", yanchor="top", yshift=-24,
+        showarrow=False, font={"size": 12}, name="x_title"))
     layout["template"] = json.loads(_template_json())
     return layout
 

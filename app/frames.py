@@ -38,30 +38,58 @@ class Row:
     site: str
     quantity: str
     title: str  # short label of the row
+    meaning: str = ""  # what the row measures, in words (the caption under a figure)
 
 
 ROWS: tuple[Row, ...] = (
-    Row("x", "x", "value", "‖x‖"),
-    Row("y", "y", "value", "‖y‖"),
-    Row("dx", "x", "delta_init", "‖Δx‖"),
-    Row("dy", "y", "delta_init", "‖Δy‖"),
-    Row("cx", "cx", "value", "‖C·x‖"),
-    Row("dcx", "cx", "delta_init", "‖Δ(C·x)‖"),
-    Row("grad_y", "grad_y", "value", "‖∂L/∂y‖"),
-    Row("grad_x", "grad_x", "value", "‖∂L/∂x‖"),
-    Row("out", "block_out", "value", "‖out‖"),
-    Row("dout", "block_out", "delta_init", "‖Δout‖"),
+    Row("x", "x", "value", "‖x‖", "the S6 state inside the scan"),
+    Row("cx", "cx", "value", "‖C·x‖", "the S6 readout: y without the D⊙u skip"),
+    Row("y", "y", "value", "‖y‖", "the S6 output C·x + D⊙u: the readout plus the D⊙u skip"),
+    Row("dx", "x", "delta_init", "‖Δx‖", "the change of the state since step 0 (on the probe batch)"),
+    Row("dcx", "cx", "delta_init", "‖Δ(C·x)‖", "the change of the readout C·x since step 0"),
+    Row("dy", "y", "delta_init", "‖Δy‖", "the change of C·x + D⊙u since step 0, the skip's included"),
+    Row("grad_y", "grad_y", "value", "‖∂L/∂y‖", "the loss gradient at the S6 output"),
+    Row("grad_x", "grad_x", "value", "‖∂L/∂x‖", "the loss gradient at the state"),
+    Row("out", "block_out", "value", "‖out‖", "the block's output (after out_proj)"),
+    Row("dout", "block_out", "delta_init", "‖Δout‖", "the change of the block's output since step 0"),
 )
-"""Rows the coordinate check can show, in display order; the paper's figure is the first four."""
+"""Rows the coordinate check can show, in display order (the readout C·x before y = C·x + D⊙u)."""
 ROW_BY_KEY = {r.key: r for r in ROWS}
-DEFAULT_ROWS = ("x", "y", "dx", "dy")
+DEFAULT_ROWS = ("x", "cx", "dx", "dcx")
+"""The default rows: the state and the S6 readout C·x, and their changes. ‖y‖ = ‖C·x + D⊙u‖ is mostly the D⊙u skip
+under Mamba's constants, so the readout is shown by default and y, Δy are one click away (they stand in for C·x
+in a store without cx probes)."""
+FALLBACK_ROWS = {"cx": "y", "dcx": "dy"}
+
+
+def default_rows(keys: Sequence[str]) -> list[str]:
+    """The default rows among the available `keys`: DEFAULT_ROWS, y and Δy where a store has no C·x probes."""
+    chosen = [k if k in keys else FALLBACK_ROWS.get(k, k) for k in DEFAULT_ROWS]
+    return [k for k in dict.fromkeys(chosen) if k in keys] or list(keys[:4])
+
+
+def readout_ratio(frame: pl.DataFrame, convention: Convention | str, step: int) -> float | None:
+    """The median over runs and layers of ‖y‖ / ‖C·x‖ at `step` (how much of y is the D⊙u skip); None without both."""
+    at = frame.filter((pl.col("step") == step) & (pl.col("group") == "") & (pl.col("quantity") == "value")
+                      & pl.col("site").is_in(["y", "cx"]))
+    if at.is_empty():
+        return None
+    norms = at.select("run_id", "layer", "site", norm_expr(convention)).pivot("site", index=["run_id", "layer"],
+                                                                                 values="norm")
+    if not {"y", "cx"} <= set(norms.columns):
+        return None
+    ratio = norms.select((pl.col("y") / pl.col("cx")).alias("r")).filter(pl.col("r").is_finite())["r"]
+    return float(ratio.median()) if len(ratio) else None
 
 
 def ordered(values: Iterable, order: Sequence = ()) -> list:
-    """Distinct values, those in `order` first (in that order), the rest sorted."""
+    """Distinct values, those in `order` first (in that order), the rest sorted: numbers by value (32 before 256),
+    anything else by its text."""
     distinct = list(dict.fromkeys(v for v in values if v is not None))
     first = [v for v in order if v in distinct]
-    return first + sorted((v for v in distinct if v not in order), key=str)
+    rest = [v for v in distinct if v not in order]
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in rest)
+    return first + sorted(rest, key=None if numeric else str)  # numbers by value: 32 before 256
 
 
 def in_rows(rows: Sequence[Row]) -> pl.Expr:
@@ -109,6 +137,15 @@ class WidthAxis:
         if self.design == "n_u":
             return f"N_u at N_x = {self.fixed} ({n} widths)"
         return f"N_x at N_u = {self.fixed} ({n} widths)"
+
+    @property
+    def scale_title(self) -> str:
+        """The x title of a figure whose ticks are the widths themselves, placed at log₂ width."""
+        if self.design == "joint":
+            return "width N_u = N_x (log₂ scale)"
+        if self.design == "n_u":
+            return f"N_u at N_x = {self.fixed} (log₂ scale)"
+        return f"N_x at N_u = {self.fixed} (log₂ scale)"
 
     @property
     def axis_title(self) -> str:

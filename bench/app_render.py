@@ -118,7 +118,7 @@ def page_path(db: Path, convention: str, step: int) -> dict[str, float]:
     t3 = time.perf_counter()
     panels = [f"{p} · {d}" for p in PRESETS for d in DISCS]
     fig = figures.coord_figure(points, bands, flags, panel_slopes(fits, panel_by), rows=rows, panels=panels,
-                               convention=convention, x_title=axis.axis_title, step=step, pred_lines=True)
+                               convention=convention, x_title=axis.scale_title, step=step, pred_lines=True)
     fig.to_json()  # what st.plotly_chart serialises
     t["figure"] = time.perf_counter() - t3
     t["total"] = time.perf_counter() - t0

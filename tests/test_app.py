@@ -115,7 +115,7 @@ def test_coordinate_check_shows_every_preset_discretisation_row_and_layer(app_st
     fig = figure(at)
     meta = fig["layout"]["meta"]
     assert meta["panels"] == ["sp · zoh", "sp · euler", "mup · zoh", "mup · euler", "mup-ssm · zoh", "mup-ssm · euler"]
-    assert meta["rows"] == ["x", "y", "dx", "dy"]
+    assert meta["rows"] == ["x", "cx", "dx", "dcx"]  # the state and the S6 readout C·x, not y = C·x + D⊙u
     assert len(mean_values(fig)) == 6 * 4 * 2  # panels × rows × layers
     legend = [t["name"] for t in sorted((t for t in fig["data"] if t.get("showlegend")),
                                         key=lambda t: t.get("legendrank", 1000))]
@@ -125,7 +125,7 @@ def test_coordinate_check_shows_every_preset_discretisation_row_and_layer(app_st
     ids = {c[0] for t in traces(fig, "runs") for c in t["customdata"]}
     assert ids == set(runs_frame.filter(pl.col("spec") == "app-coord")["run_id"])
     assert traces(fig, "ref") and "RMS per coordinate" in fig["layout"]["yaxis"]["title"]["text"]
-    assert fig["layout"]["xaxis"]["ticktext"][0] == "4 (16)"
+    assert fig["layout"]["xaxis"]["ticktext"] == ["16", "32", "64"]  # at log₂ width, labelled with the width
 
 
 def test_coordinate_check_convention_changes_the_plotted_norms_and_the_url(app_store, monkeypatch):  # noqa: F811
@@ -150,7 +150,7 @@ def test_coordinate_check_step_slider_moves_the_points_and_flags_zero_updates(ap
     assert first[("sp · zoh", "x", 0)] != last[("sp · zoh", "x", 0)]
     # Δ is 0 at initialisation: no mean is drawn, every point is flagged at the bottom instead of vanishing
     assert ("sp · zoh", "dx", 0) not in first
-    zero = [t for t in traces(fig, "flag") if t["meta"]["row"] in ("dx", "dy")]
+    zero = [t for t in traces(fig, "flag") if t["meta"]["row"] in ("dx", "dcx")]
     assert zero and all("norm = 0 at step 0" in c[2] for t in zero for c in t["customdata"])
     assert at.query_params["step"] == "0"
 
@@ -461,14 +461,59 @@ def test_app_modules_do_not_import_torch():
 
 
 # --- coordinate check: display options -----------------------------------------------------------
-def test_coordinate_check_y_range_per_panel_by_default_or_per_row(app_store, monkeypatch):  # noqa: F811
+def test_coordinate_check_y_range_per_row_by_default_or_per_panel(app_store, monkeypatch):  # noqa: F811
+    """One y range per row by default: µP-SSM's small wiggles are drawn on SP's scale, not blown up to fill a panel."""
     at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord"})
     layout = figure(at)["layout"]
-    assert layout["meta"]["y_range"] == "panel"
-    assert "matches" not in layout["yaxis2"] and layout["yaxis2"]["range"] != layout["yaxis"]["range"]
-    at.radio(key="cc_y").set_value("row").run()
+    assert layout["meta"]["y_range"] == "row" and at.query_params["y"] == "row"
+    for i in range(4):  # 4 rows × 6 panels: every panel of a row matches the row's first y axis
+        first = 6 * i + 1
+        head = "y" if first == 1 else f"y{first}"
+        assert all(layout[f"yaxis{first + j}"]["matches"] == head for j in range(1, 6)), i
+    at.radio(key="cc_y").set_value("panel").run()
     layout = figure(at)["layout"]
-    assert layout["yaxis2"]["matches"] == "y" and at.query_params["y"] == "row"
+    assert "matches" not in layout["yaxis2"] and layout["yaxis2"]["range"] != layout["yaxis"]["range"]
+    assert at.query_params["y"] == "panel"
+
+
+def test_coordinate_check_says_what_each_row_measures_and_how_much_of_y_is_the_skip(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord"})
+    caption = next(c.value for c in at.caption if c.value.startswith("Rows: "))
+    for title in ("‖x‖", "‖C·x‖", "‖Δx‖", "‖Δ(C·x)‖"):
+        assert f"**{title}** = {next(r.meaning for r in frames.ROWS if r.title == title)}" in caption
+    assert "D⊙u" in caption
+    frame = load_probe_frame(app_store, {"spec": "app-coord"})
+    ratio = frames.readout_ratio(frame, "rms", 2)
+    rms = frame.filter((pl.col("step") == 2) & (pl.col("quantity") == "value") & (pl.col("group") == "")).with_columns(
+        (pl.col("sumsq") / pl.col("count")).sqrt().alias("rms"))
+    by_run = rms.pivot("site", index=["run_id", "layer"], values="rms")
+    assert ratio == pytest.approx((by_run["y"] / by_run["cx"]).median())  # the store's own numbers
+    assert f"‖y‖ is {ratio:.3g}× ‖C·x‖" in caption
+    at.multiselect(key="cc_rows").set_value(["y", "dy"]).run()  # y and Δy: one click away, named with the skip
+    caption = next(c.value for c in at.caption if c.value.startswith("Rows: "))
+    assert "**‖y‖** = the S6 output C·x + D⊙u" in caption and figure(at)["layout"]["meta"]["rows"] == ["y", "dy"]
+
+
+def test_coordinate_check_notes_presets_that_are_one_parameterization(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord"})
+    notes = [i.value for i in at.info]
+    assert notes == ["mup and mup-ssm are one parameterization under zoh · adam at these widths (every role's init, "
+                     "learning-rate and multiplier scale coincide): their columns show the same model, alike by "
+                     "construction."]
+    at.radio(key="cc_disc").set_value("euler").run()  # under Euler they differ
+    assert not at.info
+    at.radio(key="cc_disc").set_value("zoh").run()
+    at.multiselect(key="cc_presets").set_value(["sp", "mup"]).run()
+    assert not at.info
+
+
+def test_coordinate_check_keeps_side_by_side_after_the_per_step_layout(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord"})
+    assert at.radio(key="cc_disc").value == "side by side"
+    at.radio(key="cc_layout").set_value("steps").run()
+    assert at.radio(key="cc_disc").value == "zoh"  # one discretisation per step layout
+    at.radio(key="cc_layout").set_value("presets").run()
+    assert at.radio(key="cc_disc").value == "side by side" and len(figure(at)["layout"]["meta"]["panels"]) == 6
 
 
 def test_coordinate_check_hovers_on_the_mean_unless_asked_for_single_runs(app_store, monkeypatch):  # noqa: F811
@@ -487,13 +532,13 @@ def test_coordinate_check_draws_fitted_and_predicted_slope_lines_per_layer(app_s
     preds = {(t["meta"]["panel"], t["meta"]["row"], t["meta"]["layer"]): t for t in traces(fig, "pred_line")}
     assert len(fits) == len(preds) == 6 * 4 * 2
     slopes = fit_slopes(load_probe_frame(app_store, {"spec": "app-coord"}))
-    rec = slopes.filter((pl.col("preset") == "sp") & (pl.col("discretization") == "euler") & (pl.col("site") == "y")
+    rec = slopes.filter((pl.col("preset") == "sp") & (pl.col("discretization") == "euler") & (pl.col("site") == "cx")
                         & (pl.col("quantity") == "delta_init") & (pl.col("layer") == 1) & (pl.col("step") == 2)
                         & (pl.col("group") == "")).row(0, named=True)
-    line = fits[("sp · euler", "dy", 1)]
+    line = fits[("sp · euler", "dcx", 1)]
     assert (line["y"][1] - line["y"][0]) / (line["x"][1] - line["x"][0]) == pytest.approx(rec["estimate"])
     assert line["y"][0] == pytest.approx(rec["intercept"] + rec["estimate"] * line["x"][0])
-    pred = preds[("sp · euler", "dy", 1)]
+    pred = preds[("sp · euler", "dcx", 1)]
     assert (pred["y"][1] - pred["y"][0]) / (pred["x"][1] - pred["x"][0]) == pytest.approx(rec["predicted"])
     at.toggle(key="cc_fit").set_value(False).run()
     at.toggle(key="cc_pred").set_value(False).run()

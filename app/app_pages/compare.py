@@ -125,11 +125,11 @@ def main() -> None:
     title = f"{sweep} · {fixed_text} · step {step}"
     if view == "overlay":
         fig = figures.overlay_figure(points, bands, flags, fits, rows=rows, series=labels, convention=convention,
-                                     x_title=axis.axis_title, step=step, show_refs=show_refs, show_bands=show_bands,
+                                     x_title=axis.scale_title, step=step, show_refs=show_refs, show_bands=show_bands,
                                      title=title)
     else:
         fig = figures.coord_figure(points, bands, flags, fits, rows=rows, panels=labels, convention=convention,
-                                   x_title=axis.axis_title, step=step, show_refs=show_refs, title=title,
+                                   x_title=axis.scale_title, step=step, show_refs=show_refs, title=title,
                                    y_range="row")
     st.plotly_chart(fig, key="cmp__figure", config={"displaylogo": False})
 

@@ -12,7 +12,7 @@ import polars as pl
 import streamlit as st
 
 from ssmscope.app import controls, data, figures
-from ssmscope.app.frames import DEFAULT_ROWS, DISC_ORDER, PRESET_ORDER, ROW_BY_KEY, available_rows, fmt_lr, run_curves
+from ssmscope.app.frames import DISC_ORDER, PRESET_ORDER, ROW_BY_KEY, available_rows, default_rows, fmt_lr, run_curves
 from ssmscope.app.page import open_page
 from ssmscope.app.tables import status_styled
 from ssmscope.runs.analysis.export import order_rows
@@ -118,7 +118,7 @@ def main() -> None:
         st.info("This run has no probe rows.")
     else:
         keys = [r.key for r in available_rows(probes)]
-        default = [k for k in DEFAULT_ROWS if k in keys]
+        default = default_rows(keys)
         chosen_rows = state.multiselect("Probe curves", "curves", keys, default,
                                         format_func=lambda k: ROW_BY_KEY[k].title)
         convention = controls.convention_select(state, where=st)
