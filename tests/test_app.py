@@ -289,7 +289,7 @@ def test_slope_table_says_which_presets_are_one_parameterization(app_store, monk
 
 # --- compare -------------------------------------------------------------------------------------
 def test_compare_puts_every_selection_on_shared_axes_with_slope_differences(app_store, monkeypatch):  # noqa: F811
-    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord"})
+    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord", "values": "sp,mup,mup-ssm"})
     fig = figure(at)
     assert fig["layout"]["meta"]["panels"] == ["sp", "mup", "mup-ssm"]
     assert fig["layout"]["yaxis2"]["matches"] == "y" and fig["layout"]["yaxis3"]["matches"] == "y"  # one y per row
@@ -303,8 +303,37 @@ def test_compare_puts_every_selection_on_shared_axes_with_slope_differences(app_
     assert "euler − zoh" in at.dataframe[0].value.columns
 
 
+def test_compare_defaults_to_presets_that_differ_and_notes_those_that_do_not(app_store, monkeypatch):  # noqa: F811
+    """Under ZOH + Adam at joint widths µP and µP-SSM are one parameterization: by default only µP-SSM is compared
+    with SP; picking µP too gets a note that their differences are 0 by construction. Under Euler all three differ."""
+    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord"})
+    assert at.multiselect(key="cmp_values").options == ["sp", "mup", "mup-ssm"]
+    assert at.multiselect(key="cmp_values").value == ["sp", "mup-ssm"] and not at.info
+    assert figure(at)["layout"]["meta"]["panels"] == ["sp", "mup-ssm"]
+    at.multiselect(key="cmp_values").set_value(["sp", "mup", "mup-ssm"]).run()
+    assert [i.value for i in at.info] == [
+        "mup and mup-ssm are one parameterization under zoh · adam at these widths (every role's init, learning-rate "
+        "and multiplier scale coincide): their coordinate checks are the same model, and their differences are 0 by "
+        "construction."]
+    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord", "disc": "euler"})
+    assert at.multiselect(key="cmp_values").value == ["sp", "mup", "mup-ssm"] and not at.info
+
+
+def test_compare_keeps_its_rows_through_the_pick_two_warning(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord", "rows": "x,dy"})
+    at.multiselect(key="cmp_values").set_value(["mup"]).run()
+    assert any("Pick at least two" in w.value for w in at.warning)
+    at.multiselect(key="cmp_values").set_value([]).run()
+    assert any("none is selected" in w.value for w in at.warning)
+    assert at.multiselect(key="cmp_rows").value == ["x", "dy"] and at.query_params["rows"] == "x,dy"
+    at.multiselect(key="cmp_values").set_value(["sp", "mup-ssm"]).run()
+    assert at.multiselect(key="cmp_rows").value == ["x", "dy"]
+    assert figure(at)["layout"]["meta"]["rows"] == ["x", "dy"] and at.dataframe[0].value.shape[0] == 2 * 2
+
+
 def test_compare_overlays_selections_in_one_panel_with_a_line_style_each(app_store, monkeypatch):  # noqa: F811
-    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord", "view": "overlay", "rows": "x,dy"})
+    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord", "view": "overlay", "rows": "x,dy",
+                                                      "values": "sp,mup,mup-ssm"})
     fig = figure(at)
     assert fig["layout"]["meta"]["kind"] == "overlay" and fig["layout"]["meta"]["series"] == ["sp", "mup", "mup-ssm"]
     assert "xaxis3" not in fig["layout"]  # one panel per row: 2 rows

@@ -240,7 +240,7 @@ def test_runs_deep_link_opens_and_a_row_click_selects_the_run(server, browser):
 
 
 def test_compare_overlay_draws_one_line_style_per_preset(server, browser):
-    page = _open(browser, f"{server}/compare?sweep=app-coord&view=overlay&rows=x", ready=TRACES)
+    page = _open(browser, f"{server}/compare?sweep=app-coord&view=overlay&rows=x&values=sp,mup,mup-ssm", ready=TRACES)
     dashes = page.locator(".js-plotly-plot .scatterlayer .trace path.js-line").evaluate_all(
         "ps => ps.map(p => p.style.strokeDasharray || 'solid')")
     assert len(dashes) >= 3 * 2 and len(set(dashes)) >= 3, dashes  # 3 presets × 2 layers, 3 line styles
