@@ -181,6 +181,46 @@ def width_axes(runs: pl.DataFrame) -> list[WidthAxis]:
     return axes
 
 
+DESIGN_LABELS = {"joint": "joint (N_u = N_x)", "n_u": "N_u (N_x fixed)", "n_x": "N_x (N_u fixed)",
+                 "2d": "2-D (s_u and s_x)"}
+"""The slope fits' width designs (runs.analysis.slopes.Design) as the pages name them."""
+MIN_FIT_WIDTHS = 3
+"""Widths a slope fit needs along its axis (runs.analysis.slopes.fit.MIN_WIDTHS)."""
+
+
+def _widths_text(widths: Iterable[int]) -> str:
+    return ", ".join(str(w) for w in sorted(widths)) or "none"
+
+
+def design_problem(runs: pl.DataFrame, design: str) -> str | None:
+    """Why the runs' width points (n_u, n_x) cannot support a slope fit along `design`; None when they can."""
+    pairs = set(runs.select("n_u", "n_x").unique().iter_rows()) if not runs.is_empty() else set()
+    need = MIN_FIT_WIDTHS
+    if design == "joint":
+        joint = {u for u, x in pairs if u == x}
+        return None if len(joint) >= need else (
+            f"only {len(joint)} width(s) with N_u = N_x ({_widths_text(joint)}); a joint fit needs {need}")
+    if design in ("n_u", "n_x"):
+        fixed_of, varied = (1, 0) if design == "n_u" else (0, 1)
+        by_fixed: dict[int, set[int]] = {}
+        for pair in pairs:
+            by_fixed.setdefault(pair[fixed_of], set()).add(pair[varied])
+        name, other = ("N_u", "N_x") if design == "n_u" else ("N_x", "N_u")
+        best = max(by_fixed.items(), key=lambda kv: (len(kv[1]), -kv[0]), default=None)
+        if best is not None and len(best[1]) >= need:
+            return None
+        most = f"at most {len(best[1])} ({_widths_text(best[1])} at {other} = {best[0]})" if best else "none"
+        return f"no {other} holds {need} or more {name} values: {most}"
+    if design == "2d":
+        n_u, n_x = {u for u, _ in pairs}, {x for _, x in pairs}
+        if len(n_u) < need or len(n_x) < need:
+            return f"{len(n_u)} N_u and {len(n_x)} N_x value(s); a 2-D fit needs {need} of each"
+        if len({x / u for u, x in pairs}) < 2:
+            return "every (N_u, N_x) point lies on one line N_x ∝ N_u, so s_u and s_x cannot be told apart"
+        return None
+    return f"unknown design {design!r}"
+
+
 Panels = Sequence[str] | pl.Expr
 """How rows map to figure columns: run columns whose values are joined by " · ", or an expression."""
 

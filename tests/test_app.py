@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 
 from ssmscope.app import export as figure_export
 from ssmscope.app import figures, frames, tables
+from ssmscope.runs.analysis import export as export_module
 from ssmscope.runs.analysis.slopes import fit_slopes, paper_slopes
 from ssmscope.runs.cli import dashboard as cli_app
 from ssmscope.runs.cli import slopes as cli_slopes
@@ -258,7 +259,7 @@ def test_slope_table_is_compact_numeric_sortable_and_switches_layouts(app_store,
     paper = paper_slopes(load_probe_frame(app_store, {"spec": "app-coord"}))
     want = paper.filter((pl.col("preset") == "mup") & (pl.col("discretization") == "zoh") & (pl.col("column") == "dx"))
     assert table["‖Δx‖"][3] == pytest.approx(want["estimate"].item())
-    html = tables.compact_styled(paper)[0].to_html()  # what the cells show over those numbers, and their colours
+    html = tables.compact_styled(paper, "agreement")[0].to_html()  # what the cells show over those numbers
     assert tables.AGREEMENT_COLOURS["agrees"] in html and "(−½) ✓" in html
     at.radio(key="st_table").set_value("numeric").run()
     numeric = at.dataframe[0].value
@@ -270,6 +271,65 @@ def test_slope_table_is_compact_numeric_sortable_and_switches_layouts(app_store,
     full = at.dataframe[0].value
     assert {"verdict", "agreement", "layer"} <= set(full.columns) and full.shape[0] > numeric.shape[0]
     assert list(dict.fromkeys(full["preset"])) == ["sp", "mup", "mup-ssm"]
+
+
+def test_slope_table_colours_by_stability_by_default_or_by_agreement(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "slopes", {"sweep": "app-coord"})
+    assert at.radio(key="st_colour").value == "stability" and at.query_params["colour"] == "stability"
+    assert any(c.value.startswith(tables.COLOURING_LEGEND["stability"]) for c in at.caption)
+    paper = paper_slopes(load_probe_frame(app_store, {"spec": "app-coord"}))
+    compact = export_module.compact_paper(paper)
+    verdicts = tables.cell_verdicts(paper, compact)
+    for title in ("‖x‖", "‖Δx‖"):  # each cell's colour is its own fit's verdict
+        for i, key in enumerate(compact.values.select(compact.keys).rows()):
+            want = paper.filter((pl.col("preset") == key[0]) & (pl.col("discretization") == key[1])
+                                & (pl.col("column") == {"‖x‖": "x", "‖Δx‖": "dx"}[title]))["verdict"][0]
+            assert verdicts[title][i] == want
+    html = tables.compact_styled(paper)[0].to_html()
+    used = {c for c in tables.STABILITY_COLOURS.values() if c in html}
+    agreement = (tables.AGREEMENT_COLOURS["agrees"], tables.AGREEMENT_COLOURS["disagrees"])
+    assert used and not any(c in html for c in agreement)
+    at.radio(key="st_colour").set_value("agreement").run()
+    assert any(c.value.startswith(tables.COLOURING_LEGEND["agreement"]) for c in at.caption)
+    assert at.query_params["colour"] == "agreement"
+
+
+def test_slope_table_opens_on_one_sweep_with_a_width_design_it_supports(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "slopes")
+    assert at.selectbox(key="st_sweep").value == "app-lr"  # the sweep finished last (no paper-figure here)
+    assert at.selectbox(key="st_width").value == "n_u"  # app-lr varies N_u at N_x = 8: no joint widths
+    assert set(at.dataframe[0].value["preset"]) == {"sp", "mup-ssm"}
+    at = open_app(app_store, monkeypatch, "slopes", {"sweep": "app-coord", "width": "n_u"})
+    warning = next(w.value for w in at.warning if "cannot support" in w.value)
+    assert "no N_x holds 3 or more N_u values: at most 1 (16 at N_x = 16)" in warning and "joint (N_u = N_x)" in warning
+    assert not at.dataframe and "None" not in warning
+
+
+def test_the_slope_table_default_sweep_is_paper_figure_when_present_else_the_latest():
+    from ssmscope.app.controls import latest_sweep
+
+    runs = pl.DataFrame({"spec": ["a", "b", "b"], "finished_at": ["2026-01-03", "2026-01-01", "2026-01-02"]})
+    assert latest_sweep(runs) == "a"
+    assert latest_sweep(pl.concat([runs, pl.DataFrame({"spec": ["paper-figure"], "finished_at": ["2020"]})])) == \
+        "paper-figure"
+
+
+def test_tables_name_their_columns_for_reading(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "runs")
+    headers = {k: v.get("label") for k, v in json.loads(at.dataframe[0].proto.columns).items()}
+    assert {headers[k] for k in ("run_id", "spec", "n_u", "n_x", "last_finite_step", "finished_at")} == {
+        "run id", "sweep", "N_u", "N_x", "last finite step", "finished"}
+    at = open_app(app_store, monkeypatch, "slopes", {"sweep": "app-coord", "table": "full"})
+    full = at.dataframe[0].value
+    assert "site" not in full.columns and set(full["quantity"]) >= {"‖x‖", "‖Δy‖", "‖C·x‖"}
+    assert "delta_init" not in set(full["quantity"])
+
+
+def test_width_filters_sort_numerically(app_store, monkeypatch):  # noqa: F811
+    assert frames.ordered([256, 32, 64, 1024]) == [32, 64, 256, 1024]
+    assert frames.ordered(["b", "a"], ["b"]) == ["b", "a"]
+    at = open_app(app_store, monkeypatch, "runs")
+    assert at.multiselect(key="runs_n_u").options == ["16", "32", "64"]
 
 
 def test_slope_table_says_which_presets_are_one_parameterization(app_store, monkeypatch):  # noqa: F811
@@ -900,7 +960,7 @@ def test_the_dashboard_and_the_analyses_load_without_torch():
 # --- a sweep drawn on two init bases ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def two_base_store(tmp_path_factory) -> Path:
-    """sp and mup-ssm on joint widths 16, 32, drawn on the `mamba` and the legacy base (grid.bases)."""
+    """sp and mup-ssm on joint widths 16, 32, 64, drawn on the `mamba` and the legacy base (grid.bases)."""
     import tomllib
 
     from conftest import tiny_spec_toml
@@ -908,7 +968,7 @@ def two_base_store(tmp_path_factory) -> Path:
     from ssmscope.runs.sweeps.spec import parse_spec
     from ssmscope.runs.sweeps.sweep import run_sweep
 
-    data = tomllib.loads(tiny_spec_toml("two-bases"))
+    data = tomllib.loads(tiny_spec_toml("two-bases", widths=(16, 32, 64)))  # 3 widths: what a slope fit needs
     data["grid"]["bases"] = ["mamba", "ssmscope-v0"]
     db = tmp_path_factory.mktemp("two-bases") / "s.duckdb"
     run_sweep(parse_spec(data, "two-bases"), db, device="cpu", workers=1)
@@ -921,9 +981,9 @@ def test_a_sweep_on_two_bases_shows_one_base_at_a_time(two_base_store, monkeypat
     if page == "running":
         at.switch_page("app_pages/running.py").run()
     chooser = next(s for s in at.selectbox if s.label == "Init base")
-    assert sorted(chooser.options[i] for i in range(2)) == ["mamba (4 runs)", "ssmscope-v0 (4 runs)"]
+    assert sorted(chooser.options[i] for i in range(2)) == ["mamba (6 runs)", "ssmscope-v0 (6 runs)"]
     base = chooser.value
-    if page == "coord":  # the running page needs 3 widths for a figure; its selection is what is tested there
+    if page == "coord":  # the running page's selection is what is tested there
         shown = {c[0] for t in traces(figure(at), "runs") for c in t["customdata"]}
         assert shown == set(load_runs(two_base_store).filter(pl.col("init_base") == base)["run_id"])
     chooser.set_value("ssmscope-v0" if base == "mamba" else "mamba").run()

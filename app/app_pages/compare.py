@@ -165,7 +165,8 @@ def main() -> None:
     if comparison.is_empty():
         st.info("No slopes: fits need at least 3 widths per selection.")
     else:
-        st.dataframe(tables.styled(comparison), hide_index=True, key="cmp__diff")
+        st.dataframe(tables.styled(comparison), hide_index=True, key="cmp__diff",
+                     column_config=tables.readable_config(comparison.columns))
         exports = tables.frame_exports(comparison, f"Slope differences from {labels[0]} ({convention}, step {step}, "
                                        f"{axis.label})")
         download_buttons(exports, "slope-differences", "cmp__dl")

@@ -177,7 +177,8 @@ def main() -> None:
         if table.is_empty():
             st.write("No slopes: fits need at least 3 widths.")
         else:
-            st.dataframe(table, hide_index=True, key="cc__slopes", column_config=tables.SLOPE_COLUMN_CONFIG)
+            st.dataframe(table, hide_index=True, key="cc__slopes",
+                         column_config=tables.readable_config(table.columns, tables.SLOPE_COLUMN_CONFIG))
 
     with st.expander("Export the figure"):
         export_figure(fig, f"coordinate-check-{sweep}-step{shown_step}-{convention}", "cc__export",
