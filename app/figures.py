@@ -488,6 +488,41 @@ def run_curves_figure(curves: pl.DataFrame, *, rows: Sequence[Row], convention: 
     return fig
 
 
+# --- norms against the step -------------------------------------------------------------------------
+def step_figure(curves: pl.DataFrame, *, width_name: str, y_title: str, title: str | None = None) -> go.Figure:
+    """A norm against the optimizer step, one curve per width (app.frames.step_curves; colour by width, dark =
+    small), with its min–max band over seeds; log y."""
+    fig = go.Figure()
+    widths = sorted(curves["width"].unique().to_list()) if not curves.is_empty() else []
+    colours = width_colours(widths) if widths else {}
+    for w in widths:
+        c = curves.filter(pl.col("width") == w)
+        x = c["step"].to_list()
+        name = f"{width_name} = {w}"
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=c["hi"].to_list() + c["lo"].to_list()[::-1], fill="toself",
+                                 mode="lines", line=dict(width=0), fillcolor=_rgba_any(colours[w], 0.15),
+                                 hoverinfo="skip", showlegend=False, legendgroup=name, meta=dict(kind="step_band",
+                                                                                                   width=int(w))))
+        fig.add_trace(go.Scatter(
+            x=x, y=c["norm"].to_list(), mode="lines+markers", name=name, legendgroup=name,
+            line=dict(color=colours[w], width=2), marker=dict(size=5), customdata=c["n_seeds"].to_list(),
+            meta=dict(kind="step_curve", width=int(w)),
+            hovertemplate=f"{name} · step %{{x}}<br>%{{y:.4g}} (geometric mean of %{{customdata}} seed(s))"
+                          "<extra></extra>"))
+    fig.update_xaxes(title_text="optimizer step", **step_ticks(curves["step"].to_list() if widths else []))
+    fig.update_yaxes(title_text=y_title, type="log", exponentformat="power")
+    fig.update_layout(height=460, template="plotly_white", font=FONT, title=title, meta=dict(kind="steps"),
+                      margin=dict(l=70, r=20, t=50 if title else 20, b=50), legend=dict(traceorder="normal"))
+    return fig
+
+
+def _rgba_any(colour: str, alpha: float) -> str:
+    """A plotly colour ("#rrggbb" or "rgb(r, g, b)") with transparency `alpha`."""
+    if colour.startswith("#"):
+        return _rgba(colour, alpha)
+    return colour.replace("rgb(", "rgba(").replace(")", f", {alpha})")
+
+
 # --- learning-rate transfer ----------------------------------------------------------------------
 WIDTH_COLOURSCALE = "Viridis"
 

@@ -374,6 +374,27 @@ def slope_comparison(fits: pl.DataFrame, labels: Sequence[str], rows: Sequence[R
                     *(c for c in out.columns if c.startswith(("s [", "CI ", "verdict [")))))
 
 
+# --- norms against the step -------------------------------------------------------------------
+STEP_CURVE_COLUMNS = ["width", "step", "norm", "lo", "hi", "n_seeds"]
+
+
+def step_curves(frame: pl.DataFrame, *, convention: Convention | str, axis: WidthAxis, row: Row,
+                layer: int) -> pl.DataFrame:
+    """Per (width, step): the geometric mean over seeds of one row's norm at one layer (the mean of log2‖·‖, as the
+    coordinate check's line), its min and max over seeds, and the number of seeds.
+
+    Included: runs that neither diverged nor failed, and norms that are finite and positive (a log axis has no
+    place for the zero Δ at step 0)."""
+    sel = axis.select(frame.filter((pl.col("site") == row.site) & (pl.col("quantity") == row.quantity)
+                                   & (pl.col("group") == "") & (pl.col("layer") == layer)
+                                   & ~pl.col("status").is_in(FLAGGED_STATUSES)))
+    norms = sel.with_columns(norm_expr(convention)).filter(pl.col("norm").is_finite() & (pl.col("norm") > 0))
+    return (norms.group_by("width", "step")
+            .agg((2.0 ** pl.col("norm").log(2).mean()).alias("norm"), pl.col("norm").min().alias("lo"),
+                 pl.col("norm").max().alias("hi"), pl.len().alias("n_seeds"))
+            .sort("width", "step").select(STEP_CURVE_COLUMNS))
+
+
 # --- per-run curves ----------------------------------------------------------------------------
 def run_curves(frame: pl.DataFrame, *, convention: Convention | str, rows: Sequence[Row]) -> pl.DataFrame:
     """One run's probe rows as (row key, layer, step, norm): the curves of its detail view."""

@@ -42,7 +42,8 @@ from ssmscope.runs.store.db import ingest, load_probe_frame, load_runs
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 PAGES = {"runs": "app_pages/runs.py", "coord": "app_pages/coord_check.py", "slopes": "app_pages/slope_table.py",
-         "compare": "app_pages/compare.py", "lr": "app_pages/lr_transfer.py", "running": "app_pages/running.py"}
+         "compare": "app_pages/compare.py", "lr": "app_pages/lr_transfer.py", "running": "app_pages/running.py",
+         "steps": "app_pages/steps.py"}
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -190,6 +191,29 @@ def test_coordinate_check_marks_diverged_runs_instead_of_dropping_them(app_store
     assert flagged_run_ids(fig) == set(diverged["run_id"])
     assert any("diverged (last finite step" in c[2] for t in traces(fig, "flag") for c in t["customdata"])
     assert "6 diverged or failed run(s) marked ✕" in " ".join(c.value for c in at.caption)
+
+
+# --- norm vs step --------------------------------------------------------------------------------
+def test_norm_vs_step_draws_one_curve_per_width_from_the_stores_numbers(app_store, monkeypatch):  # noqa: F811
+    query = {"sweep": "app-coord", "preset": "sp", "disc": "euler", "row": "x", "layer": "1", "convention": "rms"}
+    at = open_app(app_store, monkeypatch, "steps", query)
+    fig = figure(at)
+    curves = {t["meta"]["width"]: t for t in traces(fig, "step_curve")}
+    assert sorted(curves) == [16, 32, 64] and fig["layout"]["yaxis"]["type"] == "log"
+    stored = load_probe_frame(app_store, {"spec": "app-coord"}).filter(
+        (pl.col("preset") == "sp") & (pl.col("discretization") == "euler") & (pl.col("site") == "x")
+        & (pl.col("quantity") == "value") & (pl.col("layer") == 1) & (pl.col("group") == ""))
+    for width, trace in curves.items():
+        runs = stored.filter(pl.col("n_u") == width)
+        assert runs["seed"].n_unique() == 2
+        for step, y in zip(trace["x"], trace["y"], strict=True):
+            rms = runs.filter(pl.col("step") == step).select((pl.col("sumsq") / pl.col("count")).sqrt())
+            assert y == pytest.approx(math.prod(rms.to_series()) ** (1 / rms.height), rel=1e-12)  # geometric mean
+        assert list(trace["x"]) == sorted(runs["step"].unique())
+    assert {k: at.query_params[k] for k in query} == query
+    at.selectbox(key="ns_row").set_value("dcx").run()  # Δ(C·x) = 0 at step 0: not drawn on the log axis
+    assert all(list(t["x"]) == [1, 2] for t in traces(figure(at), "step_curve"))
+    assert "‖ΔC·x‖" in figure(at)["layout"]["yaxis"]["title"]["text"]
 
 
 # --- runs ----------------------------------------------------------------------------------------
@@ -785,7 +809,7 @@ HOSTILE = {
 LAYOUT_PARAMS = {"coord": ["layout", "preset", "steps"], "compare": ["bands", "preset", "disc"]}
 GLOBAL_PARAMS = ["live", "every"]
 TITLES = {"runs": "Runs", "coord": "Coordinate check", "slopes": "Slope table", "compare": "Compare",
-          "lr": "Learning-rate transfer", "running": "Running exponents"}
+          "lr": "Learning-rate transfer", "running": "Running exponents", "steps": "Norm vs step"}
 
 
 def _url_warnings(at: AppTest) -> list[str]:
@@ -891,9 +915,10 @@ def test_live_mode_comes_from_the_url_and_stays_in_it(app_store, monkeypatch):  
     assert not at.exception
     assert at.toggle(key="ssmscope_live").value is True
     assert at.query_params["live"] == "1" and at.query_params["every"] == "2"
-    assert "checked" in _sidebar_counts(at)
+    assert any(c.value.startswith("Live · checked ") and c.value.endswith("(every 2 s)") for c in at.sidebar.caption)
     at.toggle(key="ssmscope_live").set_value(False).run()
     assert "live" not in at.query_params
+    assert not any("checked" in c.value for c in at.sidebar.caption)
 
 
 # --- figure export ---------------------------------------------------------------------------------

@@ -273,6 +273,9 @@ def test_switch_store_then_follow_it_live_while_a_sweep_ingests(server, browser,
 
     live = copy_sweeps(app_store, tmp_path / "live", {"app-lr"})
     page = _open(browser, f"{server}/runs?live=1&every=2")
+    checked = page.get_by_text("Live · checked ").first.text_content()
+    page.wait_for_function(f"!document.body.innerText.includes({checked!r})", timeout=15_000)  # the time advances
+    assert page.get_by_text("Live · checked ").count() == 1
     page.get_by_text("Store: ssmscope.duckdb").click()
     page.get_by_label("Open a store", exact=True).fill(str(live))
     page.get_by_role("button", name="Open store", exact=True).click()
