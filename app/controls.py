@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 import streamlit as st
 
-from ssmscope.app.frames import DEFAULT_ROWS, ROW_BY_KEY, Row, WidthAxis, available_rows, fmt_lr, width_axes
+from ssmscope.app.frames import ROW_BY_KEY, Row, WidthAxis, available_rows, default_rows, fmt_lr, width_axes
 from ssmscope.app.widgets import UrlState
 from ssmscope.runs.analysis.norms import norm_label
 from ssmscope.ssm.predictions import Convention
@@ -27,9 +27,26 @@ ALL_SWEEPS = "*"
 """The "all sweeps" choice (a real value, not None: a selectbox showing None shows its placeholder)."""
 
 
+PAPER_SWEEP = "paper-figure"
+"""The sweep a page that shows one sweep opens on when the store holds it (`latest_sweep`)."""
+
+
+def latest_sweep(runs: pl.DataFrame) -> str | None:
+    """paper-figure when the store holds it, else the sweep whose last run finished most recently (None: no runs)."""
+    if runs.is_empty():
+        return None
+    specs = runs["spec"].unique().to_list()
+    if PAPER_SWEEP in specs:
+        return PAPER_SWEEP
+    last = runs.group_by("spec").agg(pl.col("finished_at").max().alias("last"))
+    return last.sort("last", "spec", descending=[True, False], nulls_last=True)["spec"][0]
+
+
 def sweep_select(state: UrlState, runs: pl.DataFrame, *, where: Any = st.sidebar,
-                 allow_all: bool = False) -> str | None:
-    """The sweep (spec) to show, most runs first; None = all sweeps (when allowed). Shared between pages."""
+                 allow_all: bool = False, default: str | None = None) -> str | None:
+    """The sweep (spec) to show, most runs first; None = all sweeps (when allowed). Shared between pages.
+
+    `default`: the sweep shown first (else the first offered: all sweeps where allowed, else the largest sweep)."""
     n = dict(runs.group_by("spec").len().iter_rows())
     specs = sorted(n, key=lambda s: (-n[s], str(s)))
     options: list[Any] = ([ALL_SWEEPS] if allow_all else []) + specs
@@ -37,10 +54,14 @@ def sweep_select(state: UrlState, runs: pl.DataFrame, *, where: Any = st.sidebar
     def fmt(s: str) -> str:
         return f"all sweeps ({runs.height} runs)" if s == ALL_SWEEPS else f"{s or '(unnamed)'} ({n[s]} runs)"
 
-    chosen = state.select("Sweep", "sweep", options, format_func=fmt,
-                          url_format=lambda s: "" if s == ALL_SWEEPS else s, where=where, share="sweep",
+    shared = state.shared("sweep")  # a sweep chosen on another page; "all sweeps" is not carried over
+    first = shared if shared in n else default if default in n else None
+    chosen = state.select("Sweep", "sweep", options, first, format_func=fmt,
+                          url_format=lambda s: "" if s == ALL_SWEEPS else s, where=where,
                           help="The spec a run came from (`ssmscope sweep SPEC`). Runs of different "
                           "sweeps are never fitted together.")
+    if chosen in n:
+        state.share("sweep", chosen)
     return None if chosen == ALL_SWEEPS else chosen
 
 
@@ -101,13 +122,14 @@ def axis_select(state: UrlState, runs: pl.DataFrame, *, where: Any = st.sidebar)
 
 
 def rows_select(state: UrlState, frame: pl.DataFrame, *, where: Any = st.sidebar) -> list[Row]:
-    """The probed quantities shown as figure rows (the paper's x, y, Δx, Δy by default)."""
+    """The probed quantities shown as figure rows (x, C·x, Δx, Δ(C·x) by default: frames.DEFAULT_ROWS)."""
     rows = available_rows(frame)
     keys = [r.key for r in rows]
-    default = [k for k in DEFAULT_ROWS if k in keys] or keys[:4]
+    default = default_rows(keys)
     chosen = state.multiselect("Rows (quantities)", "rows", keys, default, format_func=lambda k: ROW_BY_KEY[k].title,
-                               where=where, help="∂L/∂y and ∂L/∂x are the gradients (recorded when the sweep "
-                               "has train.grads = true); C·x is y without the D⊙u skip.")
+                               where=where, help="C·x is the S6 readout, y = C·x + D⊙u adds the skip (mostly "
+                               "the skip under Mamba's constants); ∂L/∂y and ∂L/∂x are the gradients (recorded when "
+                               "the sweep has train.grads = true).")
     return [ROW_BY_KEY[k] for k in keys if k in chosen]
 
 

@@ -137,6 +137,10 @@ def _span(values: pl.Series) -> _Span:
     return _Span(float(finite.min()), float(finite.max())) if len(finite) else _Span(0.0, 1.0)
 
 
+COLUMN_TITLE_SIZE = 12
+"""Font size of the column titles: "mup-ssm · euler" fits its panel with six panels across a 1280-px window."""
+
+
 @functools.cache
 def _grid_json(n_rows: int, n_cols: int, per_row: bool, titles: tuple[str, ...]) -> str:
     """The layout of a subplot grid as JSON (make_subplots validates every axis: ~0.5 s, so it is built once)."""
@@ -144,7 +148,11 @@ def _grid_json(n_rows: int, n_cols: int, per_row: bool, titles: tuple[str, ...])
                          column_titles=list(titles) or None,
                          horizontal_spacing=(0.03 if per_row else 0.045) if n_cols > 1 else 0.1,
                          vertical_spacing=min(0.06, 0.3 / n_rows))
-    return json.dumps(grid.layout.to_plotly_json())
+    layout = grid.layout.to_plotly_json()
+    for note in layout.get("annotations", []):  # the column titles
+        note["font"] = {"size": COLUMN_TITLE_SIZE}
+        note["name"] = "column_title"
+    return json.dumps(layout)
 
 
 @functools.cache
@@ -168,13 +176,15 @@ def _grid_layout(n_rows: int, n_cols: int, per_row: bool, titles: Sequence[str],
         for j in range(1, n_cols + 1):
             xa = layout.setdefault(_axis("x", i, j, n_cols), {})
             xa.update(range=x_range, zeroline=False, tickvals=[lw for lw, _ in widths],
-                      ticktext=[f"{lw:g} ({w})" for lw, w in widths])
-            if i == n_rows:
-                xa["title"] = {"text": x_title}
+                      ticktext=[str(w) for _, w in widths])  # at log₂ width, labelled with the width
             ya = layout.setdefault(_axis("y", i, j, n_cols), {})
             if (i, j) in y_ranges and not (per_row and j > 1):  # per row: the others match the first
                 ya["range"] = y_ranges[(i, j)]
         layout[_axis("y", i, 1, n_cols)]["title"] = {"text": y_titles[i - 1], "font": {"size": 10}}
+    # one x title under the whole grid (a title under every column repeats it and runs into its neighbours)
+    layout.setdefault("annotations", []).append(dict(
+        text=x_title, xref="paper", yref="paper", x=0.5, y=0, xanchor="center", yanchor="top", yshift=-24,
+        showarrow=False, font={"size": 12}, name="x_title"))
     layout["template"] = json.loads(_template_json())
     return layout
 
@@ -476,6 +486,41 @@ def run_curves_figure(curves: pl.DataFrame, *, rows: Sequence[Row], convention: 
     fig.update_yaxes(title_text=norm_label(convention, "·"), row=1, col=1)
     fig.update_layout(height=330, template="plotly_white", font=FONT, margin=dict(l=60, r=20, t=40, b=50))
     return fig
+
+
+# --- norms against the step -------------------------------------------------------------------------
+def step_figure(curves: pl.DataFrame, *, width_name: str, y_title: str, title: str | None = None) -> go.Figure:
+    """A norm against the optimizer step, one curve per width (app.frames.step_curves; colour by width, dark =
+    small), with its min–max band over seeds; log y."""
+    fig = go.Figure()
+    widths = sorted(curves["width"].unique().to_list()) if not curves.is_empty() else []
+    colours = width_colours(widths) if widths else {}
+    for w in widths:
+        c = curves.filter(pl.col("width") == w)
+        x = c["step"].to_list()
+        name = f"{width_name} = {w}"
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=c["hi"].to_list() + c["lo"].to_list()[::-1], fill="toself",
+                                 mode="lines", line=dict(width=0), fillcolor=_rgba_any(colours[w], 0.15),
+                                 hoverinfo="skip", showlegend=False, legendgroup=name, meta=dict(kind="step_band",
+                                                                                                   width=int(w))))
+        fig.add_trace(go.Scatter(
+            x=x, y=c["norm"].to_list(), mode="lines+markers", name=name, legendgroup=name,
+            line=dict(color=colours[w], width=2), marker=dict(size=5), customdata=c["n_seeds"].to_list(),
+            meta=dict(kind="step_curve", width=int(w)),
+            hovertemplate=f"{name} · step %{{x}}<br>%{{y:.4g}} (geometric mean of %{{customdata}} seed(s))"
+                          "<extra></extra>"))
+    fig.update_xaxes(title_text="optimizer step", **step_ticks(curves["step"].to_list() if widths else []))
+    fig.update_yaxes(title_text=y_title, type="log", exponentformat="power")
+    fig.update_layout(height=460, template="plotly_white", font=FONT, title=title, meta=dict(kind="steps"),
+                      margin=dict(l=70, r=20, t=50 if title else 20, b=50), legend=dict(traceorder="normal"))
+    return fig
+
+
+def _rgba_any(colour: str, alpha: float) -> str:
+    """A plotly colour ("#rrggbb" or "rgb(r, g, b)") with transparency `alpha`."""
+    if colour.startswith("#"):
+        return _rgba(colour, alpha)
+    return colour.replace("rgb(", "rgba(").replace(")", f", {alpha})")
 
 
 # --- learning-rate transfer ----------------------------------------------------------------------

@@ -38,30 +38,58 @@ class Row:
     site: str
     quantity: str
     title: str  # short label of the row
+    meaning: str = ""  # what the row measures, in words (the caption under a figure)
 
 
 ROWS: tuple[Row, ...] = (
-    Row("x", "x", "value", "‖x‖"),
-    Row("y", "y", "value", "‖y‖"),
-    Row("dx", "x", "delta_init", "‖Δx‖"),
-    Row("dy", "y", "delta_init", "‖Δy‖"),
-    Row("cx", "cx", "value", "‖C·x‖"),
-    Row("dcx", "cx", "delta_init", "‖Δ(C·x)‖"),
-    Row("grad_y", "grad_y", "value", "‖∂L/∂y‖"),
-    Row("grad_x", "grad_x", "value", "‖∂L/∂x‖"),
-    Row("out", "block_out", "value", "‖out‖"),
-    Row("dout", "block_out", "delta_init", "‖Δout‖"),
+    Row("x", "x", "value", "‖x‖", "the S6 state inside the scan"),
+    Row("cx", "cx", "value", "‖C·x‖", "the S6 readout: y without the D⊙u skip"),
+    Row("y", "y", "value", "‖y‖", "the S6 output C·x + D⊙u: the readout plus the D⊙u skip"),
+    Row("dx", "x", "delta_init", "‖Δx‖", "the change of the state since step 0 (on the probe batch)"),
+    Row("dcx", "cx", "delta_init", "‖Δ(C·x)‖", "the change of the readout C·x since step 0"),
+    Row("dy", "y", "delta_init", "‖Δy‖", "the change of C·x + D⊙u since step 0, the skip's included"),
+    Row("grad_y", "grad_y", "value", "‖∂L/∂y‖", "the loss gradient at the S6 output"),
+    Row("grad_x", "grad_x", "value", "‖∂L/∂x‖", "the loss gradient at the state"),
+    Row("out", "block_out", "value", "‖out‖", "the block's output (after out_proj)"),
+    Row("dout", "block_out", "delta_init", "‖Δout‖", "the change of the block's output since step 0"),
 )
-"""Rows the coordinate check can show, in display order; the paper's figure is the first four."""
+"""Rows the coordinate check can show, in display order (the readout C·x before y = C·x + D⊙u)."""
 ROW_BY_KEY = {r.key: r for r in ROWS}
-DEFAULT_ROWS = ("x", "y", "dx", "dy")
+DEFAULT_ROWS = ("x", "cx", "dx", "dcx")
+"""The default rows: the state and the S6 readout C·x, and their changes. ‖y‖ = ‖C·x + D⊙u‖ is mostly the D⊙u skip
+under Mamba's constants, so the readout is shown by default and y, Δy are one click away (they stand in for C·x
+in a store without cx probes)."""
+FALLBACK_ROWS = {"cx": "y", "dcx": "dy"}
+
+
+def default_rows(keys: Sequence[str]) -> list[str]:
+    """The default rows among the available `keys`: DEFAULT_ROWS, y and Δy where a store has no C·x probes."""
+    chosen = [k if k in keys else FALLBACK_ROWS.get(k, k) for k in DEFAULT_ROWS]
+    return [k for k in dict.fromkeys(chosen) if k in keys] or list(keys[:4])
+
+
+def readout_ratio(frame: pl.DataFrame, convention: Convention | str, step: int) -> float | None:
+    """The median over runs and layers of ‖y‖ / ‖C·x‖ at `step` (how much of y is the D⊙u skip); None without both."""
+    at = frame.filter((pl.col("step") == step) & (pl.col("group") == "") & (pl.col("quantity") == "value")
+                      & pl.col("site").is_in(["y", "cx"]))
+    if at.is_empty():
+        return None
+    norms = at.select("run_id", "layer", "site", norm_expr(convention)).pivot("site", index=["run_id", "layer"],
+                                                                                 values="norm")
+    if not {"y", "cx"} <= set(norms.columns):
+        return None
+    ratio = norms.select((pl.col("y") / pl.col("cx")).alias("r")).filter(pl.col("r").is_finite())["r"]
+    return float(ratio.median()) if len(ratio) else None
 
 
 def ordered(values: Iterable, order: Sequence = ()) -> list:
-    """Distinct values, those in `order` first (in that order), the rest sorted."""
+    """Distinct values, those in `order` first (in that order), the rest sorted: numbers by value (32 before 256),
+    anything else by its text."""
     distinct = list(dict.fromkeys(v for v in values if v is not None))
     first = [v for v in order if v in distinct]
-    return first + sorted((v for v in distinct if v not in order), key=str)
+    rest = [v for v in distinct if v not in order]
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in rest)
+    return first + sorted(rest, key=None if numeric else str)  # numbers by value: 32 before 256
 
 
 def in_rows(rows: Sequence[Row]) -> pl.Expr:
@@ -111,6 +139,15 @@ class WidthAxis:
         return f"N_x at N_u = {self.fixed} ({n} widths)"
 
     @property
+    def scale_title(self) -> str:
+        """The x title of a figure whose ticks are the widths themselves, placed at log₂ width."""
+        if self.design == "joint":
+            return "width N_u = N_x (log₂ scale)"
+        if self.design == "n_u":
+            return f"N_u at N_x = {self.fixed} (log₂ scale)"
+        return f"N_x at N_u = {self.fixed} (log₂ scale)"
+
+    @property
     def axis_title(self) -> str:
         if self.design == "joint":
             return "log₂ width (N_u = N_x)"
@@ -142,6 +179,46 @@ def width_axes(runs: pl.DataFrame) -> list[WidthAxis]:
         if len(widths) >= 2:
             axes.append(WidthAxis("n_x", fixed, tuple(widths)))
     return axes
+
+
+DESIGN_LABELS = {"joint": "joint (N_u = N_x)", "n_u": "N_u (N_x fixed)", "n_x": "N_x (N_u fixed)",
+                 "2d": "2-D (s_u and s_x)"}
+"""The slope fits' width designs (runs.analysis.slopes.Design) as the pages name them."""
+MIN_FIT_WIDTHS = 3
+"""Widths a slope fit needs along its axis (runs.analysis.slopes.fit.MIN_WIDTHS)."""
+
+
+def _widths_text(widths: Iterable[int]) -> str:
+    return ", ".join(str(w) for w in sorted(widths)) or "none"
+
+
+def design_problem(runs: pl.DataFrame, design: str) -> str | None:
+    """Why the runs' width points (n_u, n_x) cannot support a slope fit along `design`; None when they can."""
+    pairs = set(runs.select("n_u", "n_x").unique().iter_rows()) if not runs.is_empty() else set()
+    need = MIN_FIT_WIDTHS
+    if design == "joint":
+        joint = {u for u, x in pairs if u == x}
+        return None if len(joint) >= need else (
+            f"only {len(joint)} width(s) with N_u = N_x ({_widths_text(joint)}); a joint fit needs {need}")
+    if design in ("n_u", "n_x"):
+        fixed_of, varied = (1, 0) if design == "n_u" else (0, 1)
+        by_fixed: dict[int, set[int]] = {}
+        for pair in pairs:
+            by_fixed.setdefault(pair[fixed_of], set()).add(pair[varied])
+        name, other = ("N_u", "N_x") if design == "n_u" else ("N_x", "N_u")
+        best = max(by_fixed.items(), key=lambda kv: (len(kv[1]), -kv[0]), default=None)
+        if best is not None and len(best[1]) >= need:
+            return None
+        most = f"at most {len(best[1])} ({_widths_text(best[1])} at {other} = {best[0]})" if best else "none"
+        return f"no {other} holds {need} or more {name} values: {most}"
+    if design == "2d":
+        n_u, n_x = {u for u, _ in pairs}, {x for _, x in pairs}
+        if len(n_u) < need or len(n_x) < need:
+            return f"{len(n_u)} N_u and {len(n_x)} N_x value(s); a 2-D fit needs {need} of each"
+        if len({x / u for u, x in pairs}) < 2:
+            return "every (N_u, N_x) point lies on one line N_x ∝ N_u, so s_u and s_x cannot be told apart"
+        return None
+    return f"unknown design {design!r}"
 
 
 Panels = Sequence[str] | pl.Expr
@@ -293,6 +370,27 @@ def slope_comparison(fits: pl.DataFrame, labels: Sequence[str], rows: Sequence[R
     return (out.sort("_rank", "layer").drop("_rank", "site", "quantity").rename({"quantity_title": "quantity"})
             .select("quantity", "layer", *(d.meta.output_name() for d in diffs),
                     *(c for c in out.columns if c.startswith(("s [", "CI ", "verdict [")))))
+
+
+# --- norms against the step -------------------------------------------------------------------
+STEP_CURVE_COLUMNS = ["width", "step", "norm", "lo", "hi", "n_seeds"]
+
+
+def step_curves(frame: pl.DataFrame, *, convention: Convention | str, axis: WidthAxis, row: Row,
+                layer: int) -> pl.DataFrame:
+    """Per (width, step): the geometric mean over seeds of one row's norm at one layer (the mean of log2‖·‖, as the
+    coordinate check's line), its min and max over seeds, and the number of seeds.
+
+    Included: runs that neither diverged nor failed, and norms that are finite and positive (a log axis has no
+    place for the zero Δ at step 0)."""
+    sel = axis.select(frame.filter((pl.col("site") == row.site) & (pl.col("quantity") == row.quantity)
+                                   & (pl.col("group") == "") & (pl.col("layer") == layer)
+                                   & ~pl.col("status").is_in(FLAGGED_STATUSES)))
+    norms = sel.with_columns(norm_expr(convention)).filter(pl.col("norm").is_finite() & (pl.col("norm") > 0))
+    return (norms.group_by("width", "step")
+            .agg((2.0 ** pl.col("norm").log(2).mean()).alias("norm"), pl.col("norm").min().alias("lo"),
+                 pl.col("norm").max().alias("hi"), pl.len().alias("n_seeds"))
+            .sort("width", "step").select(STEP_CURVE_COLUMNS))
 
 
 # --- per-run curves ----------------------------------------------------------------------------

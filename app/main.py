@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -29,6 +28,7 @@ from ssmscope.runs.store.db import StoreError, default_db_path
 PAGES = (
     ("app_pages/runs.py", "Runs", ":material/table_rows:", "runs"),
     ("app_pages/coord_check.py", "Coordinate check", ":material/show_chart:", "coordinate-check"),
+    ("app_pages/steps.py", "Norm vs step", ":material/timeline:", "norm-vs-step"),
     ("app_pages/running.py", "Running exponents", ":material/trending_up:", "running-exponents"),
     ("app_pages/slope_table.py", "Slope table", ":material/table_chart:", "slope-table"),
     ("app_pages/compare.py", "Compare", ":material/compare:", "compare"),
@@ -76,8 +76,7 @@ def main() -> None:
         show_problem(problem)
     else:
         n = data.counts(db)
-        st.sidebar.caption(f"{n['runs']} runs · {n['probes']:,} probe rows · {n['losses']:,} loss rows"
-                           + (f" · checked {time.strftime('%H:%M:%S')}" if live else ""))
+        st.sidebar.caption(f"{n['runs']} runs · {n['probes']:,} probe rows · {n['losses']:,} loss rows")
         try:
             page.run()
         except (StoreError, duckdb.Error) as exc:  # e.g. a sweep started ingesting since the check above

@@ -89,7 +89,7 @@ def coord_check_figure(frame: pl.DataFrame, *, convention: str = "rms", step: in
     order = [" · ".join(parts) for parts in _panel_order(on_axis, panel_by, PRESET_ORDER, DISC_ORDER)]
     panels = ordered(points["panel"].to_list(), order)
     return figures.coord_figure(points, bands=seed_bands(points), flags=flags, slopes=slopes, rows=shown_rows,
-                                panels=panels, convention=convention, x_title=chosen.axis_title, step=step,
+                                panels=panels, convention=convention, x_title=chosen.scale_title, step=step,
                                 title=title, y_range=y_range, pred_lines=pred_lines)
 
 

@@ -10,6 +10,7 @@ warning line and the default (never a traceback).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -109,12 +110,17 @@ def live_controls() -> tuple[bool, int]:
 
 
 def follow(shown: data.Store, every: int) -> None:
-    """Rerun the whole page once the store's files differ from the version on screen (checked every `every` s)."""
+    """Rerun the whole page once the store's files differ from the version on screen (checked every `every` s).
+
+    The sidebar line "Live · checked HH:MM:SS" is drawn by the check itself, so it advances with every check, not
+    only when the page reruns."""
 
     @st.fragment(run_every=every)
     def _watch() -> None:
         now = data.store_now()
         if now.path == shown.path and now.version != shown.version:
             st.rerun(scope="app")
+        st.caption(f"Live · checked {time.strftime('%H:%M:%S')} (every {every} s)")
 
-    _watch()
+    with st.sidebar:
+        _watch()

@@ -30,6 +30,24 @@ FORMATS = {"csv": ("CSV", "text/csv", "csv"), "md": ("Markdown", "text/markdown"
 AGREEMENT_COLOURS = {Agreement.AGREES: "#d5f0dc", Agreement.DISAGREES: "#f8d3d3", Agreement.NO_PREDICTION: "#eeeeee",
                      "not fitted": "#eeeeee"}
 VERDICT_COLOURS = {Verdict.FLAT: "#1e7b34", Verdict.GROWS: "#b35900", Verdict.VANISHES: "#1f5fa8"}
+STABILITY_COLOURS = {Verdict.FLAT: "#e3f4d7", Verdict.GROWS: "#fbd5b5", Verdict.VANISHES: "#d3e2f6"}
+"""Cell backgrounds when the table is coloured by stability: flat green, grows orange, vanishes blue."""
+COLOURINGS = {"stability": "stability: flat / grows / vanishes", "agreement": "agreement with the theory"}
+"""How the slope table colours its cells (the page's default first)."""
+COLOURING_LEGEND = {
+    "stability": "Colour = stability with width: green flat (|s| small), orange grows, blue vanishes, grey not fitted.",
+    "agreement": "Colour = agreement with the theory: green agrees with the predicted exponent, red disagrees, grey "
+                 "no prediction or not fitted.",
+}
+READABLE_HEADERS = {
+    "run_id": "run id", "spec": "sweep", "discretization": "discretisation", "n_u": "N_u", "n_x": "N_x",
+    "n_layers": "layers", "last_finite_step": "last finite step", "wall_s": "wall s", "finished_at": "finished",
+    "init_base": "init base", "fixed_width": "fixed width", "ci_low": "CI low", "ci_high": "CI high",
+    "n_points": "points", "n_seeds": "seeds", "n_widths": "widths", "n_diverged": "diverged runs",
+    "intercept": "a (intercept)", "log_x": "log N_x term", "width_lo": "smallest width", "width_hi": "largest width",
+    "status": "status", "panel": "panel", "estimate": "s",
+}
+"""Screen headers of store columns (the data keep their names: downloads stay what `ssmscope` writes)."""
 STATUS_COLOURS = {RunStatus.DIVERGED: "#fde2c8", RunStatus.FAILED: "#f8d3d3"}
 SHORT_HEADERS = {"discretization": "disc", "optimizer": "optim", "fixed_width": "fixed"}
 """Row-key headers of the compact table, shortened so that its four quantities fit a 1280-px window."""
@@ -71,20 +89,43 @@ def frame_exports(frame: pl.DataFrame, caption: str) -> dict[str, str]:
 
 
 # --- the slope table on screen ------------------------------------------------------------------------
-def compact_styled(paper: pl.DataFrame) -> tuple[Any, dict[str, Any]]:
+def readable_config(columns: list[str], config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`config` plus a readable header (READABLE_HEADERS) for every other column in `columns` that has one."""
+    out = dict(config or {})
+    for c in columns:
+        if c not in out and c in READABLE_HEADERS:
+            out[c] = st.column_config.Column(READABLE_HEADERS[c])
+    return out
+
+
+def cell_verdicts(paper: pl.DataFrame, compact: export.CompactPaper) -> dict[str, list[str | None]]:
+    """Quantity title → per compact row, the verdict (flat / grows / vanishes) of the cell's first term."""
+    first: dict[tuple, str | None] = {}
+    for rec in export.order_rows(paper).iter_rows(named=True):
+        first.setdefault((*(rec[k] for k in compact.keys), rec["column"]), rec.get("verdict"))
+    keys = compact.values.select(compact.keys).rows()
+    titles = {export.QUANTITY_TITLES[c]: c for c in export.QUANTITY_TITLES}
+    return {t: [first.get((*k, titles[t])) for k in keys] for t in compact.labels}
+
+
+def compact_styled(paper: pl.DataFrame, colouring: str = "stability") -> tuple[Any, dict[str, Any]]:
     """The compact paper table as (Styler, column_config) for st.dataframe.
 
     Each quantity column holds the measured exponent (sorting orders by it) and shows the compact cell text;
-    the background says whether it agrees with the prediction. Row keys get short headers.
+    the background says (`colouring`) whether the norm is stable with width (flat / grows / vanishes) or whether
+    it agrees with the prediction. Row keys get short headers.
     """
     compact = export.compact_paper(paper)
+    verdicts = cell_verdicts(paper, compact) if colouring == "stability" else {}
     pdf = compact.values.to_pandas()
     style = pdf.style
     for title, labels in compact.labels.items():
         col = pdf.columns.get_loc(title)
         for i, label in enumerate(labels):
             style = style.format(lambda _v, text=label: text, subset=pd.IndexSlice[pdf.index[i], pdf.columns[col]])
-        colours = [f"background-color: {AGREEMENT_COLOURS.get(a, '')}" for a in compact.agreements[title]]
+        colours = ([f"background-color: {STABILITY_COLOURS.get(v, '#eeeeee')}" for v in verdicts[title]]
+                   if colouring == "stability" else
+                   [f"background-color: {AGREEMENT_COLOURS.get(a, '')}" for a in compact.agreements[title]])
         style = style.apply(lambda _s, c=colours: c, subset=[title], axis=0)
     config: dict[str, Any] = {k: st.column_config.Column(SHORT_HEADERS.get(k, k)) for k in compact.keys}
     config |= {t: NUMBER(t, help=f"{t}: measured exponent ± half its 95 % CI (predicted exponent); ✓ agrees, "
@@ -93,14 +134,30 @@ def compact_styled(paper: pl.DataFrame) -> tuple[Any, dict[str, Any]]:
     return style, config
 
 
-def numeric_styled(paper: pl.DataFrame) -> tuple[Any, dict[str, Any]]:
-    """The numeric paper table (one row per fitted exponent) as (Styler, column_config)."""
+def numeric_styled(paper: pl.DataFrame, colouring: str = "stability") -> tuple[Any, dict[str, Any]]:
+    """The numeric paper table (one row per fitted exponent) as (Styler, column_config); `colouring` "stability"
+    colours the estimate by its verdict, "agreement" the agreement column."""
     frame = export.numeric_paper(paper)
     pdf = frame.to_pandas()
-    style = pdf.style.map(_agreement_colour, subset=["agreement"]).format(_predicted, subset=["predicted"])
+    style = pdf.style.format(_predicted, subset=["predicted"])
+    if colouring == "stability":
+        colours = [f"background-color: {STABILITY_COLOURS.get(_verdict_of(v), '#eeeeee')}" for v in pdf["verdict"]]
+        style = style.apply(lambda _s: colours, subset=["estimate"], axis=0)
+    else:
+        style = style.map(_agreement_colour, subset=["agreement"])
     config: dict[str, Any] = dict(SLOPE_COLUMN_CONFIG) | {k: st.column_config.Column(SHORT_HEADERS.get(k, k))
                                                           for k in ("discretization", "optimizer")}
-    return style, config
+    return style, readable_config(list(frame.columns), config)
+
+
+def _verdict_of(words: Any) -> str | None:
+    """The verdict a worded verdict starts with ("flat, as predicted" → flat)."""
+    text = str(words or "")
+    return next((v for v in Verdict if text.startswith(str(v))), None)
+
+
+def _stability_colour(value: Any) -> str:
+    return f"background-color: {STABILITY_COLOURS[value]}" if value in STABILITY_COLOURS else ""
 
 
 def _predicted(value: Any) -> str:
@@ -117,16 +174,21 @@ def _verdict_colour(value: Any) -> str:
     return f"color: {VERDICT_COLOURS[value]}; font-weight: 600" if value in VERDICT_COLOURS else ""
 
 
-def styled(frame: pl.DataFrame, *, cells: list[str] = (), verdicts: list[str] = (), float_digits: int = 4):
-    """A pandas Styler for st.dataframe: agreement colours on `cells`, verdict colours on `verdicts`."""
+def styled(frame: pl.DataFrame, *, cells: list[str] = (), verdicts: list[str] = (), stable: list[str] = (),
+           float_digits: int = 4):
+    """A pandas Styler for st.dataframe: agreement colours on `cells`, verdict text colours on `verdicts`, stability
+    backgrounds on `stable` (columns holding a verdict)."""
     pdf = frame.to_pandas()
     style = pdf.style
     cells = [c for c in cells if c in pdf.columns]
     verdicts = [c for c in verdicts if c in pdf.columns]
+    stable = [c for c in stable if c in pdf.columns]
     if cells:
         style = style.map(_agreement_colour, subset=cells)
     if verdicts:
         style = style.map(_verdict_colour, subset=verdicts)
+    if stable:
+        style = style.map(_stability_colour, subset=stable)
     floats = [c for c, t in zip(frame.columns, frame.dtypes, strict=True) if t.is_float()]
     if floats:
         style = style.format(dict.fromkeys(floats, lambda v: _number(v, float_digits)))

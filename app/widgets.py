@@ -97,9 +97,12 @@ class UrlState:
         """The value the selection `share` last had on any page (None if never chosen)."""
         return None if share is None else st.session_state.get(SHARED_PREFIX + share)
 
-    def _share(self, share: str | None, value: Any) -> None:
+    def share(self, share: str | None, value: Any) -> None:
+        """Make `value` the selection `share`'s value for the other pages (no-op for None)."""
         if share is not None:
             st.session_state[SHARED_PREFIX + share] = value
+
+    _share = share
 
     def _seed(self, name: str, options: Sequence[Any], default: Any, fmt: Callable[[Any], str],
               share: str | None = None, where: Any = st, label: Callable[[Any], str] = str) -> Any:

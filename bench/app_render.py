@@ -3,13 +3,18 @@
 Builds a synthetic store shaped like `paper-figure` run long (joint widths 32…512 × sp/mup/mup-ssm ×
 zoh/euler × 3 seeds = 90 runs, every step 0…120 logged, 3 layers, every probe site and per-parameter
 group rows), written as per-run shards in the runs.store.shards layout and loaded with runs.store.ingest.
-Then it times the coordinate-check page in its default view (6 panels × 4 rows, per-panel y ranges,
-predicted slope lines):
+Then it times the coordinate-check page in its default view (6 panels × 4 rows x, C·x, Δx, Δ(C·x), one y range
+per row, predicted slope lines):
   - its data + figure path called directly (app.data cached reads, app.frames, app.figures), cold
     (empty caches) and warm (a second selection: another norm convention at another step);
-  - the whole page under Streamlit's AppTest, cold and warm (includes serialising the figure).
+  - a fresh tab (a new session) under Streamlit's AppTest: the app's first page, then the coordinate check, with
+    cold and with warm caches (includes serialising the figure); its first render is both runs together.
 
     python bench/app_render.py [--out DIR] [--steps 121]
+
+Last run (2026-12-04, 2 shared CPU cores, load average ~5; docs/dashboard.md "Speed"): a fresh tab's first render
+of the coordinate check 2.42 s with cold caches (the page's own run 1.61 s), 1.01 s warm (0.80 s), 0.41 s for a view
+already cached; data + figure 1.41 s cold, 0.73 s warm.
 """
 
 from __future__ import annotations
@@ -93,7 +98,15 @@ def page_path(db: Path, convention: str, step: int) -> dict[str, float]:
     import streamlit as st
 
     from ssmscope.app import data, figures
-    from ssmscope.app.frames import ROW_BY_KEY, WidthAxis, coord_points, flagged_points, panel_slopes, seed_bands
+    from ssmscope.app.frames import (
+        DEFAULT_ROWS,
+        ROW_BY_KEY,
+        WidthAxis,
+        coord_points,
+        flagged_points,
+        panel_slopes,
+        seed_bands,
+    )
 
     st.session_state[data.DB_STATE_KEY] = str(db)
     t = {}
@@ -104,7 +117,7 @@ def page_path(db: Path, convention: str, step: int) -> dict[str, float]:
     t["read"] = time.perf_counter() - t0
     sel = data.where(optimizer="adam", lr=0.01, preset=list(PRESETS), discretization=list(DISCS))
     frame = data.apply(frame, sel)
-    rows = [ROW_BY_KEY[k] for k in ("x", "y", "dx", "dy")]
+    rows = [ROW_BY_KEY[k] for k in DEFAULT_ROWS]  # the page's default rows
     axis = WidthAxis("joint", None, WIDTHS)
     panel_by = ["preset", "discretization"]
     t1 = time.perf_counter()
@@ -118,26 +131,29 @@ def page_path(db: Path, convention: str, step: int) -> dict[str, float]:
     t3 = time.perf_counter()
     panels = [f"{p} · {d}" for p in PRESETS for d in DISCS]
     fig = figures.coord_figure(points, bands, flags, panel_slopes(fits, panel_by), rows=rows, panels=panels,
-                               convention=convention, x_title=axis.axis_title, step=step, pred_lines=True)
+                               convention=convention, x_title=axis.scale_title, step=step, pred_lines=True,
+                               y_range="row")
     fig.to_json()  # what st.plotly_chart serialises
     t["figure"] = time.perf_counter() - t3
     t["total"] = time.perf_counter() - t0
     return t
 
 
-def apptest(db: Path, query: dict[str, str]) -> float:
-    """Seconds for one AppTest run of the coordinate-check page (after the first, default page)."""
+def apptest(db: Path, query: dict[str, str]) -> tuple[float, float]:
+    """A fresh tab under AppTest (a new session): (seconds of the coordinate-check page's run after the app's first,
+    default page; seconds of both, the tab's first render of the coordinate check)."""
     from streamlit.testing.v1 import AppTest
 
     os.environ["SSMSCOPE_DB"] = str(db)
+    t_start = time.perf_counter()
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=300).run()
     at.query_params = query
     t0 = time.perf_counter()
     at.switch_page("app_pages/coord_check.py").run()
-    elapsed = time.perf_counter() - t0
+    end = time.perf_counter()
     assert not at.exception, [e.value for e in at.exception]
     assert at.get("plotly_chart"), "the page drew no chart"
-    return elapsed
+    return end - t0, end - t_start
 
 
 def main() -> None:
@@ -162,8 +178,11 @@ def main() -> None:
     st.cache_data.clear()
     st.cache_resource.clear()
     base = {"sweep": "bench-1m"}
-    print(f"AppTest page run, cold caches: {apptest(db, base):.2f} s")
-    print(f"AppTest page run, warm (convention l2): {apptest(db, base | {'convention': 'l2'}):.2f} s")
+    for label, query in (("cold caches", base), ("warm caches, convention l2", base | {"convention": "l2"}),
+                         ("warm caches, same view", base)):
+        page, tab = apptest(db, query)
+        print(f"AppTest fresh tab, {label}: coordinate-check page run {page:.2f} s; first render with the app's "
+              f"start {tab:.2f} s")
 
 
 if __name__ == "__main__":

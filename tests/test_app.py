@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 
 from ssmscope.app import export as figure_export
 from ssmscope.app import figures, frames, tables
+from ssmscope.runs.analysis import export as export_module
 from ssmscope.runs.analysis.slopes import fit_slopes, paper_slopes
 from ssmscope.runs.cli import dashboard as cli_app
 from ssmscope.runs.cli import slopes as cli_slopes
@@ -41,7 +42,8 @@ from ssmscope.runs.store.db import ingest, load_probe_frame, load_runs
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 PAGES = {"runs": "app_pages/runs.py", "coord": "app_pages/coord_check.py", "slopes": "app_pages/slope_table.py",
-         "compare": "app_pages/compare.py", "lr": "app_pages/lr_transfer.py", "running": "app_pages/running.py"}
+         "compare": "app_pages/compare.py", "lr": "app_pages/lr_transfer.py", "running": "app_pages/running.py",
+         "steps": "app_pages/steps.py"}
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -115,7 +117,7 @@ def test_coordinate_check_shows_every_preset_discretisation_row_and_layer(app_st
     fig = figure(at)
     meta = fig["layout"]["meta"]
     assert meta["panels"] == ["sp · zoh", "sp · euler", "mup · zoh", "mup · euler", "mup-ssm · zoh", "mup-ssm · euler"]
-    assert meta["rows"] == ["x", "y", "dx", "dy"]
+    assert meta["rows"] == ["x", "cx", "dx", "dcx"]  # the state and the S6 readout C·x, not y = C·x + D⊙u
     assert len(mean_values(fig)) == 6 * 4 * 2  # panels × rows × layers
     legend = [t["name"] for t in sorted((t for t in fig["data"] if t.get("showlegend")),
                                         key=lambda t: t.get("legendrank", 1000))]
@@ -125,7 +127,7 @@ def test_coordinate_check_shows_every_preset_discretisation_row_and_layer(app_st
     ids = {c[0] for t in traces(fig, "runs") for c in t["customdata"]}
     assert ids == set(runs_frame.filter(pl.col("spec") == "app-coord")["run_id"])
     assert traces(fig, "ref") and "RMS per coordinate" in fig["layout"]["yaxis"]["title"]["text"]
-    assert fig["layout"]["xaxis"]["ticktext"][0] == "4 (16)"
+    assert fig["layout"]["xaxis"]["ticktext"] == ["16", "32", "64"]  # at log₂ width, labelled with the width
 
 
 def test_coordinate_check_convention_changes_the_plotted_norms_and_the_url(app_store, monkeypatch):  # noqa: F811
@@ -150,7 +152,7 @@ def test_coordinate_check_step_slider_moves_the_points_and_flags_zero_updates(ap
     assert first[("sp · zoh", "x", 0)] != last[("sp · zoh", "x", 0)]
     # Δ is 0 at initialisation: no mean is drawn, every point is flagged at the bottom instead of vanishing
     assert ("sp · zoh", "dx", 0) not in first
-    zero = [t for t in traces(fig, "flag") if t["meta"]["row"] in ("dx", "dy")]
+    zero = [t for t in traces(fig, "flag") if t["meta"]["row"] in ("dx", "dcx")]
     assert zero and all("norm = 0 at step 0" in c[2] for t in zero for c in t["customdata"])
     assert at.query_params["step"] == "0"
 
@@ -189,6 +191,29 @@ def test_coordinate_check_marks_diverged_runs_instead_of_dropping_them(app_store
     assert flagged_run_ids(fig) == set(diverged["run_id"])
     assert any("diverged (last finite step" in c[2] for t in traces(fig, "flag") for c in t["customdata"])
     assert "6 diverged or failed run(s) marked ✕" in " ".join(c.value for c in at.caption)
+
+
+# --- norm vs step --------------------------------------------------------------------------------
+def test_norm_vs_step_draws_one_curve_per_width_from_the_stores_numbers(app_store, monkeypatch):  # noqa: F811
+    query = {"sweep": "app-coord", "preset": "sp", "disc": "euler", "row": "x", "layer": "1", "convention": "rms"}
+    at = open_app(app_store, monkeypatch, "steps", query)
+    fig = figure(at)
+    curves = {t["meta"]["width"]: t for t in traces(fig, "step_curve")}
+    assert sorted(curves) == [16, 32, 64] and fig["layout"]["yaxis"]["type"] == "log"
+    stored = load_probe_frame(app_store, {"spec": "app-coord"}).filter(
+        (pl.col("preset") == "sp") & (pl.col("discretization") == "euler") & (pl.col("site") == "x")
+        & (pl.col("quantity") == "value") & (pl.col("layer") == 1) & (pl.col("group") == ""))
+    for width, trace in curves.items():
+        runs = stored.filter(pl.col("n_u") == width)
+        assert runs["seed"].n_unique() == 2
+        for step, y in zip(trace["x"], trace["y"], strict=True):
+            rms = runs.filter(pl.col("step") == step).select((pl.col("sumsq") / pl.col("count")).sqrt())
+            assert y == pytest.approx(math.prod(rms.to_series()) ** (1 / rms.height), rel=1e-12)  # geometric mean
+        assert list(trace["x"]) == sorted(runs["step"].unique())
+    assert {k: at.query_params[k] for k in query} == query
+    at.selectbox(key="ns_row").set_value("dcx").run()  # Δ(C·x) = 0 at step 0: not drawn on the log axis
+    assert all(list(t["x"]) == [1, 2] for t in traces(figure(at), "step_curve"))
+    assert "‖ΔC·x‖" in figure(at)["layout"]["yaxis"]["title"]["text"]
 
 
 # --- runs ----------------------------------------------------------------------------------------
@@ -258,7 +283,7 @@ def test_slope_table_is_compact_numeric_sortable_and_switches_layouts(app_store,
     paper = paper_slopes(load_probe_frame(app_store, {"spec": "app-coord"}))
     want = paper.filter((pl.col("preset") == "mup") & (pl.col("discretization") == "zoh") & (pl.col("column") == "dx"))
     assert table["‖Δx‖"][3] == pytest.approx(want["estimate"].item())
-    html = tables.compact_styled(paper)[0].to_html()  # what the cells show over those numbers, and their colours
+    html = tables.compact_styled(paper, "agreement")[0].to_html()  # what the cells show over those numbers
     assert tables.AGREEMENT_COLOURS["agrees"] in html and "(−½) ✓" in html
     at.radio(key="st_table").set_value("numeric").run()
     numeric = at.dataframe[0].value
@@ -271,6 +296,65 @@ def test_slope_table_is_compact_numeric_sortable_and_switches_layouts(app_store,
     full = at.dataframe[0].value
     assert {"verdict", "agreement", "layer"} <= set(full.columns) and full.shape[0] > numeric.shape[0]
     assert list(dict.fromkeys(full["preset"])) == ["sp", "mup", "mup-ssm"]
+
+
+def test_slope_table_colours_by_stability_by_default_or_by_agreement(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "slopes", {"sweep": "app-coord"})
+    assert at.radio(key="st_colour").value == "stability" and at.query_params["colour"] == "stability"
+    assert any(c.value.startswith(tables.COLOURING_LEGEND["stability"]) for c in at.caption)
+    paper = paper_slopes(load_probe_frame(app_store, {"spec": "app-coord"}))
+    compact = export_module.compact_paper(paper)
+    verdicts = tables.cell_verdicts(paper, compact)
+    for title in ("‖x‖", "‖Δx‖"):  # each cell's colour is its own fit's verdict
+        for i, key in enumerate(compact.values.select(compact.keys).rows()):
+            want = paper.filter((pl.col("preset") == key[0]) & (pl.col("discretization") == key[1])
+                                & (pl.col("column") == {"‖x‖": "x", "‖Δx‖": "dx"}[title]))["verdict"][0]
+            assert verdicts[title][i] == want
+    html = tables.compact_styled(paper)[0].to_html()
+    used = {c for c in tables.STABILITY_COLOURS.values() if c in html}
+    agreement = (tables.AGREEMENT_COLOURS["agrees"], tables.AGREEMENT_COLOURS["disagrees"])
+    assert used and not any(c in html for c in agreement)
+    at.radio(key="st_colour").set_value("agreement").run()
+    assert any(c.value.startswith(tables.COLOURING_LEGEND["agreement"]) for c in at.caption)
+    assert at.query_params["colour"] == "agreement"
+
+
+def test_slope_table_opens_on_one_sweep_with_a_width_design_it_supports(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "slopes")
+    assert at.selectbox(key="st_sweep").value == "app-lr"  # the sweep finished last (no paper-figure here)
+    assert at.selectbox(key="st_width").value == "n_u"  # app-lr varies N_u at N_x = 8: no joint widths
+    assert set(at.dataframe[0].value["preset"]) == {"sp", "mup-ssm"}
+    at = open_app(app_store, monkeypatch, "slopes", {"sweep": "app-coord", "width": "n_u"})
+    warning = next(w.value for w in at.warning if "cannot support" in w.value)
+    assert "no N_x holds 3 or more N_u values: at most 1 (16 at N_x = 16)" in warning and "joint (N_u = N_x)" in warning
+    assert not at.dataframe and "None" not in warning
+
+
+def test_the_slope_table_default_sweep_is_paper_figure_when_present_else_the_latest():
+    from ssmscope.app.controls import latest_sweep
+
+    runs = pl.DataFrame({"spec": ["a", "b", "b"], "finished_at": ["2026-01-03", "2026-01-01", "2026-01-02"]})
+    assert latest_sweep(runs) == "a"
+    assert latest_sweep(pl.concat([runs, pl.DataFrame({"spec": ["paper-figure"], "finished_at": ["2020"]})])) == \
+        "paper-figure"
+
+
+def test_tables_name_their_columns_for_reading(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "runs")
+    headers = {k: v.get("label") for k, v in json.loads(at.dataframe[0].proto.columns).items()}
+    assert {headers[k] for k in ("run_id", "spec", "n_u", "n_x", "last_finite_step", "finished_at")} == {
+        "run id", "sweep", "N_u", "N_x", "last finite step", "finished"}
+    at = open_app(app_store, monkeypatch, "slopes", {"sweep": "app-coord", "table": "full"})
+    full = at.dataframe[0].value
+    assert "site" not in full.columns and set(full["quantity"]) >= {"‖x‖", "‖Δy‖", "‖C·x‖"}
+    assert "delta_init" not in set(full["quantity"])
+
+
+def test_width_filters_sort_numerically(app_store, monkeypatch):  # noqa: F811
+    assert frames.ordered([256, 32, 64, 1024]) == [32, 64, 256, 1024]
+    assert frames.ordered(["b", "a"], ["b"]) == ["b", "a"]
+    at = open_app(app_store, monkeypatch, "runs")
+    assert at.multiselect(key="runs_n_u").options == ["16", "32", "64"]
 
 
 def test_slope_table_says_which_presets_are_one_parameterization(app_store, monkeypatch):  # noqa: F811
@@ -290,7 +374,7 @@ def test_slope_table_says_which_presets_are_one_parameterization(app_store, monk
 
 # --- compare -------------------------------------------------------------------------------------
 def test_compare_puts_every_selection_on_shared_axes_with_slope_differences(app_store, monkeypatch):  # noqa: F811
-    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord"})
+    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord", "values": "sp,mup,mup-ssm"})
     fig = figure(at)
     assert fig["layout"]["meta"]["panels"] == ["sp", "mup", "mup-ssm"]
     assert fig["layout"]["yaxis2"]["matches"] == "y" and fig["layout"]["yaxis3"]["matches"] == "y"  # one y per row
@@ -304,8 +388,37 @@ def test_compare_puts_every_selection_on_shared_axes_with_slope_differences(app_
     assert "euler − zoh" in at.dataframe[0].value.columns
 
 
+def test_compare_defaults_to_presets_that_differ_and_notes_those_that_do_not(app_store, monkeypatch):  # noqa: F811
+    """Under ZOH + Adam at joint widths µP and µP-SSM are one parameterization: by default only µP-SSM is compared
+    with SP; picking µP too gets a note that their differences are 0 by construction. Under Euler all three differ."""
+    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord"})
+    assert at.multiselect(key="cmp_values").options == ["sp", "mup", "mup-ssm"]
+    assert at.multiselect(key="cmp_values").value == ["sp", "mup-ssm"] and not at.info
+    assert figure(at)["layout"]["meta"]["panels"] == ["sp", "mup-ssm"]
+    at.multiselect(key="cmp_values").set_value(["sp", "mup", "mup-ssm"]).run()
+    assert [i.value for i in at.info] == [
+        "mup and mup-ssm are one parameterization under zoh · adam at these widths (every role's init, learning-rate "
+        "and multiplier scale coincide): their coordinate checks are the same model, and their differences are 0 by "
+        "construction."]
+    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord", "disc": "euler"})
+    assert at.multiselect(key="cmp_values").value == ["sp", "mup", "mup-ssm"] and not at.info
+
+
+def test_compare_keeps_its_rows_through_the_pick_two_warning(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord", "rows": "x,dy"})
+    at.multiselect(key="cmp_values").set_value(["mup"]).run()
+    assert any("Pick at least two" in w.value for w in at.warning)
+    at.multiselect(key="cmp_values").set_value([]).run()
+    assert any("none is selected" in w.value for w in at.warning)
+    assert at.multiselect(key="cmp_rows").value == ["x", "dy"] and at.query_params["rows"] == "x,dy"
+    at.multiselect(key="cmp_values").set_value(["sp", "mup-ssm"]).run()
+    assert at.multiselect(key="cmp_rows").value == ["x", "dy"]
+    assert figure(at)["layout"]["meta"]["rows"] == ["x", "dy"] and at.dataframe[0].value.shape[0] == 2 * 2
+
+
 def test_compare_overlays_selections_in_one_panel_with_a_line_style_each(app_store, monkeypatch):  # noqa: F811
-    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord", "view": "overlay", "rows": "x,dy"})
+    at = open_app(app_store, monkeypatch, "compare", {"sweep": "app-coord", "view": "overlay", "rows": "x,dy",
+                                                      "values": "sp,mup,mup-ssm"})
     fig = figure(at)
     assert fig["layout"]["meta"]["kind"] == "overlay" and fig["layout"]["meta"]["series"] == ["sp", "mup", "mup-ssm"]
     assert "xaxis3" not in fig["layout"]  # one panel per row: 2 rows
@@ -462,14 +575,59 @@ def test_app_modules_do_not_import_torch():
 
 
 # --- coordinate check: display options -----------------------------------------------------------
-def test_coordinate_check_y_range_per_panel_by_default_or_per_row(app_store, monkeypatch):  # noqa: F811
+def test_coordinate_check_y_range_per_row_by_default_or_per_panel(app_store, monkeypatch):  # noqa: F811
+    """One y range per row by default: µP-SSM's small wiggles are drawn on SP's scale, not blown up to fill a panel."""
     at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord"})
     layout = figure(at)["layout"]
-    assert layout["meta"]["y_range"] == "panel"
-    assert "matches" not in layout["yaxis2"] and layout["yaxis2"]["range"] != layout["yaxis"]["range"]
-    at.radio(key="cc_y").set_value("row").run()
+    assert layout["meta"]["y_range"] == "row" and at.query_params["y"] == "row"
+    for i in range(4):  # 4 rows × 6 panels: every panel of a row matches the row's first y axis
+        first = 6 * i + 1
+        head = "y" if first == 1 else f"y{first}"
+        assert all(layout[f"yaxis{first + j}"]["matches"] == head for j in range(1, 6)), i
+    at.radio(key="cc_y").set_value("panel").run()
     layout = figure(at)["layout"]
-    assert layout["yaxis2"]["matches"] == "y" and at.query_params["y"] == "row"
+    assert "matches" not in layout["yaxis2"] and layout["yaxis2"]["range"] != layout["yaxis"]["range"]
+    assert at.query_params["y"] == "panel"
+
+
+def test_coordinate_check_says_what_each_row_measures_and_how_much_of_y_is_the_skip(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord"})
+    caption = next(c.value for c in at.caption if c.value.startswith("Rows: "))
+    for title in ("‖x‖", "‖C·x‖", "‖Δx‖", "‖Δ(C·x)‖"):
+        assert f"**{title}** = {next(r.meaning for r in frames.ROWS if r.title == title)}" in caption
+    assert "D⊙u" in caption
+    frame = load_probe_frame(app_store, {"spec": "app-coord"})
+    ratio = frames.readout_ratio(frame, "rms", 2)
+    rms = frame.filter((pl.col("step") == 2) & (pl.col("quantity") == "value") & (pl.col("group") == "")).with_columns(
+        (pl.col("sumsq") / pl.col("count")).sqrt().alias("rms"))
+    by_run = rms.pivot("site", index=["run_id", "layer"], values="rms")
+    assert ratio == pytest.approx((by_run["y"] / by_run["cx"]).median())  # the store's own numbers
+    assert f"‖y‖ is {ratio:.3g}× ‖C·x‖" in caption
+    at.multiselect(key="cc_rows").set_value(["y", "dy"]).run()  # y and Δy: one click away, named with the skip
+    caption = next(c.value for c in at.caption if c.value.startswith("Rows: "))
+    assert "**‖y‖** = the S6 output C·x + D⊙u" in caption and figure(at)["layout"]["meta"]["rows"] == ["y", "dy"]
+
+
+def test_coordinate_check_notes_presets_that_are_one_parameterization(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord"})
+    notes = [i.value for i in at.info]
+    assert notes == ["mup and mup-ssm are one parameterization under zoh · adam at these widths (every role's init, "
+                     "learning-rate and multiplier scale coincide): their columns show the same model, alike by "
+                     "construction."]
+    at.radio(key="cc_disc").set_value("euler").run()  # under Euler they differ
+    assert not at.info
+    at.radio(key="cc_disc").set_value("zoh").run()
+    at.multiselect(key="cc_presets").set_value(["sp", "mup"]).run()
+    assert not at.info
+
+
+def test_coordinate_check_keeps_side_by_side_after_the_per_step_layout(app_store, monkeypatch):  # noqa: F811
+    at = open_app(app_store, monkeypatch, "coord", {"sweep": "app-coord"})
+    assert at.radio(key="cc_disc").value == "side by side"
+    at.radio(key="cc_layout").set_value("steps").run()
+    assert at.radio(key="cc_disc").value == "zoh"  # one discretisation per step layout
+    at.radio(key="cc_layout").set_value("presets").run()
+    assert at.radio(key="cc_disc").value == "side by side" and len(figure(at)["layout"]["meta"]["panels"]) == 6
 
 
 def test_coordinate_check_hovers_on_the_mean_unless_asked_for_single_runs(app_store, monkeypatch):  # noqa: F811
@@ -488,13 +646,13 @@ def test_coordinate_check_draws_fitted_and_predicted_slope_lines_per_layer(app_s
     preds = {(t["meta"]["panel"], t["meta"]["row"], t["meta"]["layer"]): t for t in traces(fig, "pred_line")}
     assert len(fits) == len(preds) == 6 * 4 * 2
     slopes = fit_slopes(load_probe_frame(app_store, {"spec": "app-coord"}))
-    rec = slopes.filter((pl.col("preset") == "sp") & (pl.col("discretization") == "euler") & (pl.col("site") == "y")
+    rec = slopes.filter((pl.col("preset") == "sp") & (pl.col("discretization") == "euler") & (pl.col("site") == "cx")
                         & (pl.col("quantity") == "delta_init") & (pl.col("layer") == 1) & (pl.col("step") == 2)
                         & (pl.col("group") == "")).row(0, named=True)
-    line = fits[("sp · euler", "dy", 1)]
+    line = fits[("sp · euler", "dcx", 1)]
     assert (line["y"][1] - line["y"][0]) / (line["x"][1] - line["x"][0]) == pytest.approx(rec["estimate"])
     assert line["y"][0] == pytest.approx(rec["intercept"] + rec["estimate"] * line["x"][0])
-    pred = preds[("sp · euler", "dy", 1)]
+    pred = preds[("sp · euler", "dcx", 1)]
     assert (pred["y"][1] - pred["y"][0]) / (pred["x"][1] - pred["x"][0]) == pytest.approx(rec["predicted"])
     at.toggle(key="cc_fit").set_value(False).run()
     at.toggle(key="cc_pred").set_value(False).run()
@@ -653,7 +811,7 @@ HOSTILE = {
 LAYOUT_PARAMS = {"coord": ["layout", "preset", "steps"], "compare": ["bands", "preset", "disc"]}
 GLOBAL_PARAMS = ["live", "every"]
 TITLES = {"runs": "Runs", "coord": "Coordinate check", "slopes": "Slope table", "compare": "Compare",
-          "lr": "Learning-rate transfer", "running": "Running exponents"}
+          "lr": "Learning-rate transfer", "running": "Running exponents", "steps": "Norm vs step"}
 
 
 def _url_warnings(at: AppTest) -> list[str]:
@@ -759,9 +917,10 @@ def test_live_mode_comes_from_the_url_and_stays_in_it(app_store, monkeypatch):  
     assert not at.exception
     assert at.toggle(key="ssmscope_live").value is True
     assert at.query_params["live"] == "1" and at.query_params["every"] == "2"
-    assert "checked" in _sidebar_counts(at)
+    assert any(c.value.startswith("Live · checked ") and c.value.endswith("(every 2 s)") for c in at.sidebar.caption)
     at.toggle(key="ssmscope_live").set_value(False).run()
     assert "live" not in at.query_params
+    assert not any("checked" in c.value for c in at.sidebar.caption)
 
 
 # --- figure export ---------------------------------------------------------------------------------
@@ -828,7 +987,7 @@ def test_the_dashboard_and_the_analyses_load_without_torch():
 # --- a sweep drawn on two init bases ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def two_base_store(tmp_path_factory) -> Path:
-    """sp and mup-ssm on joint widths 16, 32, drawn on the `mamba` and the legacy base (grid.bases)."""
+    """sp and mup-ssm on joint widths 16, 32, 64, drawn on the `mamba` and the legacy base (grid.bases)."""
     import tomllib
 
     from conftest import tiny_spec_toml
@@ -836,7 +995,7 @@ def two_base_store(tmp_path_factory) -> Path:
     from ssmscope.runs.sweeps.spec import parse_spec
     from ssmscope.runs.sweeps.sweep import run_sweep
 
-    data = tomllib.loads(tiny_spec_toml("two-bases"))
+    data = tomllib.loads(tiny_spec_toml("two-bases", widths=(16, 32, 64)))  # 3 widths: what a slope fit needs
     data["grid"]["bases"] = ["mamba", "ssmscope-v0"]
     db = tmp_path_factory.mktemp("two-bases") / "s.duckdb"
     run_sweep(parse_spec(data, "two-bases"), db, device="cpu", workers=1)
@@ -849,9 +1008,9 @@ def test_a_sweep_on_two_bases_shows_one_base_at_a_time(two_base_store, monkeypat
     if page == "running":
         at.switch_page("app_pages/running.py").run()
     chooser = next(s for s in at.selectbox if s.label == "Init base")
-    assert sorted(chooser.options[i] for i in range(2)) == ["mamba (4 runs)", "ssmscope-v0 (4 runs)"]
+    assert sorted(chooser.options[i] for i in range(2)) == ["mamba (6 runs)", "ssmscope-v0 (6 runs)"]
     base = chooser.value
-    if page == "coord":  # the running page needs 3 widths for a figure; its selection is what is tested there
+    if page == "coord":  # the running page's selection is what is tested there
         shown = {c[0] for t in traces(figure(at), "runs") for c in t["customdata"]}
         assert shown == set(load_runs(two_base_store).filter(pl.col("init_base") == base)["run_id"])
     chooser.set_value("ssmscope-v0" if base == "mamba" else "mamba").run()

@@ -187,6 +187,38 @@ def test_slope_labels_stay_inside_their_panels_at_1280(server, browser):
     page.close()
 
 
+def _disjoint(a: dict, b: dict) -> bool:
+    return a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"] or \
+        a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"]
+
+
+def test_axis_and_column_titles_do_not_overlap_at_1280(server, browser):
+    """One x title under the whole grid (not "log₂ width (N_u = N_x)" under each of six columns), column titles that
+    fit their panels: no two titles of the figure overlap in a 1280 × 800 window."""
+    page = _open(browser, f"{server}/coordinate-check?sweep=app-coord", ready=TRACES)
+    page.wait_for_function(f"document.querySelectorAll('{TRACES}').length >= 48", timeout=30_000)
+    panels = ["sp · zoh", "sp · euler", "mup · zoh", "mup · euler", "mup-ssm · zoh", "mup-ssm · euler"]
+    notes = page.locator(".js-plotly-plot .annotation")
+    texts = notes.all_text_contents()
+    columns = [notes.nth(i).bounding_box() for i, t in enumerate(texts) if t in panels]
+    x_titles = [notes.nth(i).bounding_box() for i, t in enumerate(texts) if "(log₂ scale)" in t]
+    axis_titles = [t.bounding_box() for t in page.locator(".js-plotly-plot .g-xtitle text, "
+                                                          ".js-plotly-plot .g-ytitle text").all()]
+    assert len(columns) == 6 and len(x_titles) == 1, texts  # one shared x title
+    assert not page.locator(".js-plotly-plot .g-xtitle text").count()  # no per-column x titles
+    boxes = [*columns, *x_titles, *axis_titles]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert _disjoint(a, b), (a, b)
+    plots = [r.bounding_box() for r in page.locator(".js-plotly-plot .draglayer .nsewdrag").all()]
+    top = min(p["y"] for p in plots)
+    for box in columns:  # each column title sits within its panel's width, above the grid
+        assert box["y"] + box["height"] <= top + 1
+        assert any(p["x"] - 2 <= box["x"] and box["x"] + box["width"] <= p["x"] + p["width"] + 2 for p in plots), box
+    page.screenshot(path=str(ARTIFACTS / "coordinate-check-titles-1280.png"), full_page=True)
+    page.close()
+
+
 def test_runs_deep_link_opens_and_a_row_click_selects_the_run(server, browser):
     page = _open(browser, f"{server}/runs")
     assert page.locator("h1").first.text_content() == "Runs"
@@ -208,7 +240,7 @@ def test_runs_deep_link_opens_and_a_row_click_selects_the_run(server, browser):
 
 
 def test_compare_overlay_draws_one_line_style_per_preset(server, browser):
-    page = _open(browser, f"{server}/compare?sweep=app-coord&view=overlay&rows=x", ready=TRACES)
+    page = _open(browser, f"{server}/compare?sweep=app-coord&view=overlay&rows=x&values=sp,mup,mup-ssm", ready=TRACES)
     dashes = page.locator(".js-plotly-plot .scatterlayer .trace path.js-line").evaluate_all(
         "ps => ps.map(p => p.style.strokeDasharray || 'solid')")
     assert len(dashes) >= 3 * 2 and len(set(dashes)) >= 3, dashes  # 3 presets × 2 layers, 3 line styles
@@ -241,6 +273,9 @@ def test_switch_store_then_follow_it_live_while_a_sweep_ingests(server, browser,
 
     live = copy_sweeps(app_store, tmp_path / "live", {"app-lr"})
     page = _open(browser, f"{server}/runs?live=1&every=2")
+    checked = page.get_by_text("Live · checked ").first.text_content()
+    page.wait_for_function(f"!document.body.innerText.includes({checked!r})", timeout=15_000)  # the time advances
+    assert page.get_by_text("Live · checked ").count() == 1
     page.get_by_text("Store: ssmscope.duckdb").click()
     page.get_by_label("Open a store", exact=True).fill(str(live))
     page.get_by_role("button", name="Open store", exact=True).click()

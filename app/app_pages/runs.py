@@ -12,9 +12,9 @@ import polars as pl
 import streamlit as st
 
 from ssmscope.app import controls, data, figures
-from ssmscope.app.frames import DEFAULT_ROWS, DISC_ORDER, PRESET_ORDER, ROW_BY_KEY, available_rows, fmt_lr, run_curves
+from ssmscope.app.frames import DISC_ORDER, PRESET_ORDER, ROW_BY_KEY, available_rows, default_rows, fmt_lr, run_curves
 from ssmscope.app.page import open_page
-from ssmscope.app.tables import status_styled
+from ssmscope.app.tables import readable_config, status_styled
 from ssmscope.runs.analysis.export import order_rows
 from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, WIDTH_KEYS, RunStatus
 
@@ -76,8 +76,9 @@ def main() -> None:
     table = shown.select([c for c in TABLE_COLUMNS if c in shown.columns])
     event = st.dataframe(status_styled(table), hide_index=True, key="runs__table", on_select="rerun",
                          selection_mode="single-row",
-                         column_config={"lr": st.column_config.NumberColumn("lr", format="%.3g"),
-                                        "wall_s": st.column_config.NumberColumn("wall s", format="%.1f")})
+                         column_config=readable_config(table.columns, {
+                             "lr": st.column_config.NumberColumn("lr", format="%.3g"),
+                             "wall_s": st.column_config.NumberColumn("wall s", format="%.1f")}))
     st.caption("Click a row to show that run below. Rows of diverged runs are orange, failed runs red. A diverged "
                "run stopped at its last finite step; a failed one raised (its error is in its detail below).")
 
@@ -118,7 +119,7 @@ def main() -> None:
         st.info("This run has no probe rows.")
     else:
         keys = [r.key for r in available_rows(probes)]
-        default = [k for k in DEFAULT_ROWS if k in keys]
+        default = default_rows(keys)
         chosen_rows = state.multiselect("Probe curves", "curves", keys, default,
                                         format_func=lambda k: ROW_BY_KEY[k].title)
         convention = controls.convention_select(state, where=st)
