@@ -46,7 +46,8 @@ def test_print_layout_is_legible_at_its_size(fig, key):
         if name.startswith("yaxis") and axis.title.text:
             assert len(axis.title.text) <= 12, axis.title.text  # "log₂ ‖Δx‖", not the convention's sentence
     xtitles = [printed.layout[n].title.text for n in printed.layout if n.startswith("xaxis")]
-    assert len([t for t in xtitles if t]) == 1  # one x title, under the middle column
+    shared = [a for a in printed.layout.annotations if a.name == "x_title"]  # the grid's one x title (the figure's)
+    assert len([t for t in xtitles if t]) + len(shared) == 1  # one x title for the whole grid
     assert printed.layout.legend.orientation == "h" and printed.layout.legend.y < 0  # under the panels
     assert fig.layout.width is None and any(a.name == "slopes" for a in fig.layout.annotations)  # screen untouched
 
