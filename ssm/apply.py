@@ -81,6 +81,11 @@ def plan(model: nn.Module, cfg: MambaConfig, preset: Preset, optimizer: Optimize
         if scale is not None:
             scale *= s.init.factor(u_ratio, x_ratio)
         lr_exp = s.lr[optimizer.family]
+        if role == Role.READOUT and cfg.zero_readout and not tied:  # zero-initialised; lr and multiplier as the rule
+            rows.append(ParamPlan(name, layer, role, tuple(p.shape), InitKind.CONSTANT, 0.0, None,
+                                  lr * lr_exp.factor(u_ratio, x_ratio), lr_exp, s.mult.factor(u_ratio, x_ratio),
+                                  s.mult, "0 (zero-initialised readout)"))
+            continue
         rows.append(ParamPlan(
             name, layer, role, tuple(p.shape), rb.dist, scale,
             s.init if rb.dist != InitKind.STRUCTURAL else None,
