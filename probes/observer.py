@@ -137,21 +137,22 @@ class _ReadoutTap:
         self.grad_embedded: Tensor | None = None
         self.grad_logits: Tensor | None = None
 
-    def attach(self, armed: Callable[[], bool], grads: bool) -> list[Any]:
-        """Forward hooks on the embedding and the readout (and gradient hooks on their outputs when `grads`)."""
+    def attach(self, armed: Callable[[], bool]) -> list[Any]:
+        """Forward hooks on the embedding and the readout, and gradient hooks on their outputs (the split is the
+        point of these probes: they are recorded whether or not the Observer records ∂L/∂y, ∂L/∂x)."""
 
         def on_embedding(module: nn.Module, args: tuple, output: Tensor) -> None:
             if not armed():
                 return
             self.ids = args[0].detach()
-            if grads and output.requires_grad:
+            if output.requires_grad:
                 output.register_hook(lambda g: setattr(self, "grad_embedded", g.detach()))
 
         def on_readout(module: nn.Module, args: tuple, output: Tensor) -> None:
             if not armed():
                 return
             self.h, self.logits = args[0].detach(), output.detach()
-            if grads and output.requires_grad:
+            if output.requires_grad:
                 output.register_hook(lambda g: setattr(self, "grad_logits", g.detach()))
 
         return [self.model.embedding.register_forward_hook(on_embedding),
@@ -213,7 +214,7 @@ class Observer:
             self._handles.append(mixer.ssm_output.register_forward_hook(self._capture(tap, "y")))
             self._handles.append(mixer.register_forward_hook(self._capture(tap, "block_out")))
         if self._readout is not None:
-            self._handles += self._readout.attach(lambda: self._armed_step is not None, self.grads)
+            self._handles += self._readout.attach(lambda: self._armed_step is not None)
         return self
 
     def __exit__(self, *exc: object) -> None:

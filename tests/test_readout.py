@@ -79,5 +79,5 @@ def test_grid_readouts_expand_runs_and_keep_old_run_ids():
     assert [(c.tie_readout, c.zero_readout) for c in (r.model_config() for r in both)] == [
         (True, False), (False, False), (False, True)]
     assert [Readout(r.readout).tie for r in plain] == [None]
-    with pytest.raises(ConfigError, match="grid.readouts"):
+    with pytest.raises(ConfigError, match=r"grid\.readouts"):
         parse_spec({**spec, "grid": {**spec["grid"], "readouts": ["sideways"]}}, "r")
