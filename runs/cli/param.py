@@ -40,7 +40,7 @@ def param_show(
     """Print every parameter's role, shape, init distribution and std, learning rate and multiplier."""
     from ssmscope.runs.cli.param_table import plan_table
     from ssmscope.ssm import ConfigError, MambaConfig, MambaLM, load_preset, plan
-    from ssmscope.ssm.presets import readout_tied, with_base
+    from ssmscope.ssm.presets import readout_tied, readout_zero, with_base
 
     try:
         check_options({"--d-model": d_model, "--d-state": d_state, "--expand": expand, "--n-layers": n_layers,
@@ -58,8 +58,8 @@ def param_show(
     title = (f"{p.name} on base {b.name} — N_u={cfg.d_inner}, N_x={cfg.d_state}, d_model={cfg.d_model}, "
              f"R={cfg.rank}, {cfg.n_layers} layers, {cfg.discretization}, {optimizer}, base lr {lr:g} "
              f"(base width N_u0={p.base_n_u}, N_x0={p.base_n_x}; readout "
-             f"{'tied to the embedding' if readout_tied(cfg, b) else 'untied'}"
-             f"{', zero-initialised' if cfg.zero_readout else ''})")
+             f"{'tied to the embedding' if readout_tied(cfg, p) else 'untied'}"
+             f"{', zero-initialised' if readout_zero(cfg, p) and not readout_tied(cfg, p) else ''})")
     console.print(plan_table(rows, title, collapse_layers=not all_layers))
     uncovered = [r.name for r in rows if r.role is None]
     if uncovered:

@@ -19,7 +19,7 @@ from ssmscope.runs.sweeps.ids import run_id_of
 from ssmscope.ssm.bases import LEGACY_BASE, builtin_base_names, load_base
 from ssmscope.ssm.config import Discretization, MambaConfig, Optimizer, Readout
 from ssmscope.ssm.errors import ConfigError
-from ssmscope.ssm.presets import builtin_names, preset_base_name
+from ssmscope.ssm.presets import builtin_names, preset_base_name, preset_readout
 from ssmscope.ssm.tomlfiles import builtin_toml_names, read_builtin_or_file
 
 TASKS = ("pydoc", "copy")
@@ -195,6 +195,15 @@ def _bases(value: Any, presets: list[str]) -> dict[str, list[str]]:
     return {p: names for p in presets}
 
 
+def _readouts(value: Any, presets: list[str]) -> dict[str, list[str]]:
+    """Readout treatments per preset: grid.readouts for every preset if given, else each preset's own ([preset]
+    readout: `base` unless the preset names one — then its runs say so in their config, and get ids of their own)."""
+    if value is None:
+        return {p: [preset_readout(p).value] for p in presets}
+    names = _list("grid.readouts", value, str, allowed=[r.value for r in Readout])
+    return dict.fromkeys(presets, names)
+
+
 def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
     """Validate a sweep spec table and expand its grid into run configs."""
     unknown = set(data) - {"sweep", "grid", "train"}
@@ -237,8 +246,7 @@ def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
     opts = _list("grid.optimizers", grid.get("optimizers", ["adam"]), str,
                  allowed=[o.value for o in Optimizer])
     lrs = _list("grid.lrs", grid.get("lrs"), float, positive=True)
-    readouts = _list("grid.readouts", grid.get("readouts", [Readout.BASE.value]), str,
-                     allowed=[r.value for r in Readout])
+    readouts = _readouts(grid.get("readouts"), presets)
     seeds = _list("grid.seeds", grid.get("seeds", [0]), int)
     for i, seed in enumerate(seeds):
         if not 0 <= seed <= SEED_MAX:
@@ -251,8 +259,8 @@ def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
     runs = tuple(
         RunConfig(preset=p, discretization=d, optimizer=o, lr=lr, seed=s, n_u=n_u, n_x=n_x, base=b, readout=r,
                   **recipe)
-        for (n_u, n_x), p, d, o, lr, s, r in itertools.product(shapes, presets, discs, opts, lrs, seeds, readouts)
-        for b in bases[p]
+        for (n_u, n_x), p, d, o, lr, s in itertools.product(shapes, presets, discs, opts, lrs, seeds)
+        for b in bases[p] for r in readouts[p]
     )
     return SweepSpec(name=name, description=head.get("description", ""), runs=runs, source=source)
 
