@@ -276,6 +276,21 @@ def sweep_losses(db: Store, sweep: str | None) -> pl.DataFrame:
     return store.load_losses(Path(db.path), _sweep_filter(sweep))
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def readout_split(db: Store, sweep: str | None, step: int = 0) -> pl.DataFrame:
+    """The readout probes' gradient split at `step` (default: at initialisation, where no learning rate has acted
+    yet): per preset, discretisation, optimizer, readout, width and group (input / readout / shared) the mean over
+    runs of ‖∂L/∂W‖ on the probe batch. Empty when the sweep recorded no readout probes."""
+    frame = store.load_probe_frame(Path(db.path), _sweep_filter(sweep))
+    frame = frame.filter((pl.col("site") == "readout_grad") & (pl.col("step") == step))
+    if frame.is_empty():
+        return pl.DataFrame(schema={"preset": pl.String, "width": pl.Int64, "group": pl.String, "norm": pl.Float64})
+    width = "n_u" if frame["n_u"].n_unique() > 1 else "n_x"
+    keys = [k for k in (*PARAMETERIZATION_KEYS, "readout") if k in frame.columns]
+    return (frame.with_columns(pl.col(width).alias("width"), pl.col("sumsq").sqrt().alias("norm"))
+            .group_by(*keys, "width", "group").agg(pl.col("norm").mean()).sort(*keys, "group", "width"))
+
+
 @st.cache_data(show_spinner="Finding optimal learning rates…", max_entries=16)
 def lr_transfer(db: Store, sweep: str | None, use: str) -> Transfer | None:
     """ssmscope.runs.analysis.transfer over a sweep's final losses; None when no run logged `use`."""

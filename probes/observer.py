@@ -115,15 +115,77 @@ class _Pending:
                 for base, counts, s in self.records]
 
 
+class _ReadoutTap:
+    """The readout probes of a MambaLM: the logits of the armed forward, and the gradient of the embedding and
+    readout matrices on that batch split by use, computed from what the hooks saw (never from .grad, which may
+    hold other batches' gradients):
+
+        input side   ∂L/∂E[v] = m_e · Σ over positions holding token v of ∂L/∂(embedding output)
+        readout side ∂L/∂W    = m_r · (∂L/∂logits)ᵀ · h          (h: the readout's input, after the final norm)
+
+    with m_e, m_r the embedding's and readout's forward multipliers. A tied model's shared matrix gets their sum
+    (group "shared"); an untied model's two matrices are recorded as "input" and "readout" all the same."""
+
+    def __init__(self, model: MambaLM) -> None:
+        self.model = model
+        self.clear()
+
+    def clear(self) -> None:
+        self.logits: Tensor | None = None
+        self.ids: Tensor | None = None
+        self.h: Tensor | None = None
+        self.grad_embedded: Tensor | None = None
+        self.grad_logits: Tensor | None = None
+
+    def attach(self, armed: Callable[[], bool]) -> list[Any]:
+        """Forward hooks on the embedding and the readout, and gradient hooks on their outputs (the split is the
+        point of these probes: they are recorded whether or not the Observer records ∂L/∂y, ∂L/∂x)."""
+
+        def on_embedding(module: nn.Module, args: tuple, output: Tensor) -> None:
+            if not armed():
+                return
+            self.ids = args[0].detach()
+            if output.requires_grad:
+                output.register_hook(lambda g: setattr(self, "grad_embedded", g.detach()))
+
+        def on_readout(module: nn.Module, args: tuple, output: Tensor) -> None:
+            if not armed():
+                return
+            self.h, self.logits = args[0].detach(), output.detach()
+            if output.requires_grad:
+                output.register_hook(lambda g: setattr(self, "grad_logits", g.detach()))
+
+        return [self.model.embedding.register_forward_hook(on_embedding),
+                self.model.lm_head.register_forward_hook(on_readout)]
+
+    def gradient_split(self) -> dict[str, Tensor]:
+        """{"input", "readout"[, "shared"]} → the (vocab, d_model) gradient of each use (empty before a backward)."""
+        if self.grad_embedded is None or self.grad_logits is None or self.ids is None or self.h is None:
+            return {}
+        emb, head = self.model.embedding, self.model.lm_head
+        d = self.grad_embedded.shape[-1]
+        grad_in = torch.zeros(emb.weight.shape, dtype=torch.float64, device=emb.weight.device)
+        grad_in.index_add_(0, self.ids.reshape(-1), self.grad_embedded.reshape(-1, d).double())
+        grad_in *= emb.multiplier
+        g, h = self.grad_logits.reshape(-1, self.grad_logits.shape[-1]).double(), self.h.reshape(-1, d).double()
+        grad_out = (g.T @ h) * head.multiplier
+        split = {"input": grad_in, "readout": grad_out}
+        if self.model.readout_tied:
+            split["shared"] = grad_in + grad_out
+        return split
+
+
 class Observer:
     """Attach to a MambaLM, arm on logged steps, collect records (see module docstring)."""
 
     def __init__(self, model: MambaLM, *, grads: bool = True, params: bool = True, state_prev: bool = False,
-                 param_every: int = 1):
+                 param_every: int = 1, readout: bool = False):
         """`state_prev` adds Δx against the previous armed step: a third state recurrence per layer
         (the scan reruns the reference's), so it is off by default; Δ of y, C·x and the block
         output against the previous step cost nothing and are always recorded. `param_every`:
-        parameter records on every k-th collected step (the first one always); default 1, every one."""
+        parameter records on every k-th collected step (the first one always); default 1, every one.
+        `readout` adds the readout probes (_ReadoutTap): the logits and their change, and the embedding/readout
+        gradient split by use — what a tied readout does under µP is read there."""
         if isinstance(param_every, bool) or not isinstance(param_every, int) or param_every < 1:
             raise ValueError(f"param_every={param_every!r}; allowed: a positive integer")
         self.model = model
@@ -140,6 +202,9 @@ class Observer:
         self._first: dict[str, list] | None = None  # per layer: init references
         self._prev: dict[str, list] | None = None
         self._init_params: dict[str, Tensor] | None = None
+        self._readout = _ReadoutTap(model) if readout else None
+        self._first_logits: Tensor | None = None
+        self._prev_logits: Tensor | None = None
 
     # ------------------------------------------------------------------ attach / detach
     def __enter__(self) -> Observer:
@@ -148,6 +213,8 @@ class Observer:
             self._handles.append(mixer.ssm_input.register_forward_hook(self._capture(tap, "u")))
             self._handles.append(mixer.ssm_output.register_forward_hook(self._capture(tap, "y")))
             self._handles.append(mixer.register_forward_hook(self._capture(tap, "block_out")))
+        if self._readout is not None:
+            self._handles += self._readout.attach(lambda: self._armed_step is not None)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -183,6 +250,8 @@ class Observer:
                     refs["prev"] = self._prev["inputs"][layer]
             mixer.probe = StateProbe(references=refs, want_grad=self.grads)
             self._taps[layer].__init__()
+        if self._readout is not None:
+            self._readout.clear()
         if self.params and self._init_params is None:
             self._init_params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
 
@@ -233,6 +302,8 @@ class Observer:
             mixer.probe = None
         if self.params and self._n_collected % self.param_every == 0:
             self._param_records(step, pending)
+        if self._readout is not None:
+            self._readout_records(step, pending)
         records = pending.finish()
         self._n_collected += 1
         if self._first is None:
@@ -240,6 +311,30 @@ class Observer:
         self._prev = current
         self._armed_step = None
         return records
+
+    def _readout_records(self, step: int, pending: _Pending) -> None:
+        """The logits (value, Δ since the first and the previous armed step) and the readout gradient split."""
+        tap = self._readout
+        assert tap is not None
+        if tap.logits is None:
+            raise RuntimeError("the armed forward did not reach the readout; arm() must precede the model's forward")
+
+        def key(site: Site, quantity: Quantity, group: str = "") -> dict[str, Any]:
+            return {"step": step, "layer": -1, "site": str(site), "quantity": str(quantity), "group": group}
+
+        logits = tap.logits
+        pending.add_activation(key(Site.LOGITS, Quantity.VALUE), logits)
+        references = ((self._first_logits, Quantity.DELTA_INIT), (self._prev_logits, Quantity.DELTA_PREV))
+        for reference, quantity in references:
+            if reference is None:
+                pending.add(key(Site.LOGITS, quantity), _zero_record(logits.shape, 1))
+            else:
+                pending.add_activation(key(Site.LOGITS, quantity), logits - reference)
+        if self._first_logits is None:
+            self._first_logits = logits
+        self._prev_logits = logits
+        for group, grad in tap.gradient_split().items():
+            pending.add(key(Site.READOUT_GRAD, Quantity.VALUE, group), param_sums(grad))
 
     def _param_records(self, step: int, pending: _Pending) -> None:
         """‖W‖ and ‖W − W_init‖ per parameter: tensors up to stats.PARAM_BATCH elements batched

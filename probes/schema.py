@@ -27,6 +27,10 @@ class Site(StrEnum):
     GRAD_Y = "grad_y"  # ∂L/∂y (B, L, ED)
     GRAD_X = "grad_x"  # adjoint ∂L/∂x_t (B, L, ED, N)
     PARAM = "param"  # a parameter tensor (group = its role)
+    LOGITS = "logits"  # the readout's output (B, L, vocab): its value and change on the probe batch (readout probes)
+    READOUT_GRAD = "readout_grad"  # ∂L/∂W of the embedding and readout matrices on the probe batch, split by use
+    # (group: "input" = the embedding lookup's share, "readout" = the readout's share, "shared" = their sum when
+    # the two are one tied matrix); readout probes only
 
 
 class Quantity(StrEnum):

@@ -26,6 +26,7 @@ from ssmscope.ssm.presets import (
     base_config,
     readout_mult_exponents,
     readout_tied,
+    readout_zero,
     width_ratios,
     with_base,
 )
@@ -58,7 +59,7 @@ def plan(model: nn.Module, cfg: MambaConfig, preset: Preset, optimizer: Optimize
     optimizer = Optimizer(optimizer)
     preset = with_base(preset, base)
     init_base = preset.init_base
-    tied = readout_tied(cfg, init_base)
+    tied, zero = readout_tied(cfg, preset), readout_zero(cfg, preset)
     u_ratio, x_ratio = width_ratios(cfg, preset)
     base_cfg = base_config(cfg, preset)
     rows = []
@@ -81,6 +82,11 @@ def plan(model: nn.Module, cfg: MambaConfig, preset: Preset, optimizer: Optimize
         if scale is not None:
             scale *= s.init.factor(u_ratio, x_ratio)
         lr_exp = s.lr[optimizer.family]
+        if role == Role.READOUT and zero and not tied:  # zero-initialised; lr and multiplier as the rule
+            rows.append(ParamPlan(name, layer, role, tuple(p.shape), InitKind.CONSTANT, 0.0, None,
+                                  lr * lr_exp.factor(u_ratio, x_ratio), lr_exp, s.mult.factor(u_ratio, x_ratio),
+                                  s.mult, "0 (zero-initialised readout)"))
+            continue
         rows.append(ParamPlan(
             name, layer, role, tuple(p.shape), rb.dist, scale,
             s.init if rb.dist != InitKind.STRUCTURAL else None,
@@ -124,7 +130,7 @@ def apply_preset(model: nn.Module, cfg: MambaConfig, preset: Preset, optimizer: 
     group of its own (it is the embedding's parameter). Raises ConfigError if any parameter has no rule.
     """
     preset = with_base(preset, base)
-    tied = readout_tied(cfg, preset.init_base)
+    tied = readout_tied(cfg, preset)
     if hasattr(model, "set_readout_tied"):
         model.set_readout_tied(tied)
     rows = plan(model, cfg, preset, optimizer, lr)

@@ -21,6 +21,26 @@ class Discretization(StrEnum):
     EULER = "euler"  # Ā = exp(ΔA), B̄ = Δ·B (what Mamba's reference code does)
 
 
+class Readout(StrEnum):
+    """How a run's readout is treated: as its init base says, tied to the embedding, untied (its own matrix under
+    the preset's readout rule), or untied and zero-initialised. Sweeps choose it per run (grid.readouts)."""
+
+    BASE = "base"
+    TIED = "tied"
+    UNTIED = "untied"
+    UNTIED_ZERO = "untied-zero"
+
+    @property
+    def tie(self) -> bool | None:
+        """MambaConfig.tie_readout for this choice (None: the base decides)."""
+        return None if self == Readout.BASE else self == Readout.TIED
+
+    @property
+    def zero(self) -> bool:
+        """MambaConfig.zero_readout for this choice."""
+        return self == Readout.UNTIED_ZERO
+
+
 class ScanBackend(StrEnum):
     """Which implementation of the selective scan runs the recurrence."""
 
@@ -95,6 +115,9 @@ class MambaConfig:
     tie_readout: bool | None = None
     """Readout shares the embedding matrix (Mamba's and transformers' default); None: as the
     init base says (ssm.apply.apply_preset ties or unties the model before initialising it)."""
+    zero_readout: bool = False
+    """An untied readout starts at zero (what µP's reference code and ArchScale do when untied); its learning
+    rate and multiplier stay the preset's. Refused with a tied readout (the matrix is the embedding's)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the config (never read by the model)."""
 
@@ -109,6 +132,9 @@ class MambaConfig:
             )
         if self.tie_readout is not None and not isinstance(self.tie_readout, bool):
             raise ConfigError(f"tie_readout={self.tie_readout!r}; allowed: true, false or unset (the base decides)")
+        if not isinstance(self.zero_readout, bool) or (self.zero_readout and self.tie_readout is not False):
+            raise ConfigError(f"zero_readout={self.zero_readout!r} with tie_readout={self.tie_readout!r}; a zero "
+                              "readout needs tie_readout=False (a tied readout is the embedding's matrix)")
         if self.dt_init_floor <= 0:
             raise ConfigError(f"dt_init_floor={self.dt_init_floor!r}; allowed: > 0")
         try:

@@ -159,4 +159,4 @@ class MambaLM(nn.Module):
         h = self.embedding(ids)  # (B, L, D)
         for block in self.layers:
             h = block(h)
-        return self.lm_head(self.norm_f(h))  # (B, L, vocab)
+        return self.lm_head(self.norm_f(h))  # (B, L, vocab); lm_head's input is the readout's h

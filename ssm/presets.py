@@ -29,7 +29,7 @@ from typing import Any
 
 from ssmscope.ssm.bases import DEFAULT_BASE, Base, builtin_base_names, load_base, resolve_base_name
 from ssmscope.ssm.config import FAMILY_OF_OPTIMIZER as FAMILY_OF_OPTIMIZER
-from ssmscope.ssm.config import Discretization, MambaConfig
+from ssmscope.ssm.config import Discretization, MambaConfig, Readout
 from ssmscope.ssm.config import Optimizer as Optimizer
 from ssmscope.ssm.config import OptimizerFamily as OptimizerFamily
 from ssmscope.ssm.errors import ConfigError
@@ -67,6 +67,8 @@ class Preset:
     tables parsed with resolve_base=False."""
     tied_readout_mult: Exponents | None = None
     """Forward multiplier of a tied readout ([roles.readout.tied]); None: readout_mult_exponents' default."""
+    readout: Readout = Readout.BASE
+    """The preset's readout treatment ([preset] readout): `base` lets the init base tie it or not."""
 
     def scaling(self, role: Role, disc: Discretization | str) -> RoleScaling:
         """The exponents `role` gets under discretisation `disc` (its common rule, or that rule overridden)."""
@@ -85,7 +87,7 @@ EXPONENT_LIMIT = 8.0
 (width ratio)^exponent finite: a preset with nan, inf or 1e308 is refused when it loads, not trained)."""
 _EXP_KEYS = {"n_u", "n_x"}
 _ROLE_KEYS = {"init", "lr", "mult"}
-_HEAD_KEYS = ("name", "description", "base", "base_n_u", "base_n_x")
+_HEAD_KEYS = ("name", "description", "base", "base_n_u", "base_n_x", "readout")
 
 
 def _exponents(path: str, table: Any) -> Exponents:
@@ -148,7 +150,7 @@ def _tied_mult(path: str, table: Any) -> Exponents:
     return _exponents(f"{path}.mult", table["mult"])
 
 
-def _head(source: str, table: Any) -> tuple[str, dict[str, int], str]:
+def _head(source: str, table: Any) -> tuple[str, dict[str, int], str, Readout]:
     head, name = head_table(source, "preset", table, _HEAD_KEYS)
     widths = {}
     for key in ("base_n_u", "base_n_x"):
@@ -160,7 +162,10 @@ def _head(source: str, table: Any) -> tuple[str, dict[str, int], str]:
     if not isinstance(base, str) or not base:
         raise ConfigError(f"{source}: preset.base={base!r}; allowed: {', '.join(builtin_base_names())} "
                           "or a base .toml file")
-    return name, widths, base
+    readout = head.get("readout", Readout.BASE.value)
+    if readout not in {r.value for r in Readout}:
+        raise ConfigError(f"{source}: preset.readout={readout!r}; allowed: {', '.join(r.value for r in Readout)}")
+    return name, widths, base, Readout(readout)
 
 
 def parse_preset(data: Mapping[str, Any], source: str, *, resolve_base: bool = True) -> Preset:
@@ -173,7 +178,7 @@ def parse_preset(data: Mapping[str, Any], source: str, *, resolve_base: bool = T
     unknown = set(data) - {"preset", "roles"}
     if unknown:
         raise ConfigError(f"{source}: {sorted(unknown)[0]}: unknown key; allowed: preset, roles")
-    name, widths, base_name = _head(source, data.get("preset"))
+    name, widths, base_name, readout = _head(source, data.get("preset"))
     base = None
     if resolve_base:
         try:
@@ -201,7 +206,7 @@ def parse_preset(data: Mapping[str, Any], source: str, *, resolve_base: bool = T
             tied_mult = _tied_mult(f"{path}.tied", table["tied"])
     return Preset(name=name, description=str(data["preset"].get("description", "")),
                   base_n_u=widths["base_n_u"], base_n_x=widths["base_n_x"], rules=rules,
-                  source=source, base=base, tied_readout_mult=tied_mult)
+                  source=source, base=base, tied_readout_mult=tied_mult, readout=readout)
 
 
 def builtin_names() -> list[str]:
@@ -286,9 +291,31 @@ def base_config(cfg: MambaConfig, preset: Preset) -> MambaConfig:
     return replace(cfg, d_model=preset.base_n_u // cfg.expand, d_state=preset.base_n_x)
 
 
-def readout_tied(cfg: MambaConfig, base: Base) -> bool:
-    """Whether the readout shares the embedding matrix: the config decides if it says, else the base."""
-    return base.tied_readout if cfg.tie_readout is None else bool(cfg.tie_readout)
+def readout_tied(cfg: MambaConfig, preset: Preset) -> bool:
+    """Whether the readout shares the embedding matrix: the config decides if it says, else the preset's own
+    readout ([preset] readout), else its init base."""
+    if cfg.tie_readout is not None:
+        return bool(cfg.tie_readout)
+    if preset.readout != Readout.BASE:
+        return bool(preset.readout.tie)
+    return preset.init_base.tied_readout
+
+
+def readout_zero(cfg: MambaConfig, preset: Preset) -> bool:
+    """Whether an untied readout starts at zero: the config's choice when it names a readout, else the preset's."""
+    return cfg.zero_readout if cfg.tie_readout is not None else preset.readout.zero
+
+
+def preset_readout(name_or_path: str | Path) -> Readout:
+    """The readout a preset names in its head (BASE when it names none or cannot be read: a broken preset fails in
+    its own run), read without validating the rest: a sweep expands it into its runs' configs."""
+    try:
+        data, _ = read_builtin_or_file("ssmscope.ssm", "presets", "preset", name_or_path)
+    except ConfigError:
+        return Readout.BASE
+    head = data.get("preset")
+    value = head.get("readout", Readout.BASE.value) if isinstance(head, dict) else Readout.BASE.value
+    return Readout(value) if value in {r.value for r in Readout} else Readout.BASE
 
 
 def readout_mult_exponents(preset: Preset, disc: Discretization) -> Exponents:

@@ -19,7 +19,14 @@ from typing import Any
 
 import polars as pl
 
-from ssmscope.runs.store.schema import FRAME_RUN_KEYS, OPTIONAL_RUN_KEYS, PROBE_COLUMNS, RUN_KEY_TYPES, init_base_of
+from ssmscope.runs.store.schema import (
+    FRAME_RUN_KEYS,
+    OPTIONAL_RUN_KEYS,
+    PROBE_COLUMNS,
+    RUN_KEY_TYPES,
+    init_base_of,
+    readout_of,
+)
 
 POLARS_TYPES = {"string": pl.String, "int64": pl.Int64, "int32": pl.Int32, "float64": pl.Float64, "bool": pl.Boolean}
 """Arrow type alias of runs.store.schema → the polars type DuckDB hands back for it."""
@@ -86,4 +93,6 @@ def run_key(run: dict[str, Any], key: str) -> Any:
     """A run key of a run's row, derived ones (runs.store.schema.DERIVED_RUN_COLUMNS) as the store derives them."""
     if key == "init_base":
         return init_base_of(run.get("config_json"))
+    if key == "readout":
+        return readout_of(run.get("config_json"))
     return run[key]

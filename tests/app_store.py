@@ -5,7 +5,7 @@ The real store holds two sweeps run on the CPU with the real worker (runs.sweeps
               (36 runs, 2 steps, 2 layers, gradients recorded; µP and µP-SSM are one parameterization
               under ZOH + Adam on this joint axis, so those runs are identical);
   app-lr    — a learning-rate grid: N_u 16, 32, 64 at N_x = 8 × sp, mup-ssm × zoh × lr 0.003, 0.03, 10
-              (18 runs, 1 layer; lr 10 diverges), with a held-out loss.
+              (18 runs, 1 layer; lr 10 diverges), with a held-out loss and the readout probes.
 Broken stores (`make_*`) are built without running anything.
 """
 
@@ -63,6 +63,7 @@ n_layers = 1
 grads = false
 eval_every = 2
 eval_batches = 1
+readout_probes = true
 """
 
 COORD_RUNS, LR_RUNS = 36, 18

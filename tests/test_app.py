@@ -13,6 +13,7 @@ import shutil
 import socket
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
@@ -93,7 +94,7 @@ def runs_frame(app_store: Path) -> pl.DataFrame:  # noqa: F811
 
 
 # --- every page ----------------------------------------------------------------------------------
-@pytest.mark.parametrize(("page", "charts"), [("runs", 2), ("coord", 1), ("slopes", 0), ("compare", 1), ("lr", 1)])
+@pytest.mark.parametrize(("page", "charts"), [("runs", 2), ("coord", 1), ("slopes", 0), ("compare", 1), ("lr", 3)])
 def test_every_page_renders_the_fixture_store_without_errors(app_store, monkeypatch, page, charts):  # noqa: F811
     at = open_app(app_store, monkeypatch, page)
     assert not at.error, [e.value for e in at.error]
@@ -437,23 +438,52 @@ def test_compare_warns_instead_of_comparing_a_selection_with_itself(app_store, m
 
 # --- learning-rate transfer ----------------------------------------------------------------------
 def test_lr_transfer_plots_a_curve_per_width_marks_divergence_and_optima(app_store, monkeypatch, runs_frame):  # noqa: F811
+    """Every preset side by side (one y range), ★ on its own curve at η*, ✕ above every curve, the loss at the
+    optimum against width with its slope, the η* table, and — with one seed — no interval, and the reason."""
+    from ssmscope.runs.analysis.transfer import drift as drift_of
+    from ssmscope.runs.analysis.transfer import final_losses, optima
+    from ssmscope.runs.store.db import load_losses
+
     at = open_app(app_store, monkeypatch, "lr")
-    fig = figure(at)
+    fig = figure(at, 0)
+    assert fig["layout"]["meta"]["presets"] == ["sp", "mup-ssm"]
     curves = traces(fig, "transfer")
-    assert sorted(t["meta"]["width"] for t in curves) == [16, 32, 64]
+    assert sorted((t["meta"]["preset"], t["meta"]["width"]) for t in curves) == sorted(
+        (p, w) for p in ("sp", "mup-ssm") for w in (16, 32, 64))
     assert all(t["x"] == pytest.approx([math.log2(0.003), math.log2(0.03)]) for t in curves)
     diverged = traces(fig, "diverged")
     assert diverged and all(t["x"] == pytest.approx([math.log2(10.0)]) for t in diverged)
     top = fig["layout"]["yaxis"]["range"][1]
     assert all(y > max(max(c["y"]) for c in curves) and y <= top for t in diverged for y in t["y"])
-    assert len(traces(fig, "optimum")) == 3
-    assert fig["layout"]["xaxis"]["title"]["text"].startswith("base learning rate (log₂")
-    drift = at.dataframe[0].value
-    assert drift.shape[0] == 2 and {"drift", "reason"} <= set(drift.columns)
-    at.selectbox(key="lr_preset").set_value("mup-ssm").run()
-    assert [t["y"] for t in traces(figure(at), "transfer")] != [t["y"] for t in curves]
+    # each ★ lies on its own curve: the curve's value at η*, linear in log2 lr between its grid points
+    final = final_losses(load_losses(app_store, {"spec": "app-lr"}))
+    expected = optima(final)
+    stars = traces(fig, "optimum")
+    assert len(stars) == 6
+    for star in stars:
+        curve = next(c for c in curves if c["meta"] == {**star["meta"], "kind": "transfer"})
+        assert star["y"][0] == pytest.approx(float(np.interp(star["x"][0], curve["x"], curve["y"])), rel=1e-12)
+        row = expected.filter((pl.col("preset") == star["meta"]["preset"])
+                              & (pl.col("width") == star["meta"]["width"])).row(0, named=True)
+        assert star["x"][0] == pytest.approx(row["log2_lr_opt"])
+    # is wider better: the loss at each width's optimum, the store's own numbers
+    wider = traces(figure(at, 1), "loss-at-optimum")
+    for t in wider:
+        rows = expected.filter(pl.col("preset") == t["meta"]["preset"]).sort("width")
+        assert t["y"] == pytest.approx(rows["loss_at_opt"].to_list())
+    eta = at.dataframe[0].value
+    assert list(eta.columns) == ["width", "sp · zoh · adam", "mup-ssm · zoh · adam"] and len(eta) == 3
+    drift = at.dataframe[1].value
+    assert {"drift", "loss_slope", "loss_ci_low"} <= set(drift.columns) and drift.shape[0] == 2
+    one_seed = drift_of(expected, final)
+    assert one_seed["loss_ci_low"].is_nan().all()  # one seed: no interval (never a zero-width one)
+    assert any("no CI: one seed per width" in c.value for c in at.caption)
+    # the readout probes' split, at init, per preset: input and readout sides (and the shared tied matrix)
+    split = traces(figure(at, 2), "readout-split")
+    assert {(t["meta"]["preset"], t["meta"]["group"]) for t in split} == {
+        (p, g) for p in ("sp", "mup-ssm") for g in ("input", "readout", "shared")}
     at.radio(key="lr_loss").set_value("train_loss").run()
-    assert figure(at)["layout"]["yaxis"]["title"]["text"] == "training loss"
+    assert figure(at, 0)["layout"]["yaxis"]["title"]["text"] == "training loss"
 
 
 def test_lr_transfer_explains_which_sweep_fills_an_empty_grid(app_store, monkeypatch, tmp_path):  # noqa: F811

@@ -534,7 +534,8 @@ def test_store_derives_init_base_and_fits_two_bases_of_one_preset_apart(tmp_path
     with duckdb.connect(str(db_path)) as con:
         con.execute("UPDATE runs SET config_json = json_remove(config_json, '$.base') WHERE run_id IN "
                     f"({', '.join('?' for _ in legacy_ids)})", list(legacy_ids))
-        assert con.execute("SELECT count(*) FROM runs WHERE config_json LIKE '%\"base\"%'").fetchone()[0] == 3
+        assert con.execute("SELECT count(*) FROM runs WHERE json_extract(config_json, '$.base') IS NOT NULL"
+                           ).fetchone()[0] == 3
     assert store.load_probe_frame(db_path).equals(frame)
     slopes = fit_slopes(frame.filter(frame["site"] == "y"), n_boot=20)
     assert set(slopes["init_base"]) == {"mamba", LEGACY_BASE}

@@ -123,3 +123,50 @@ def test_smoke_transfer_sweep_end_to_end(tmp_path):
     assert md.exit_code == 0 and "| mup-ssm | zoh | adam |" in md.output
     bad = runner.invoke(app, ["transfer", "--db", str(db), "--where", "preset=nope"])
     assert bad.exit_code == 2 and "no runs" in bad.output
+
+
+def _synthetic_loss_slope(loss_per_doubling: float, seeds=(0, 1, 2), noise=0.02, widths=(64, 128, 256, 512)):
+    """Curves whose minimum moves down (or up) by `loss_per_doubling` per doubling of width; η* fixed at 2^-8."""
+    rng = np.random.default_rng(1)
+    rows = []
+    x = np.arange(-14, -1, 1.0)
+    for w in widths:
+        floor = 3.0 + loss_per_doubling * math.log2(w / 64)
+        for s in seeds:
+            for xi, yi in zip(x, floor + 0.2 * (x + 8.0) ** 2 + rng.normal(0, noise, len(x)), strict=True):
+                rows.append({"preset": "p", "discretization": "zoh", "optimizer": "adam", "lr": 2**xi,
+                             "seed": s, "n_u": w, "n_x": 16, "status": "completed", "loss": yi})
+    return pl.DataFrame(rows)
+
+
+@pytest.mark.parametrize("truth", [-0.2, 0.0, 0.1])
+def test_the_loss_at_the_optimum_slope_recovers_a_known_exponent_with_a_covering_ci(truth):
+    final = _synthetic_loss_slope(truth)
+    opt = optima(final, n_boot=300)
+    row = drift(opt, final, n_boot=300).row(0, named=True)
+    assert row["loss_slope"] == pytest.approx(truth, abs=0.03)
+    assert row["loss_ci_low"] <= truth <= row["loss_ci_high"] and row["loss_ci_high"] - row["loss_ci_low"] < 0.1
+    assert row["loss_reason"] is None and row["drift"] == pytest.approx(0.0, abs=0.1)
+    per_width = opt.sort("width")
+    assert per_width["loss_at_opt"].to_list() == pytest.approx([3.0 + truth * k for k in range(4)], abs=0.03)
+    assert (per_width["loss_seed_sd"] < 0.05).all() and (per_width["loss_ci_low"] <= per_width["loss_at_opt"]).all()
+
+
+def test_one_seed_gives_no_interval_and_says_why():
+    final = _synthetic_loss_slope(-0.1, seeds=(0,))
+    row = drift(optima(final, n_boot=100), final, n_boot=100).row(0, named=True)
+    assert math.isfinite(row["drift"]) and math.isfinite(row["loss_slope"])  # the numbers are there
+    assert all(math.isnan(row[k]) for k in ("ci_low", "ci_high", "loss_ci_low", "loss_ci_high"))  # no [x, x]
+    assert row["reason"] == row["loss_reason"] == ("no CI: one seed per width (a seed bootstrap needs 2 or more; "
+                                                   "rerun with more seeds)")
+
+
+def test_eta_table_has_one_row_per_width_and_marks_edges():
+    from ssmscope.runs.analysis.transfer import eta_table
+
+    flat, falling = _synthetic(0.0), _synthetic(-1.0).with_columns(pl.lit("q").alias("preset"))
+    table = eta_table(optima(pl.concat([flat, falling]), n_boot=50))
+    assert table.columns == ["width", "p · zoh · adam", "q · zoh · adam"] and table["width"].to_list() == [64, 128,
+                                                                                                          256, 512]
+    assert [float(c) for c in table["p · zoh · adam"]] == pytest.approx([2**-8] * 4, rel=0.15)
+    assert [float(c) for c in table["q · zoh · adam"]] == pytest.approx([2**-8, 2**-9, 2**-10, 2**-11], rel=0.15)

@@ -62,6 +62,14 @@ class TransferStatus(StrEnum):
     SINGLE_POINT = "single_point"
 
 
+class TransferTable(StrEnum):
+    """Which table `ssmscope transfer` prints."""
+
+    DRIFT = "drift"  # per parameterization: drift of η*, the loss-at-optimum slope
+    OPTIMA = "optima"  # per width: η*, the loss at it
+    ETA = "eta"  # η* per width, one column per parameterization
+
+
 class TableKind(StrEnum):
     """Which slope table `ssmscope slopes` and the dashboard show."""
 

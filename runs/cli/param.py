@@ -9,7 +9,7 @@ import typer
 from ssmscope.runs.cli.bounds import check_options
 from ssmscope.runs.cli.console import console, err_console, fail
 from ssmscope.runs.cli.param_fit import param_fit
-from ssmscope.ssm.config import Discretization, Optimizer  # light: enums, no torch
+from ssmscope.ssm.config import Discretization, Optimizer, Readout  # light: enums, no torch
 
 
 def register(app: typer.Typer) -> None:
@@ -33,18 +33,21 @@ def param_show(
     lr: Annotated[float, typer.Option(help="base learning rate (at the base width)")] = 1e-3,
     base: Annotated[str | None, typer.Option(
         help="init base (mamba, hf, ssmscope-v0 or a .toml file); default: the preset's own")] = None,
+    readout: Annotated[Readout, typer.Option(help="the readout: as the base ties it, tied to the embedding, "
+                                                  "untied, or untied and zero-initialised")] = Readout.BASE,
     all_layers: Annotated[bool, typer.Option(help="one row per layer instead of per position")] = False,
 ) -> None:
     """Print every parameter's role, shape, init distribution and std, learning rate and multiplier."""
     from ssmscope.runs.cli.param_table import plan_table
     from ssmscope.ssm import ConfigError, MambaConfig, MambaLM, load_preset, plan
-    from ssmscope.ssm.presets import readout_tied, with_base
+    from ssmscope.ssm.presets import readout_tied, readout_zero, with_base
 
     try:
         check_options({"--d-model": d_model, "--d-state": d_state, "--expand": expand, "--n-layers": n_layers,
                        "--vocab-size": vocab_size, "--lr": lr})
         cfg = MambaConfig(d_model=d_model, d_state=d_state, expand=expand, n_layers=n_layers,
-                          vocab_size=vocab_size, discretization=discretization)
+                          vocab_size=vocab_size, discretization=discretization, tie_readout=readout.tie,
+                          zero_readout=readout.zero)
         p = with_base(load_preset(preset), base)
         with _meta_device():
             model = MambaLM(cfg)
@@ -55,7 +58,8 @@ def param_show(
     title = (f"{p.name} on base {b.name} — N_u={cfg.d_inner}, N_x={cfg.d_state}, d_model={cfg.d_model}, "
              f"R={cfg.rank}, {cfg.n_layers} layers, {cfg.discretization}, {optimizer}, base lr {lr:g} "
              f"(base width N_u0={p.base_n_u}, N_x0={p.base_n_x}; readout "
-             f"{'tied to the embedding' if readout_tied(cfg, b) else 'untied'})")
+             f"{'tied to the embedding' if readout_tied(cfg, p) else 'untied'}"
+             f"{', zero-initialised' if readout_zero(cfg, p) and not readout_tied(cfg, p) else ''})")
     console.print(plan_table(rows, title, collapse_layers=not all_layers))
     uncovered = [r.name for r in rows if r.role is None]
     if uncovered:

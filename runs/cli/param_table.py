@@ -18,7 +18,7 @@ def _init_cells(r: ParamPlan) -> tuple[str, str, str, str]:
         return "tied", "—", r.init_rule, "(embedding's)"
     if r.init_kind == InitKind.STRUCTURAL:
         return "structural", "—", r.init_rule, "—"
-    return str(r.init_kind), _fmt(r.init_scale), r.init_rule, str(r.init_exponents)
+    return str(r.init_kind), _fmt(r.init_scale), r.init_rule, "—" if r.init_exponents is None else str(r.init_exponents)
 
 
 def plan_table(rows: list[ParamPlan], title: str, collapse_layers: bool = True) -> Table:

@@ -2,6 +2,7 @@
 
     ssmscope sweep hp-transfer && ssmscope transfer --format md
     ssmscope transfer --where discretization=zoh --table optima --format csv --out optima.csv
+    ssmscope transfer --table eta            # η* per width, one column per parameterization (Megatron's table)
 
 runs/cli/main.py calls `register(app)`. The analysis is runs.analysis.transfer (pure polars/numpy); this
 module loads the loss frame, applies --where (the same syntax as `ssmscope slopes`) and exports.
@@ -15,6 +16,7 @@ from typing import Annotated
 import typer
 
 from ssmscope.runs.analysis.stats import DEFAULT_N_BOOT
+from ssmscope.runs.analysis.vocabulary import TransferTable  # light: enums only
 from ssmscope.runs.cli.bounds import check_option
 from ssmscope.runs.cli.console import DB_HELP, console, err_console, fail
 from ssmscope.runs.cli.outfile import check_out, writing
@@ -27,7 +29,7 @@ def transfer_tables(db: Path | None, where: list[str], use: str, n_boot: int):
     import polars as pl
 
     from ssmscope.runs.analysis.selection import filter_expr, parse_filters, pushdown_filters
-    from ssmscope.runs.analysis.transfer import drift, final_losses, optima
+    from ssmscope.runs.analysis.transfer import drift, final_losses, group_keys, optima
     from ssmscope.runs.store import db as store
     from ssmscope.runs.store.schema import FILTER_COLUMNS
     from ssmscope.ssm.errors import ConfigError
@@ -42,7 +44,7 @@ def transfer_tables(db: Path | None, where: list[str], use: str, n_boot: int):
     if final.is_empty():
         raise ConfigError(f"the selected runs logged no {use}; hp-transfer specs set eval_every "
                           "(or use --use train_loss)")
-    per_grid = final.group_by("preset", "discretization", "optimizer", "n_u", "n_x").agg(pl.col("lr").n_unique())
+    per_grid = final.group_by(*group_keys(final), "n_u", "n_x").agg(pl.col("lr").n_unique())
     if per_grid["lr"].max() < 3:
         raise ConfigError("the selection has fewer than 3 learning rates per width: run an LR grid, "
                           f"e.g. `ssmscope sweep hp-transfer --db {path}`")
@@ -59,28 +61,34 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option(help="write to this file instead of stdout")] = None,
         db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
         where: Annotated[list[str] | None, typer.Option(help=WHERE_HELP)] = None,
-        table: Annotated[str, typer.Option(help="drift (one row per preset) or optima (one row per width)")] = "drift",
+        table: Annotated[TransferTable, typer.Option(
+            help="drift (per parameterization: drift of η* and the loss-at-optimum slope, with CIs), optima (one "
+                 "row per width: η*, the loss at it and its seed spread) or eta (η* per width, one column per "
+                 "parameterization)")] = TransferTable.DRIFT,
         use: Annotated[str, typer.Option(help="eval_loss (held out) or train_loss")] = "eval_loss",
         n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the seeds")] = DEFAULT_N_BOOT,
     ) -> None:
         """Optimal learning rate per width (parabola in log2 lr) and its drift across widths."""
         from ssmscope.runs.analysis.export import export, parse_format
+        from ssmscope.runs.analysis.transfer import eta_table
         from ssmscope.ssm.errors import ConfigError
 
         try:
             out_format = parse_format(fmt)
-            if table not in ("drift", "optima"):
-                raise ConfigError(f"--table={table!r}; allowed: drift, optima")
             if use not in ("eval_loss", "train_loss"):
                 raise ConfigError(f"--use={use!r}; allowed: eval_loss, train_loss")
             # Its bootstrap keeps one float per resample and cell at a time: the range bounds memory and time.
             check_option("--n-boot", n_boot)
             check_out(out)
             drift_frame, optima_frame = transfer_tables(db, where or [], use, n_boot)
-            frame = drift_frame if table == "drift" else optima_frame
-            caption = ("drift = slope of log2 η* against log2 width over widths with an interior optimum "
-                       "(95% seed-bootstrap CI); η* = vertex of a parabola in log2 lr through the minimum "
-                       f"of the seed-mean {use} and its neighbours")
+            frame = {TransferTable.DRIFT: drift_frame, TransferTable.OPTIMA: optima_frame,
+                     TransferTable.ETA: eta_table(optima_frame)}[table]
+            caption = ("drift = slope of log2 η* against log2 width over widths with an interior optimum; "
+                       f"loss_slope = slope of the {use} at the optimum against log2 width (negative: wider is "
+                       "better); 95% seed-bootstrap CIs, none with one seed (the reason says so); η* = vertex of a "
+                       f"parabola in log2 lr through the minimum of the seed-mean {use} and its neighbours"
+                       + ("; ^ / v: the best grid point was the largest / smallest learning rate"
+                          if table == TransferTable.ETA else ""))
             with writing(out or "stdout"):
                 text = export(frame, out_format, out, caption=caption)
         except ConfigError as exc:

@@ -41,7 +41,7 @@ RUNS_FRAME = (f"SELECT * EXCLUDE (config_json) FROM {RUNS_RELATION} r {{where}} 
               "ORDER BY preset, discretization, n_u, n_x, seed")
 LOSS_FRAME = """
 SELECT l.run_id, l.step, l.train_loss, l.eval_loss, l.lr AS base_lr, r.preset, r.discretization,
-       r.optimizer, r.lr, r.seed, r.n_u, r.n_x, r.status, r.init_base
+       r.optimizer, r.lr, r.seed, r.n_u, r.n_x, r.status, r.init_base, r.readout
 FROM losses l JOIN {runs} r USING (run_id)
 {where}
 ORDER BY l.run_id, l.step

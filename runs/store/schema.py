@@ -16,11 +16,32 @@ from enum import StrEnum
 from ssmscope.probes.schema import PROBE_COLUMNS, SCHEMA_VERSION
 
 __all__ = [
-    "DERIVED_RUN_COLUMNS", "DUCKDB_TYPES", "EXCLUDED_STATUSES", "FILTER_COLUMNS", "FINISHED_STATUSES",
-    "FLOAT_FILTER_COLUMNS", "FRAME_RUN_KEYS", "INT_FILTER_COLUMNS", "LEGACY_INIT_BASE", "LOSS_COLUMNS",
-    "OPTIONAL_RUN_KEYS", "PARAMETERIZATION_KEYS", "PROBE_COLUMNS", "PROBE_FRAME_COLUMNS", "RUNS_RELATION",
-    "RUN_COLUMNS", "RUN_KEY_TYPES", "SCHEMA_VERSION", "WHERE_COLUMNS", "WIDTH_KEYS", "RunStatus",
-    "config_of_init_base", "ddl", "init_base_of",
+    "BASE_READOUT",
+    "DERIVED_RUN_COLUMNS",
+    "DUCKDB_TYPES",
+    "EXCLUDED_STATUSES",
+    "FILTER_COLUMNS",
+    "FINISHED_STATUSES",
+    "FLOAT_FILTER_COLUMNS",
+    "FRAME_RUN_KEYS",
+    "INT_FILTER_COLUMNS",
+    "LEGACY_INIT_BASE",
+    "LOSS_COLUMNS",
+    "OPTIONAL_RUN_KEYS",
+    "PARAMETERIZATION_KEYS",
+    "PROBE_COLUMNS",
+    "PROBE_FRAME_COLUMNS",
+    "RUNS_RELATION",
+    "RUN_COLUMNS",
+    "RUN_KEY_TYPES",
+    "SCHEMA_VERSION",
+    "WHERE_COLUMNS",
+    "WIDTH_KEYS",
+    "RunStatus",
+    "config_of_init_base",
+    "ddl",
+    "init_base_of",
+    "readout_of",
 ]
 
 
@@ -89,15 +110,20 @@ FRAME_RUN_KEYS = ("run_id", *PARAMETERIZATION_KEYS, "lr", "seed", *WIDTH_KEYS, "
 LEGACY_INIT_BASE = "ssmscope-v0"
 """The init base of a run whose config names none: every run made before bases existed (ssm.bases.LEGACY_BASE;
 tests/test_bases.py checks that the two agree — the store does not import the model package)."""
+BASE_READOUT = "base"
+"""The readout treatment of a run whose config names none: as its init base ties it (every run before the choice)."""
 DERIVED_RUN_COLUMNS: dict[str, tuple[str, str]] = {
     "init_base": ("string", "coalesce(CASE WHEN json_valid(config_json) THEN json_extract_string(config_json, "
                   f"'$.base') END, '{LEGACY_INIT_BASE}')"),
+    "readout": ("string", "coalesce(CASE WHEN json_valid(config_json) THEN json_extract_string(config_json, "
+                f"'$.readout') END, '{BASE_READOUT}')"),
 }
 """Run keys computed from config_json in SQL: name → (Arrow type alias, expression over a runs row).
 
 They have no column of their own, so every store has them, old ones included, without a migration; the
 queries read runs through RUNS_RELATION, which adds them once per run (not once per probe row). init_base
-separates runs of one preset drawn on different init bases (`grid.bases`): without it their fits merge."""
+separates runs of one preset drawn on different init bases (`grid.bases`), readout runs of one preset with its
+readout tied, untied or untied and zero-initialised (`grid.readouts`): without them their fits merge."""
 
 
 def init_base_of(config_json: str | None) -> str:
@@ -112,6 +138,17 @@ def init_base_of(config_json: str | None) -> str:
     return str(base) if base is not None else LEGACY_INIT_BASE
 
 
+def readout_of(config_json: str | None) -> str:
+    """A run's readout treatment from its config_json, as DERIVED_RUN_COLUMNS derives it in SQL (BASE_READOUT
+    when the config names none)."""
+    try:
+        config = json.loads(config_json or "{}")
+    except ValueError:
+        return BASE_READOUT
+    readout = config.get("readout") if isinstance(config, dict) else None
+    return str(readout) if readout is not None else BASE_READOUT
+
+
 def config_of_init_base(init_base: str) -> str:
     """The smallest config_json whose derived init_base is `init_base` (a run known only by its frame's keys)."""
     return json.dumps({"base": init_base})
@@ -120,12 +157,12 @@ def config_of_init_base(init_base: str) -> str:
 RUNS_RELATION = ("(SELECT *, " + ", ".join(f"{expr} AS {name}" for name, (_, expr) in DERIVED_RUN_COLUMNS.items())
                  + " FROM runs)")
 """The runs table with its derived keys, for FROM clauses (`FROM {RUNS_RELATION} r`)."""
-OPTIONAL_RUN_KEYS = ("spec", "task", "dt_max", "init_base")
+OPTIONAL_RUN_KEYS = ("spec", "task", "dt_max", "init_base", "readout")
 """Run keys the store adds to probe frames when present; they separate sweep configurations."""
 PROBE_FRAME_COLUMNS = (*FRAME_RUN_KEYS, *PROBE_COLUMNS)
 """The columns an analysis may rely on in a probe frame (OPTIONAL_RUN_KEYS may come on top)."""
 FILTER_COLUMNS = ("run_id", "spec", "preset", "discretization", "optimizer", "lr", "seed", "n_u", "n_x",
-                  "status", "task", "dt_max", "n_layers", "init_base")
+                  "status", "task", "dt_max", "n_layers", "init_base", "readout")
 """Run columns the store's loaders filter on in SQL (whitelisted: never user text in a query)."""
 WHERE_COLUMNS = (*PROBE_FRAME_COLUMNS, *OPTIONAL_RUN_KEYS)
 """Columns a `--where` clause may name."""

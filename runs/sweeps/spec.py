@@ -17,9 +17,9 @@ from typing import Any
 
 from ssmscope.runs.sweeps.ids import run_id_of
 from ssmscope.ssm.bases import LEGACY_BASE, builtin_base_names, load_base
-from ssmscope.ssm.config import Discretization, MambaConfig, Optimizer
+from ssmscope.ssm.config import Discretization, MambaConfig, Optimizer, Readout
 from ssmscope.ssm.errors import ConfigError
-from ssmscope.ssm.presets import builtin_names, preset_base_name
+from ssmscope.ssm.presets import builtin_names, preset_base_name, preset_readout
 from ssmscope.ssm.tomlfiles import builtin_toml_names, read_builtin_or_file
 
 TASKS = ("pydoc", "copy")
@@ -29,7 +29,8 @@ SEED_MAX = INT64_MAX
 """Seeds are 0 … 2^63 − 1: numpy's generators refuse negative seeds, and the store keeps a seed as a BIGINT
 (torch.manual_seed takes up to 2^64 − 1, so it is not the limit)."""
 
-HASH_OMITTED_DEFAULTS: dict[str, Any] = {"base": LEGACY_BASE, "param_every": 1}
+HASH_OMITTED_DEFAULTS: dict[str, Any] = {"base": LEGACY_BASE, "param_every": 1, "readout": Readout.BASE.value,
+                                         "readout_probes": False}
 """Fields newer than some stored runs, and the value those runs had: left out of run ids at that value."""
 
 
@@ -78,15 +79,21 @@ class RunConfig:
     """Init base (ssm.bases): a built-in name or a base TOML path. Spec expansion fills in the
     preset's own base; the default is the constants every run used before bases existed, so a
     config stored without this key (an old run) still means, and reproduces, what it ran."""
+    readout: str = Readout.BASE.value
+    """How the readout is treated (ssm.config.Readout): as the base says, tied, untied or untied-zero."""
+    readout_probes: bool = False
+    """Record the logits and the split of the embedding/readout gradient (probes.observer, readout probes)."""
 
     @property
     def d_model(self) -> int:
         return self.n_u // self.expand
 
     def model_config(self, scan: str = "auto") -> MambaConfig:
+        readout = Readout(self.readout)
         return MambaConfig(d_model=self.d_model, d_state=self.n_x, n_layers=self.n_layers,
                            expand=self.expand, dt_min=self.dt_min, dt_max=self.dt_max,
-                           discretization=self.discretization, vocab_size=256, scan=scan)
+                           discretization=self.discretization, vocab_size=256, scan=scan,
+                           tie_readout=readout.tie, zero_readout=readout.zero)
 
     @property
     def run_id(self) -> str:
@@ -108,8 +115,9 @@ class RunConfig:
 
 
 _RECIPE_KEYS = {f.name for f in fields(RunConfig)} - {
-    "preset", "discretization", "optimizer", "lr", "seed", "n_u", "n_x", "base"}
-_GRID_KEYS = {"widths", "n_u", "n_x", "presets", "bases", "discretizations", "optimizers", "lrs", "seeds"}
+    "preset", "discretization", "optimizer", "lr", "seed", "n_u", "n_x", "base", "readout"}
+_GRID_KEYS = {"widths", "n_u", "n_x", "presets", "bases", "readouts", "discretizations", "optimizers", "lrs",
+              "seeds"}
 
 
 @dataclass(frozen=True)
@@ -187,6 +195,15 @@ def _bases(value: Any, presets: list[str]) -> dict[str, list[str]]:
     return {p: names for p in presets}
 
 
+def _readouts(value: Any, presets: list[str]) -> dict[str, list[str]]:
+    """Readout treatments per preset: grid.readouts for every preset if given, else each preset's own ([preset]
+    readout: `base` unless the preset names one — then its runs say so in their config, and get ids of their own)."""
+    if value is None:
+        return {p: [preset_readout(p).value] for p in presets}
+    names = _list("grid.readouts", value, str, allowed=[r.value for r in Readout])
+    return dict.fromkeys(presets, names)
+
+
 def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
     """Validate a sweep spec table and expand its grid into run configs."""
     unknown = set(data) - {"sweep", "grid", "train"}
@@ -229,6 +246,7 @@ def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
     opts = _list("grid.optimizers", grid.get("optimizers", ["adam"]), str,
                  allowed=[o.value for o in Optimizer])
     lrs = _list("grid.lrs", grid.get("lrs"), float, positive=True)
+    readouts = _readouts(grid.get("readouts"), presets)
     seeds = _list("grid.seeds", grid.get("seeds", [0]), int)
     for i, seed in enumerate(seeds):
         if not 0 <= seed <= SEED_MAX:
@@ -239,9 +257,10 @@ def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
         if n_u % expand:
             raise ConfigError(f"grid: N_u={n_u} is not a multiple of train.expand={expand}")
     runs = tuple(
-        RunConfig(preset=p, discretization=d, optimizer=o, lr=lr, seed=s, n_u=n_u, n_x=n_x, base=b, **recipe)
+        RunConfig(preset=p, discretization=d, optimizer=o, lr=lr, seed=s, n_u=n_u, n_x=n_x, base=b, readout=r,
+                  **recipe)
         for (n_u, n_x), p, d, o, lr, s in itertools.product(shapes, presets, discs, opts, lrs, seeds)
-        for b in bases[p]
+        for b in bases[p] for r in readouts[p]
     )
     return SweepSpec(name=name, description=head.get("description", ""), runs=runs, source=source)
 

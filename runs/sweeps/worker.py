@@ -48,7 +48,8 @@ def train_and_probe(cfg: RunConfig, device: torch.device, scan: str = "auto",
         return [data.batch(cfg.task, "held_out", cfg.batch, cfg.seq_len, data.eval_batch_seed(cfg.seed, i)).to(device)
                 for i in range(cfg.eval_batches)]
 
-    observer = Observer(model, grads=cfg.grads, state_prev=cfg.state_delta_prev, param_every=cfg.param_every)
+    observer = Observer(model, grads=cfg.grads, state_prev=cfg.state_delta_prev, param_every=cfg.param_every,
+                        readout=cfg.readout_probes)
     schedule = Schedule(steps=cfg.steps, log_every=cfg.log_every, eval_every=cfg.eval_every,
                         group_probes=cfg.group_probes)
     return run_loop(model, opt, observer, loss_fn=next_token_loss, probe_batch=probe_batch,
