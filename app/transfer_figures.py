@@ -44,6 +44,7 @@ def transfer_grid_figure(curves: dict[str, pl.DataFrame], optima: pl.DataFrame, 
     lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
     span = max(hi - lo, 1e-3)
     top = hi + 0.08 * span
+    flagged_legend = False
     for col, preset in enumerate(presets, start=1):
         c_all = curves[preset]
         opt = optima.filter(pl.col("preset") == preset)
@@ -64,11 +65,12 @@ def transfer_grid_figure(curves: dict[str, pl.DataFrame], optima: pl.DataFrame, 
             if not bad.is_empty():
                 fig.add_trace(go.Scatter(
                     x=bad["log2_lr"].to_list(), y=[top - 0.025 * span * k] * bad.height, mode="markers",
-                    name="diverged", legendgroup="diverged", showlegend=False,
+                    name="diverged", legendgroup="diverged", showlegend=not flagged_legend,
                     marker=dict(symbol="x", size=9, color=colours[w], line=dict(width=2, color=FLAG_COLOUR)),
                     meta=dict(kind="diverged", preset=preset, width=int(w)),
                     hovertemplate=f"{preset} · {name}<br>lr 2^%{{x:.2f}}: a seed diverged<extra></extra>"),
                     row=1, col=col)
+                flagged_legend = True
             o = by_width.get(w)
             if o is None or o["log2_lr_opt"] is None or not math.isfinite(o["log2_lr_opt"]):
                 continue

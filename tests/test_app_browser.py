@@ -116,8 +116,8 @@ def test_lr_transfer_renders_in_chromium(server, browser):
     page.goto(f"{server}/lr-transfer", wait_until="domcontentloaded")
     page.wait_for_selector(TRACES, timeout=90_000)
     page.wait_for_timeout(500)
-    assert page.locator(".js-plotly-plot").count() == 1
-    legend = page.locator(".js-plotly-plot .legend .traces").all_text_contents()
+    assert page.locator(".js-plotly-plot").count() == 3  # the curves, the loss at the optimum, the readout split
+    legend = page.locator(".js-plotly-plot").first.locator(".legend .traces").all_text_contents()
     assert {"N_u = 16", "N_u = 32", "N_u = 64", "diverged"} <= set(legend), legend
     page.screenshot(path=str(ARTIFACTS / "lr-transfer.png"), full_page=True)
     page.close()

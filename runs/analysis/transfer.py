@@ -170,7 +170,7 @@ def drift(opt: pl.DataFrame, final: pl.DataFrame | None = None, n_boot: int = DE
             slope = float(np.polyfit(xs, ys, 1)[0])
         if len(lx) >= 2:
             loss_slope = float(np.polyfit(lx, ly, 1)[0])
-        one_seed = int(sub["n_seeds"].min()) < 2
+        one_seed = "n_seeds" in sub.columns and int(sub["n_seeds"].min()) < 2
         if final is not None and not one_seed and (len(xs) >= 3 or len(lx) >= 3):
             boot = _seed_bootstrap(final, dict(zip(keys, key, strict=True)), sub["width"].to_list(),
                                    ok["width"].to_list(), n_boot, rng_seed)
