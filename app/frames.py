@@ -129,31 +129,25 @@ class WidthAxis:
         """URL form: joint, n_u@16, n_x@64."""
         return self.design if self.fixed is None else f"{self.design}@{self.fixed}"
 
+    def _words(self, joint: str, n_u: str, n_x: str) -> str:
+        """The phrase of this axis's design, `{fixed}` filled in."""
+        return {"joint": joint, "n_u": n_u}.get(self.design, n_x).format(fixed=self.fixed)
+
     @property
     def label(self) -> str:
         n = len(self.widths)
-        if self.design == "joint":
-            return f"joint: N_u = N_x ({n} widths)"
-        if self.design == "n_u":
-            return f"N_u at N_x = {self.fixed} ({n} widths)"
-        return f"N_x at N_u = {self.fixed} ({n} widths)"
+        return self._words(f"joint: N_u = N_x ({n} widths)", f"N_u at N_x = {{fixed}} ({n} widths)",
+                           f"N_x at N_u = {{fixed}} ({n} widths)")
 
     @property
     def scale_title(self) -> str:
         """The x title of a figure whose ticks are the widths themselves, placed at log₂ width."""
-        if self.design == "joint":
-            return "width N_u = N_x (log₂ scale)"
-        if self.design == "n_u":
-            return f"N_u at N_x = {self.fixed} (log₂ scale)"
-        return f"N_x at N_u = {self.fixed} (log₂ scale)"
+        return self._words("width N_u = N_x (log₂ scale)", "N_u at N_x = {fixed} (log₂ scale)",
+                           "N_x at N_u = {fixed} (log₂ scale)")
 
     @property
     def axis_title(self) -> str:
-        if self.design == "joint":
-            return "log₂ width (N_u = N_x)"
-        if self.design == "n_u":
-            return f"log₂ N_u (N_x = {self.fixed})"
-        return f"log₂ N_x (N_u = {self.fixed})"
+        return self._words("log₂ width (N_u = N_x)", "log₂ N_u (N_x = {fixed})", "log₂ N_x (N_u = {fixed})")
 
     def select(self, frame: pl.DataFrame) -> pl.DataFrame:
         """The rows of `frame` (with n_u, n_x) on this axis, with a `width` column."""

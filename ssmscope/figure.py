@@ -16,17 +16,8 @@ import polars as pl
 def coord_figure(frame: pl.DataFrame, *, convention: str = "rms", step: int | Literal["last"] = "last",
                  rows: Sequence[str] = ("x", "y", "dx", "dy"), axis: str | None = None, n_boot: int = 200,
                  title: str | None = None) -> Any:
-    """The coordinate check of a probe frame as a Plotly figure: log2‖·‖ against log2 width.
-
-    Args:
-        frame: a probe frame (ssmscope.coord_check, or ssmscope.store.load).
-        convention: rms | l2 | token_l2 | channel_l2. step: a logged step, or "last".
-        rows: quantities to show, from x, y, dx, dy, cx, dcx, grad_y, grad_x, out, dout.
-        axis: "joint" (N_u = N_x), "n_u@<N_x>" or "n_x@<N_u>"; None: joint when there is one, else the first.
-        n_boot: bootstrap resamples for the slopes' intervals (0: none).
-
-    Columns are the presets (and discretisations, optimizers, learning rates when the frame has several).
-    """
+    """The coordinate check of a probe frame as a Plotly figure: log2‖·‖ against log2 width, built by
+    app.paper_figure.coord_check_figure (its docstring names every argument) with per-panel y ranges."""
     from ssmscope.app.paper_figure import coord_check_figure
 
     return coord_check_figure(frame, convention=convention, step=step, rows=rows, axis=axis, n_boot=n_boot,

@@ -126,27 +126,27 @@ separates runs of one preset drawn on different init bases (`grid.bases`), reado
 readout tied, untied or untied and zero-initialised (`grid.readouts`): without them their fits merge."""
 
 
+def _config_value(config_json: str | None, key: str, default: str) -> str:
+    """`key` of a run's config_json as a string, or `default` when the config lacks it or is not JSON."""
+    try:
+        config = json.loads(config_json or "{}")
+    except ValueError:
+        return default
+    value = config.get(key) if isinstance(config, dict) else None
+    return str(value) if value is not None else default
+
+
 def init_base_of(config_json: str | None) -> str:
     """A run's init base from its config_json, as DERIVED_RUN_COLUMNS derives it in SQL: the config's `base`, or
     LEGACY_INIT_BASE for a config without one (or not JSON). The Python side of the one derivation: library runs'
     frames (ssmscope.records) read their init_base through it."""
-    try:
-        config = json.loads(config_json or "{}")
-    except ValueError:
-        return LEGACY_INIT_BASE
-    base = config.get("base") if isinstance(config, dict) else None
-    return str(base) if base is not None else LEGACY_INIT_BASE
+    return _config_value(config_json, "base", LEGACY_INIT_BASE)
 
 
 def readout_of(config_json: str | None) -> str:
     """A run's readout treatment from its config_json, as DERIVED_RUN_COLUMNS derives it in SQL (BASE_READOUT
     when the config names none)."""
-    try:
-        config = json.loads(config_json or "{}")
-    except ValueError:
-        return BASE_READOUT
-    readout = config.get("readout") if isinstance(config, dict) else None
-    return str(readout) if readout is not None else BASE_READOUT
+    return _config_value(config_json, "readout", BASE_READOUT)
 
 
 def config_of_init_base(init_base: str) -> str:

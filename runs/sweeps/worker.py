@@ -29,7 +29,7 @@ from ssmscope.ssm import MambaLM, apply_preset, build_optimizer, load_preset
 from ssmscope.ssm.scan import backend_that_runs
 
 
-def train_and_probe(cfg: RunConfig, device: torch.device, scan: str = "auto",
+def train_run(cfg: RunConfig, device: torch.device, scan: str = "auto",
                     progress: ProgressFn | None = None) -> RunOutcome:
     """Build one config's model, optimizer and observer (seeded, under its preset and init base) and run the loop."""
     torch.manual_seed(cfg.seed)
@@ -65,7 +65,7 @@ def run_one(cfg: RunConfig, shard_root: Path, *, spec: str = "", device: str = "
     t0 = time.perf_counter()
     error = ""
     try:
-        out = train_and_probe(cfg, dev, scan=scan, progress=progress)
+        out = train_run(cfg, dev, scan=scan, progress=progress)
     except Exception as exc:  # a failed run is recorded, not fatal to the sweep
         out = RunOutcome(RunStatus.FAILED)
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
