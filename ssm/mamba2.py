@@ -30,6 +30,12 @@ def _positive_int(name: str, value: object) -> None:
         raise ConfigError(f"{name}={value!r}; allowed: a positive integer")
 
 
+def _pair(value: object) -> bool:
+    """A (low, high) of two real numbers."""
+    return (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
 @dataclass(frozen=True)
 class Mamba2Config:
     """A Mamba-2 LM's shape and init ranges (defaults: state-spaces/mamba's Mamba2). d_state is N_x."""
@@ -66,9 +72,9 @@ class Mamba2Config:
             raise ConfigError(f"dt_min={self.dt_min!r}, dt_max={self.dt_max!r}; allowed: 0 < dt_min <= dt_max")
         if not 0 <= self.dt_init_floor:
             raise ConfigError(f"dt_init_floor={self.dt_init_floor!r}; allowed: >= 0")
-        if len(self.dt_limit) != 2 or not 0 <= self.dt_limit[0] < self.dt_limit[1]:
+        if not _pair(self.dt_limit) or not 0 <= self.dt_limit[0] < self.dt_limit[1]:
             raise ConfigError(f"dt_limit={self.dt_limit!r}; allowed: (low, high) with 0 <= low < high")
-        if len(self.a_init_range) != 2 or not 0 < self.a_init_range[0] <= self.a_init_range[1]:
+        if not _pair(self.a_init_range) or not 0 < self.a_init_range[0] <= self.a_init_range[1]:
             raise ConfigError(f"a_init_range={self.a_init_range!r}; allowed: (low, high) with 0 < low <= high")
         if self.norm not in NORM_GROUPINGS:
             raise ConfigError(f"norm={self.norm!r}; allowed: {', '.join(NORM_GROUPINGS)}")

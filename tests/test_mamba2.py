@@ -124,7 +124,8 @@ def test_init_ranges():
 
 
 @pytest.mark.parametrize("kw", [dict(d_model=0), dict(headdim=5), dict(ngroups=3), dict(dt_min=0.2),
-                                dict(dt_limit=(0.1, 0.05)), dict(a_init_range=(0, 16)), dict(norm="layer"),
+                                dict(dt_limit=(0.1, 0.05)), dict(dt_limit=0.1),
+                                dict(a_init_range=(1, "16")), dict(a_init_range=(0, 16)), dict(norm="layer"),
                                 dict(scan="fast"), dict(tie_readout="yes"), dict(dt_init_floor=-1.0)])
 def test_invalid_configs_are_one_line_config_errors(kw):
     with pytest.raises(ConfigError) as err:
