@@ -15,10 +15,12 @@ import polars as pl
 
 def coord_figure(frame: pl.DataFrame, *, convention: str = "rms", step: int | Literal["last"] = "last",
                  rows: Sequence[str] = ("x", "y", "dx", "dy"), axis: str | None = None, n_boot: int = 200,
-                 title: str | None = None) -> Any:
+                 title: str | None = None, y_range: Literal["row", "panel"] = "row") -> Any:
     """The coordinate check of a probe frame as a Plotly figure: log2‖·‖ against log2 width, built by
-    app.paper_figure.coord_check_figure (its docstring names every argument) with per-panel y ranges."""
+    app.paper_figure.coord_check_figure (its docstring names every argument). `y_range` "row" (the default, as
+    the dashboard's): one y range per row, so a flat parameterization looks flat beside an exploding one;
+    "panel": each panel its own range."""
     from ssmscope.app.paper_figure import coord_check_figure
 
     return coord_check_figure(frame, convention=convention, step=step, rows=rows, axis=axis, n_boot=n_boot,
-                              title=title)
+                              title=title, y_range=y_range)

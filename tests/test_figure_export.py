@@ -74,3 +74,19 @@ def test_png_pixels_are_inches_times_dpi(fig):
     assert double.png_pixels(fig) == (1400, 800)
     with pytest.raises(ValueError, match="dpi"):
         export.to_static_all(fig, dataclasses.replace(column, dpi=10), formats=("png",))
+
+
+def test_the_library_figure_shares_one_y_range_per_row_like_the_dashboard(fig):
+    """ssmscope.coord_figure draws the paper's picture by default: the panels of a row share the row's first y axis;
+    y_range="panel" gives each panel its own."""
+    layout = fig.layout
+    assert layout.meta["y_range"] == "row"
+    n_cols = len(layout.meta["panels"])
+    rows = [k for k in layout if k.startswith("yaxis")]
+    assert n_cols > 1 and len(rows) % n_cols == 0
+    for r in range(len(rows) // n_cols):
+        first = r * n_cols + 1
+        head = "y" if first == 1 else f"y{first}"
+        assert all(layout[f"yaxis{first + j}"].matches == head for j in range(1, n_cols)), r
+    own = coord_figure(synthetic_frame(discretizations=("zoh",), seeds=2, steps=(0, 2)), n_boot=0, y_range="panel")
+    assert own.layout.meta["y_range"] == "panel" and own.layout.yaxis2.matches is None
