@@ -125,8 +125,9 @@ def main() -> None:
                             key="lr__split", config={"displaylogo": False})
             st.caption("‖∂L/∂W‖ on the probe batch at initialisation, split by use: the embedding lookup (input "
                        "side) and the readout (readout side); a tied matrix's gradient is their sum. Under µP a tied "
-                       "readout's logits carry 1/N_u, so its side of the gradient shrinks with width against the "
-                       "input side, and Adam's per-entry normalisation then follows the input side.")
+                       "readout's logits carry 1/N_u: if its side of the gradient shrank with width against the input "
+                       "side, Adam's per-entry normalisation would follow the input side and the readout would learn "
+                       "ever more slowly. Parallel lines here mean it does not (docs/theory.md §9).")
 
     with st.expander("Export the figure"):
         export_figure(fig, f"lr-transfer-{sweep}-{disc}-{optimizer}", "lr__export",

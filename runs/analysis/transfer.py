@@ -31,18 +31,16 @@ EDGE_STATUSES = (TransferStatus.EDGE_LOW, TransferStatus.EDGE_HIGH)
 """What one learning-rate curve (and one drift) belongs to; `init_base` joins them where it varies."""
 
 
-SEPARATING_KEYS = ("init_base", "readout")
-"""Run keys that make a preset another parameterization when they vary: its init base, its readout treatment."""
-
-
 def group_keys(frame: pl.DataFrame) -> list[str]:
-    """GROUP_KEYS, plus init_base and readout when `frame` holds runs of more than one (a preset on two bases,
-    or with its readout tied and untied, is two parameterizations: their optima are never pooled)."""
-    keys = list(GROUP_KEYS)
-    for i, key in enumerate(SEPARATING_KEYS, start=1):
-        if key in frame.columns and frame[key].n_unique() > 1:
-            keys.insert(i if key == "init_base" else len(keys), key)
-    return keys
+    """GROUP_KEYS, with init_base after the preset and readout at the end when `frame` holds runs of more than one
+    (a preset on two bases, or with its readout tied and untied, is two parameterizations: their optima are never
+    pooled)."""
+
+    def varies(key: str) -> list[str]:
+        return [key] if key in frame.columns and frame[key].n_unique() > 1 else []
+
+    preset, *rest = GROUP_KEYS
+    return [preset, *varies("init_base"), *rest, *varies("readout")]
 
 
 _PERCENTILES = [100 * q for q in interval_quantiles()]
