@@ -5,7 +5,13 @@ conv1d (k = d_conv) + SiLU; Δ = softplus(dt + dt_bias) clamped to dt_limit; A =
 the SSD scan (ssm.scan.ssd) with D per head; gated RMSNorm with the gate before the norm, norm(y · SiLU(z)),
 per group ("group", state-spaces/mamba) or over the whole d_inner ("full", older transformers); out_proj.
 LM: embedding → pre-norm residual blocks → RMSNorm → readout, tied to the embedding or not.
-`init_mamba2` initialises as state-spaces/mamba does. Presets, roles and probes do not reach this model yet.
+`init_mamba2` initialises as state-spaces/mamba does.
+
+Parameter names follow state-spaces/mamba and transformers (conv1d, dt_bias, A_log, D, norm, out_proj) except
+that in_proj holds its five row blocks as separate weights (in_proj.z, in_proj.x, in_proj.B, in_proj.C,
+in_proj.dt), as the S6 model splits x_proj: each block is its own role, with its own init, learning rate and
+forward multiplier, and its output is a hook point of its own (the per-slice update probes).
+`fused_state_dict` / `split_state_dict` convert to and from the originals' single `in_proj.weight`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from torch import Tensor, nn
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.model import RMSNorm, ScaledEmbedding, ScaledLinear
 from ssmscope.ssm.scan.ssd import ssd_chunked, ssd_reference
+
+IN_PROJ_BLOCKS = ("z", "x", "B", "C", "dt")
+"""in_proj's row blocks in the originals' row order."""
 
 NORM_GROUPINGS = ("group", "full")
 SSD_SCANS = ("chunked", "reference")
@@ -99,6 +108,50 @@ class Mamba2Config:
         return 2 * self.d_inner + 2 * self.ngroups * self.d_state + self.nheads
 
 
+class InProjection(nn.Module):
+    """in_proj split by rows: h → (z (d_inner), x (d_inner), B (G·N), C (G·N), dt (H)), all without bias."""
+
+    def __init__(self, cfg: Mamba2Config):
+        super().__init__()
+        for name, rows in zip(IN_PROJ_BLOCKS, in_proj_block_rows(cfg), strict=True):
+            setattr(self, name, ScaledLinear(cfg.d_model, rows))
+
+    def forward(self, hidden: Tensor) -> tuple[Tensor, ...]:
+        return tuple(getattr(self, name)(hidden) for name in IN_PROJ_BLOCKS)
+
+
+def in_proj_block_rows(cfg: Mamba2Config) -> tuple[int, ...]:
+    """Rows of z, x, B, C, dt."""
+    gn = cfg.ngroups * cfg.d_state
+    return cfg.d_inner, cfg.d_inner, gn, gn, cfg.nheads
+
+
+def fused_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict of Mamba2LM with each layer's in_proj blocks concatenated into the originals' in_proj.weight."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if ".in_proj." in key:
+            prefix = key.split(".in_proj.")[0] + ".in_proj.weight"
+            if prefix not in out:
+                out[prefix] = torch.cat([state[f"{prefix[:-len('weight')]}{b}.weight"] for b in IN_PROJ_BLOCKS])
+            continue
+        out[key] = value
+    return out
+
+
+def split_state_dict(state: dict[str, Tensor], cfg: Mamba2Config) -> dict[str, Tensor]:
+    """The originals' state dict (one in_proj.weight per layer) with in_proj split into Mamba2LM's five blocks."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.endswith(".in_proj.weight"):
+            stem = key[: -len("weight")]
+            for name, block in zip(IN_PROJ_BLOCKS, value.split(list(in_proj_block_rows(cfg))), strict=True):
+                out[f"{stem}{name}.weight"] = block
+            continue
+        out[key] = value
+    return out
+
+
 class GatedRMSNorm(nn.Module):
     """norm(y · SiLU(z)) · weight, the mean square taken over groups of group_size channels."""
 
@@ -125,7 +178,7 @@ class Mamba2Mixer(nn.Module):
             raise ConfigError(f"scan={self.scan!r}; allowed: {', '.join(SSD_SCANS)}")
         ed, gn, h = cfg.d_inner, cfg.ngroups * cfg.d_state, cfg.nheads
         conv_dim = ed + 2 * gn
-        self.in_proj = ScaledLinear(cfg.d_model, cfg.in_proj_rows)
+        self.in_proj = InProjection(cfg)
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, kernel_size=cfg.d_conv, groups=conv_dim, padding=cfg.d_conv - 1,
                                 bias=True)
         self.dt_bias = nn.Parameter(torch.empty(h))
@@ -140,8 +193,9 @@ class Mamba2Mixer(nn.Module):
         cfg = self.cfg
         bt, length, _ = hidden.shape
         ed, gn, h = cfg.d_inner, cfg.ngroups * cfg.d_state, cfg.nheads
-        z, xbc, dt = self.in_proj(hidden).split([ed, ed + 2 * gn, h], dim=-1)
-        xbc = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :length].transpose(1, 2))  # causal: keep the first L
+        z, x, B, C, dt = self.in_proj(hidden)
+        xbc = torch.cat([x, B, C], dim=-1).transpose(1, 2)
+        xbc = F.silu(self.conv1d(xbc)[..., :length].transpose(1, 2))  # causal: keep the first L
         x, B, C = xbc.split([ed, gn, gn], dim=-1)
         x = self.ssm_input(x)
         delta = F.softplus(dt + self.dt_bias)  # (Bt, L, H)
@@ -207,7 +261,8 @@ def init_mamba2(model: Mamba2LM, seed: int) -> Mamba2LM:
         nn.init.normal_(model.embedding.weight, std=0.02)
         for block in model.layers:
             mixer = block.mixer
-            mixer.in_proj.reset_parameters()
+            for name in IN_PROJ_BLOCKS:  # PyTorch's default for the fused in_proj: every block has fan-in d_model
+                getattr(mixer.in_proj, name).reset_parameters()
             mixer.conv1d.reset_parameters()
             mixer.out_proj.reset_parameters()
             mixer.out_proj.weight /= math.sqrt(cfg.n_layers)

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from ssmscope.ssm.errors import ConfigError
-from ssmscope.ssm.mamba2 import GatedRMSNorm, Mamba2Config, Mamba2LM, Mamba2Mixer, init_mamba2
+from ssmscope.ssm.mamba2 import (
+    GatedRMSNorm,
+    Mamba2Config,
+    Mamba2LM,
+    Mamba2Mixer,
+    fused_state_dict,
+    init_mamba2,
+    split_state_dict,
+)
 from ssmscope.ssm.scan.ssd import ssd_chunked, ssd_reference
 
 F64 = torch.float64
@@ -37,7 +45,14 @@ def test_shapes_and_in_proj_rows():
     model = init_mamba2(Mamba2LM(cfg), seed=0)
     mixer = model.mixers[0]
     assert len(model.mixers) == 2 and isinstance(mixer, Mamba2Mixer)
-    assert mixer.in_proj.weight.shape == (2 * 32 + 2 * 2 * 8 + 4, 16) == (cfg.in_proj_rows, 16)
+    blocks = {n: tuple(getattr(mixer.in_proj, n).weight.shape) for n in ("z", "x", "B", "C", "dt")}
+    assert blocks == {"z": (32, 16), "x": (32, 16), "B": (16, 16), "C": (16, 16), "dt": (4, 16)}
+    fused = fused_state_dict(model.state_dict())
+    assert fused["layers.0.mixer.in_proj.weight"].shape == (2 * 32 + 2 * 2 * 8 + 4, 16) == (cfg.in_proj_rows, 16)
+    assert not any(".in_proj.z." in k for k in fused)
+    back = split_state_dict(fused, cfg)
+    assert back.keys() == model.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
     assert mixer.conv1d.weight.shape == (32 + 2 * 2 * 8, 1, 4)
     assert mixer.A_log.shape == mixer.D.shape == mixer.dt_bias.shape == (4,)
     ids = torch.randint(0, 37, (3, 11))
@@ -147,6 +162,7 @@ def test_logits_equal_transformers_mamba2():
             p.add_(torch.randn_like(p) * 0.1)
     ours = Mamba2LM(tiny(tie_readout=False, norm="group")).to(F64)
     state = {k.removeprefix("backbone.").replace("embeddings.", "embedding."): v for k, v in hf.state_dict().items()}
+    state = split_state_dict(state, tiny())
     assert ours.load_state_dict(state, strict=True)
     ids = torch.randint(0, 37, (2, 13))
     with torch.no_grad():
