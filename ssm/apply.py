@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ssmscope.ssm.bases import Base
-from ssmscope.ssm.config import MambaConfig, Optimizer
+from ssmscope.ssm.config import Optimizer
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.exponents import Exponents
 from ssmscope.ssm.presets import (
@@ -30,7 +30,15 @@ from ssmscope.ssm.presets import (
     width_ratios,
     with_base,
 )
-from ssmscope.ssm.roles import MODULE_OF_ROLE, MULTIPLIER_ROLES, InitKind, Role, role_of, split_name
+from ssmscope.ssm.roles import MODULE_OF_ROLE, MULTIPLIER_ROLES, Family, InitKind, Role, role_of, split_name
+
+ModelConfig = Any
+"""A model config with N_u = d_inner and N_x = d_state: ssm.config.MambaConfig or ssm.mamba2.Mamba2Config."""
+
+
+def config_family(cfg: ModelConfig) -> Family:
+    """The family a model config belongs to (MambaConfig: mamba; Mamba2Config: mamba2)."""
+    return Family(getattr(cfg, "family", Family.MAMBA))
 
 
 @dataclass(frozen=True)
@@ -52,12 +60,18 @@ class ParamPlan:
     tied_to: str | None = None
 
 
-def plan(model: nn.Module, cfg: MambaConfig, preset: Preset, optimizer: Optimizer | str,
+def plan(model: nn.Module, cfg: ModelConfig, preset: Preset, optimizer: Optimizer | str,
          lr: float, base: Base | str | None = None) -> list[ParamPlan]:
     """Init, learning rate and multiplier of every parameter under a preset (on `base`, default the
-    preset's own). A tied readout is listed as its own row (kind `tied`) next to the embedding."""
+    preset's own). A tied readout is listed as its own row (kind `tied`) next to the embedding.
+    ConfigError when the preset (or its base) is for another model family than the config's."""
     optimizer = Optimizer(optimizer)
     preset = with_base(preset, base)
+    family = config_family(cfg)
+    for what, other in (("preset", preset.family), ("init base", preset.init_base.family)):
+        if other != family:
+            raise ConfigError(f"{what} {preset.name if what == 'preset' else preset.init_base.name} is for family "
+                              f"{other}, the model is {family}; allowed: a {family} {what}")
     init_base = preset.init_base
     tied, zero = readout_tied(cfg, preset), readout_zero(cfg, preset)
     u_ratio, x_ratio = width_ratios(cfg, preset)
@@ -66,7 +80,7 @@ def plan(model: nn.Module, cfg: MambaConfig, preset: Preset, optimizer: Optimize
     for name, p in model.named_parameters(remove_duplicate=False):
         layer, _ = split_name(name)
         role = role_of(name)
-        if role is None:
+        if role is None or role not in preset.roles:
             rows.append(ParamPlan(name, layer, None, tuple(p.shape), None, None, None, None,
                                   None, None, None))
             continue
@@ -98,10 +112,15 @@ def plan(model: nn.Module, cfg: MambaConfig, preset: Preset, optimizer: Optimize
     return rows
 
 
-def _structural_init(rule: str, p: torch.Tensor, cfg: MambaConfig, gen: torch.Generator) -> None:
+def _structural_init(rule: str, p: torch.Tensor, cfg: ModelConfig, gen: torch.Generator) -> None:
     if rule == "s4d_real":  # A[i, n] = −(n + 1): A_log = log(n + 1)
         n = torch.arange(1, p.shape[1] + 1, dtype=torch.float64)
         p.copy_(torch.log(n).expand_as(p))
+    elif rule == "log_uniform_a":  # Mamba-2 (state-spaces/mamba): A ~ U(a_init_range) per head
+        lo, hi = cfg.a_init_range
+        p.copy_(torch.log(torch.rand(p.shape, generator=gen, dtype=torch.float64) * (hi - lo) + lo))
+    elif rule == "log_arange_heads":  # Mamba-2 (transformers): A_log = log(1 … nheads)
+        p.copy_(torch.log(torch.arange(1, p.shape[0] + 1, dtype=torch.float64)))
     elif rule == "inverse_softplus_log_uniform_dt":  # softplus(bias) = Δ, Δ log-uniform in [dt_min, dt_max]
         r = torch.rand(p.shape, generator=gen, dtype=torch.float64)
         dt = torch.exp(r * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
@@ -121,7 +140,7 @@ def _draw(kind: InitKind, scale: float, p: torch.Tensor, gen: torch.Generator) -
         p.fill_(scale)
 
 
-def apply_preset(model: nn.Module, cfg: MambaConfig, preset: Preset, optimizer: Optimizer | str,
+def apply_preset(model: nn.Module, cfg: ModelConfig, preset: Preset, optimizer: Optimizer | str,
                  lr: float, seed: int = 0, base: Base | str | None = None) -> list[dict[str, Any]]:
     """Initialise every parameter and set multipliers under `preset` (on `base`, default the
     preset's own); tie or untie the readout as the config or the base says; return optimizer groups.
@@ -158,6 +177,8 @@ def apply_preset(model: nn.Module, cfg: MambaConfig, preset: Preset, optimizer: 
     modules = dict(model.named_modules())
     mults = {r.role: r.multiplier for r in rows if r.multiplier is not None}
     for role, rel in MODULE_OF_ROLE.items():
+        if role not in mults:  # another family's role
+            continue
         for name, module in modules.items():
             if name == rel or name.endswith("." + rel):
                 module.multiplier = mults[role]

@@ -28,7 +28,7 @@ from typing import Any
 from ssmscope.ssm.config import MambaConfig
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.exponents import fraction_text
-from ssmscope.ssm.roles import FAN_IN, STRUCTURAL_RULES, InitKind, Role, role_table
+from ssmscope.ssm.roles import FAN_IN, ROLES_OF_FAMILY, STRUCTURAL_RULES, Family, InitKind, Role, family_of, role_table
 from ssmscope.ssm.tomlfiles import builtin_toml_names, head_table, parse_number, read_builtin_or_file
 
 DEFAULT_BASE = "mamba"
@@ -42,7 +42,7 @@ POWER_LIMIT = 8.0
 """Largest |fan_in_power| or |n_layer_power| (the built-ins' are 0 or -1/2); as ssm.presets.EXPONENT_LIMIT."""
 BASE_FOLDER = "presets/bases"
 DISTS = (InitKind.NORMAL, InitKind.UNIFORM, InitKind.CONSTANT, InitKind.STRUCTURAL)
-_HEAD_KEYS = ("name", "description", "tied_readout")
+_HEAD_KEYS = ("name", "description", "tied_readout", "family")
 _ROLE_KEYS = {"dist", "std", "bound", "value", "fan_in_power", "n_layer_power", "rule"}
 _SCALE_KEYS = {  # dist → the keys that may give its scale (exactly one is needed)
     InitKind.NORMAL: ("std",),
@@ -102,6 +102,8 @@ class Base:
     tied_readout: bool
     roles: Mapping[Role, RoleBase]
     source: str = "built-in"
+    family: Family = Family.MAMBA
+    """The model family whose roles the base initialises ([base] family; ssm.roles.ROLES_OF_FAMILY)."""
 
 
 def _power(x: int, p: float) -> float:
@@ -109,7 +111,7 @@ def _power(x: int, p: float) -> float:
     return 1.0 / math.sqrt(x) if p == -0.5 else float(x) ** p
 
 
-def fan_in(role: Role, cfg: MambaConfig) -> int:
+def fan_in(role: Role, cfg: Any) -> int:
     """The role's fan-in in a model of config `cfg` (ssm.roles.FAN_IN)."""
     return int(getattr(cfg, FAN_IN[role].attr))
 
@@ -189,10 +191,12 @@ def parse_base(data: dict[str, Any], source: str) -> Base:
     tied = head.get("tied_readout", False)
     if not isinstance(tied, bool):
         raise ConfigError(f"{source}: base.tied_readout={tied!r}; allowed: true or false")
-    roles = role_table(source, data, "a base initialises every role")
-    rules = {role: _role_base(f"{source}: roles.{role.value}", roles[role.value], role) for role in Role}
+    family = family_of(source, head, "base")
+    roles = role_table(source, data, "a base initialises every role", family)
+    rules = {role: _role_base(f"{source}: roles.{role.value}", roles[role.value], role)
+             for role in ROLES_OF_FAMILY[family]}
     return Base(name=name, description=str(head.get("description", "")), tied_readout=tied, roles=rules,
-                source=source)
+                source=source, family=family)
 
 
 def builtin_base_names() -> list[str]:

@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssmscope.ssm.config import Discretization
 from ssmscope.ssm.errors import ConfigError
-from ssmscope.ssm.model import RMSNorm, ScaledEmbedding, ScaledLinear
+from ssmscope.ssm.model import RMSNorm, ScaledEmbedding, ScaledLinear, TiedReadout
+from ssmscope.ssm.roles import Family
 from ssmscope.ssm.scan.ssd import ssd_chunked, ssd_reference
 
 IN_PROJ_BLOCKS = ("z", "x", "B", "C", "dt")
@@ -64,7 +66,11 @@ class Mamba2Config:
     a_init_range: tuple[float, float] = (1.0, 16.0)
     norm: str = "group"
     norm_eps: float = 1e-5
-    tie_readout: bool = True
+    tie_readout: bool | None = None
+    """Readout shares the embedding matrix; None: tied at construction (state-spaces/mamba's default), and under
+    a preset as its init base says (ssm.apply.apply_preset ties or unties before initialising)."""
+    zero_readout: bool = False
+    """An untied readout starts at zero (as ssm.config.MambaConfig.zero_readout)."""
     scan: str = "chunked"
     chunk_size: int = 256
 
@@ -89,14 +95,26 @@ class Mamba2Config:
             raise ConfigError(f"norm={self.norm!r}; allowed: {', '.join(NORM_GROUPINGS)}")
         if not self.norm_eps > 0:
             raise ConfigError(f"norm_eps={self.norm_eps!r}; allowed: > 0")
-        if not isinstance(self.tie_readout, bool):
-            raise ConfigError(f"tie_readout={self.tie_readout!r}; allowed: true or false")
+        if self.tie_readout is not None and not isinstance(self.tie_readout, bool):
+            raise ConfigError(f"tie_readout={self.tie_readout!r}; allowed: true, false or unset")
+        if not isinstance(self.zero_readout, bool) or (self.zero_readout and self.tie_readout is not False):
+            raise ConfigError(f"zero_readout={self.zero_readout!r} with tie_readout={self.tie_readout!r}; a zero "
+                              "readout needs tie_readout=False")
         if self.scan not in SSD_SCANS:
             raise ConfigError(f"scan={self.scan!r}; allowed: {', '.join(SSD_SCANS)}")
 
     @property
     def d_inner(self) -> int:
         return self.expand * self.d_model
+
+    @property
+    def family(self) -> Family:
+        return Family.MAMBA2
+
+    @property
+    def discretization(self) -> Discretization:
+        """SSD's: Ā = exp(Δ·a), B̄ = Δ·B, what ssmscope calls Euler (as transformers' Mamba-1 scan)."""
+        return Discretization.EULER
 
     @property
     def nheads(self) -> int:
@@ -221,7 +239,7 @@ class Mamba2Block(nn.Module):
         return h + self.mixer(self.norm(h))
 
 
-class Mamba2LM(nn.Module):
+class Mamba2LM(TiedReadout, nn.Module):
     """Token ids (Bt, L) → logits (Bt, L, vocab). Parameters are uninitialised until `init_mamba2`."""
 
     def __init__(self, cfg: Mamba2Config, scan: str | None = None):
@@ -231,12 +249,8 @@ class Mamba2LM(nn.Module):
         self.layers = nn.ModuleList(Mamba2Block(cfg, scan) for _ in range(cfg.n_layers))
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = ScaledLinear(cfg.d_model, cfg.vocab_size)
-        if cfg.tie_readout:
-            self.lm_head.weight = self.embedding.weight
-
-    @property
-    def readout_tied(self) -> bool:
-        return self.lm_head.weight is self.embedding.weight
+        if cfg.tie_readout is not False:
+            self.set_readout_tied(True)
 
     @property
     def mixers(self) -> list[Mamba2Mixer]:

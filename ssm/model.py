@@ -119,18 +119,11 @@ class MambaBlock(nn.Module):
         return h + self.mixer(self.norm(h))
 
 
-class MambaLM(nn.Module):
-    """Token ids (B, L) → logits (B, L, vocab)."""
+class TiedReadout:
+    """The readout of an LM with `embedding` and `lm_head`: tied (one matrix, two uses) or its own."""
 
-    def __init__(self, cfg: MambaConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.embedding = ScaledEmbedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(MambaBlock(cfg) for _ in range(cfg.n_layers))
-        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = ScaledLinear(cfg.d_model, cfg.vocab_size)
-        if cfg.tie_readout:
-            self.set_readout_tied(True)
+    embedding: ScaledEmbedding
+    lm_head: ScaledLinear
 
     @property
     def readout_tied(self) -> bool:
@@ -149,6 +142,20 @@ class MambaLM(nn.Module):
             self.lm_head.weight = self.embedding.weight
         else:
             self.lm_head.weight = nn.Parameter(torch.empty_like(self.embedding.weight))
+
+
+class MambaLM(TiedReadout, nn.Module):
+    """Token ids (B, L) → logits (B, L, vocab)."""
+
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = ScaledEmbedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(MambaBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = ScaledLinear(cfg.d_model, cfg.vocab_size)
+        if cfg.tie_readout:
+            self.set_readout_tied(True)
 
     @property
     def mixers(self) -> list[MambaMixer]:

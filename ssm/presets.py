@@ -29,12 +29,21 @@ from typing import Any
 
 from ssmscope.ssm.bases import DEFAULT_BASE, Base, builtin_base_names, load_base, resolve_base_name
 from ssmscope.ssm.config import FAMILY_OF_OPTIMIZER as FAMILY_OF_OPTIMIZER
-from ssmscope.ssm.config import Discretization, MambaConfig, Readout
+from ssmscope.ssm.config import Discretization, Readout
 from ssmscope.ssm.config import Optimizer as Optimizer
 from ssmscope.ssm.config import OptimizerFamily as OptimizerFamily
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.exponents import Exponents as Exponents
-from ssmscope.ssm.roles import FAN_IN, MULTIPLIER_ROLES, STRUCTURAL_RULES, Role, role_table
+from ssmscope.ssm.roles import (
+    FAN_IN,
+    MULTIPLIER_ROLES,
+    ROLES_OF_FAMILY,
+    STRUCTURAL_RULES,
+    Family,
+    Role,
+    family_of,
+    role_table,
+)
 from ssmscope.ssm.tomlfiles import builtin_toml_names, head_table, parse_fraction, read_builtin_or_file
 
 TIED_READOUT = ("lm_head.weight", "embedding.weight")
@@ -69,6 +78,13 @@ class Preset:
     """Forward multiplier of a tied readout ([roles.readout.tied]); None: readout_mult_exponents' default."""
     readout: Readout = Readout.BASE
     """The preset's readout treatment ([preset] readout): `base` lets the init base tie it or not."""
+    family: Family = Family.MAMBA
+    """The model family whose roles the preset scales ([preset] family)."""
+
+    @property
+    def roles(self) -> tuple[Role, ...]:
+        """The roles this preset has a rule for (its family's, ssm.roles.ROLES_OF_FAMILY)."""
+        return ROLES_OF_FAMILY[self.family]
 
     def scaling(self, role: Role, disc: Discretization | str) -> RoleScaling:
         """The exponents `role` gets under discretisation `disc` (its common rule, or that rule overridden)."""
@@ -87,7 +103,7 @@ EXPONENT_LIMIT = 8.0
 (width ratio)^exponent finite: a preset with nan, inf or 1e308 is refused when it loads, not trained)."""
 _EXP_KEYS = {"n_u", "n_x"}
 _ROLE_KEYS = {"init", "lr", "mult"}
-_HEAD_KEYS = ("name", "description", "base", "base_n_u", "base_n_x", "readout")
+_HEAD_KEYS = ("name", "description", "base", "base_n_u", "base_n_x", "readout", "family")
 
 
 def _exponents(path: str, table: Any) -> Exponents:
@@ -150,7 +166,7 @@ def _tied_mult(path: str, table: Any) -> Exponents:
     return _exponents(f"{path}.mult", table["mult"])
 
 
-def _head(source: str, table: Any) -> tuple[str, dict[str, int], str, Readout]:
+def _head(source: str, table: Any) -> tuple[str, dict[str, int], str, Readout, Family]:
     head, name = head_table(source, "preset", table, _HEAD_KEYS)
     widths = {}
     for key in ("base_n_u", "base_n_x"):
@@ -165,7 +181,7 @@ def _head(source: str, table: Any) -> tuple[str, dict[str, int], str, Readout]:
     readout = head.get("readout", Readout.BASE.value)
     if readout not in {r.value for r in Readout}:
         raise ConfigError(f"{source}: preset.readout={readout!r}; allowed: {', '.join(r.value for r in Readout)}")
-    return name, widths, base, Readout(readout)
+    return name, widths, base, Readout(readout), family_of(source, head, "preset")
 
 
 def parse_preset(data: Mapping[str, Any], source: str, *, resolve_base: bool = True) -> Preset:
@@ -178,17 +194,20 @@ def parse_preset(data: Mapping[str, Any], source: str, *, resolve_base: bool = T
     unknown = set(data) - {"preset", "roles"}
     if unknown:
         raise ConfigError(f"{source}: {sorted(unknown)[0]}: unknown key; allowed: preset, roles")
-    name, widths, base_name, readout = _head(source, data.get("preset"))
+    name, widths, base_name, readout, family = _head(source, data.get("preset"))
     base = None
     if resolve_base:
         try:
             base = load_base(base_name, relative_to=Path(source) if source.endswith(".toml") else None)
         except ConfigError as exc:
             raise ConfigError(f"{source}: preset.base: {exc}") from None
-    roles = role_table(source, data, "every role needs a rule")
+        if base.family != family:
+            raise ConfigError(f"{source}: preset.base={base_name!r} initialises family {base.family}, the preset "
+                              f"is for family {family}; allowed: a {family} base")
+    roles = role_table(source, data, "every role needs a rule", family)
     rules: dict[Discretization, dict[Role, RoleScaling]] = {d: {} for d in Discretization}
     tied_mult = None
-    for role in Role:
+    for role in ROLES_OF_FAMILY[family]:
         table = roles[role.value]
         path = f"{source}: roles.{role.value}"
         if not isinstance(table, dict):
@@ -206,12 +225,27 @@ def parse_preset(data: Mapping[str, Any], source: str, *, resolve_base: bool = T
             tied_mult = _tied_mult(f"{path}.tied", table["tied"])
     return Preset(name=name, description=str(data["preset"].get("description", "")),
                   base_n_u=widths["base_n_u"], base_n_x=widths["base_n_x"], rules=rules,
-                  source=source, base=base, tied_readout_mult=tied_mult, readout=readout)
+                  source=source, base=base, tied_readout_mult=tied_mult, readout=readout, family=family)
 
 
-def builtin_names() -> list[str]:
-    """Names of the built-in presets (the TOML files in ssm/presets/)."""
-    return builtin_toml_names("ssmscope.ssm", "presets")
+def builtin_names(family: Family | str | None = None) -> list[str]:
+    """Names of the built-in presets (the TOML files in ssm/presets/); with `family`, only that family's."""
+    names = builtin_toml_names("ssmscope.ssm", "presets")
+    if family is None:
+        return names
+    return [n for n in names if preset_family(n) == Family(family)]
+
+
+def preset_family(name_or_path: str | Path) -> Family:
+    """The family a preset names in its head (mamba when it names none or cannot be read: a broken preset fails
+    in its own run), read without validating the rest."""
+    try:
+        data, _ = read_builtin_or_file("ssmscope.ssm", "presets", "preset", name_or_path)
+    except ConfigError:
+        return Family.MAMBA
+    head = data.get("preset")
+    value = head.get("family", Family.MAMBA.value) if isinstance(head, dict) else Family.MAMBA.value
+    return Family(value) if value in Family._value2member_map_ else Family.MAMBA
 
 
 def load_preset(name_or_path: str | Path) -> Preset:
@@ -252,8 +286,7 @@ def original_exponents(base: Base) -> dict[Role, Exponents]:
     Structural and constant roles get 0.
     """
     out = {}
-    for role in Role:
-        rb = base.roles[role]
+    for role, rb in base.roles.items():
         if rb.fan_in_power and role in FAN_IN:
             f = FAN_IN[role]
             out[role] = Exponents(rb.fan_in_power * f.n_u, rb.fan_in_power * f.n_x)
@@ -269,29 +302,37 @@ def original_preset(base: Base | str, base_n_u: int = 32, base_n_x: int = 32) ->
     base = base if isinstance(base, Base) else load_base(base)
     exps = original_exponents(base)
     flat = {f: Exponents() for f in OptimizerFamily}
-    table = {role: RoleScaling(init=exps[role], lr=flat, mult=Exponents()) for role in Role}
+    table = {role: RoleScaling(init=exps[role], lr=flat, mult=Exponents()) for role in base.roles}
     return Preset(name=f"original-{base.name}", description=f"{base.name}'s own initialisation at every width",
                   base_n_u=base_n_u, base_n_x=base_n_x, rules={d: table for d in Discretization},
-                  source="original_preset", base=base, tied_readout_mult=Exponents())
+                  source="original_preset", base=base, tied_readout_mult=Exponents(), family=base.family)
 
 
 # ----------------------------------------------------------------------------- widths
 
 
-def width_ratios(cfg: MambaConfig, preset: Preset) -> tuple[float, float]:
-    """(N_u/N_u0, N_x/N_x0)."""
+def width_ratios(cfg: Any, preset: Preset) -> tuple[float, float]:
+    """(N_u/N_u0, N_x/N_x0): N_u = d_inner, N_x = d_state, for both families."""
     return cfg.d_inner / preset.base_n_u, cfg.d_state / preset.base_n_x
 
 
-def base_config(cfg: MambaConfig, preset: Preset) -> MambaConfig:
-    """The config at the preset's base width (same depth, expand, vocabulary)."""
+def base_config(cfg: Any, preset: Preset) -> Any:
+    """The config at the preset's base width (same depth, expand, vocabulary; for Mamba-2 the same head
+    dimension where it divides the base d_inner, else the same number of heads: a base's scales depend only
+    on d_model, d_inner, d_conv and n_layers, so either gives the same init)."""
     if preset.base_n_u % cfg.expand:
         raise ConfigError(f"preset {preset.name}: base_n_u={preset.base_n_u} is not a multiple "
                           f"of expand={cfg.expand}")
-    return replace(cfg, d_model=preset.base_n_u // cfg.expand, d_state=preset.base_n_x)
+    if not hasattr(cfg, "headdim"):
+        return replace(cfg, d_model=preset.base_n_u // cfg.expand, d_state=preset.base_n_x)
+    for headdim in (cfg.headdim, preset.base_n_u // cfg.nheads):
+        if headdim and preset.base_n_u % headdim == 0 and (preset.base_n_u // headdim) % cfg.ngroups == 0:
+            return replace(cfg, d_model=preset.base_n_u // cfg.expand, d_state=preset.base_n_x, headdim=headdim)
+    raise ConfigError(f"preset {preset.name}: base_n_u={preset.base_n_u} fits neither headdim={cfg.headdim} nor "
+                      f"nheads={cfg.nheads} with ngroups={cfg.ngroups}")
 
 
-def readout_tied(cfg: MambaConfig, preset: Preset) -> bool:
+def readout_tied(cfg: Any, preset: Preset) -> bool:
     """Whether the readout shares the embedding matrix: the config decides if it says, else the preset's own
     readout ([preset] readout), else its init base."""
     if cfg.tie_readout is not None:
@@ -301,7 +342,7 @@ def readout_tied(cfg: MambaConfig, preset: Preset) -> bool:
     return preset.init_base.tied_readout
 
 
-def readout_zero(cfg: MambaConfig, preset: Preset) -> bool:
+def readout_zero(cfg: Any, preset: Preset) -> bool:
     """Whether an untied readout starts at zero: the config's choice when it names a readout, else the preset's."""
     return cfg.zero_readout if cfg.tie_readout is not None else preset.readout.zero
 

@@ -5,6 +5,11 @@ A role groups the parameters that share one init rule and one width scaling: an 
 learning rate and multiplier scale with N_u and N_x. This module holds what is fixed by the
 architecture: the names, the fan-ins and which roles have a structural init. No default row: a
 parameter that no rule covers is reported by `ssmscope param show` and refused by `apply_preset`.
+
+Roles belong to a model family (`Family`): Mamba-1's S6 (`mamba`) and Mamba-2's SSD (`mamba2`) share the
+embedding, conv1d, A_log, D, out_proj, norms and readout, and each has its own projections (S6: in_proj, the
+three x_proj blocks, dt_proj; SSD: in_proj's five row blocks, dt_bias, the gated norm). A preset or base names
+its family and gives a rule for exactly that family's roles (ROLES_OF_FAMILY).
 """
 
 from __future__ import annotations
@@ -15,6 +20,13 @@ from enum import StrEnum
 from typing import Any
 
 from ssmscope.ssm.errors import ConfigError
+
+
+class Family(StrEnum):
+    """A kind of Mamba whose parameters have roles: S6 (Mamba-1) or SSD (Mamba-2)."""
+
+    MAMBA = "mamba"
+    MAMBA2 = "mamba2"
 
 
 class Role(StrEnum):
@@ -32,6 +44,25 @@ class Role(StrEnum):
     OUT_PROJ = "out_proj"
     NORM = "norm"  # RMSNorm gains (per block and final)
     READOUT = "readout"  # lm_head (its own matrix, or the embedding's when tied)
+    # Mamba-2 (SSD): in_proj's row blocks, each a map from d_model (fan-out in brackets)
+    IN_PROJ_Z = "in_proj_z"  # the gate z (d_inner)
+    IN_PROJ_X = "in_proj_x"  # the scan input x, before the conv (d_inner)
+    IN_PROJ_B = "in_proj_B"  # B (ngroups·d_state): fan-out fixed unless N_x scales
+    IN_PROJ_C = "in_proj_C"  # C (ngroups·d_state)
+    IN_PROJ_DT = "in_proj_dt"  # Δ's pre-activation, one per head (nheads)
+    DT_BIAS = "dt_bias"  # b_Δ per head
+    GATED_NORM = "gated_norm"  # the gated RMSNorm's gain (d_inner)
+
+
+ROLES_OF_FAMILY: dict[Family, tuple[Role, ...]] = {
+    Family.MAMBA: (Role.EMBEDDING, Role.IN_PROJ, Role.CONV_WEIGHT, Role.CONV_BIAS, Role.X_PROJ_DT, Role.X_PROJ_B,
+                   Role.X_PROJ_C, Role.DT_PROJ_WEIGHT, Role.DT_PROJ_BIAS, Role.A_LOG, Role.D, Role.OUT_PROJ,
+                   Role.NORM, Role.READOUT),
+    Family.MAMBA2: (Role.EMBEDDING, Role.IN_PROJ_Z, Role.IN_PROJ_X, Role.IN_PROJ_B, Role.IN_PROJ_C,
+                    Role.IN_PROJ_DT, Role.CONV_WEIGHT, Role.CONV_BIAS, Role.DT_BIAS, Role.A_LOG, Role.D,
+                    Role.GATED_NORM, Role.OUT_PROJ, Role.NORM, Role.READOUT),
+}
+"""The roles of each family, in the order `param show` lists them."""
 
 
 class InitKind(StrEnum):
@@ -48,7 +79,12 @@ class InitKind(StrEnum):
 # (ssm.apply._structural_init implements them; a base names one per role).
 STRUCTURAL_RULES: dict[Role, tuple[str, ...]] = {
     Role.DT_PROJ_BIAS: ("inverse_softplus_log_uniform_dt",),  # softplus⁻¹(Δ), Δ log-uniform in [dt_min, dt_max]
-    Role.A_LOG: ("s4d_real",),  # A_log = log(n + 1): A[i, n] = −(n + 1)
+    Role.DT_BIAS: ("inverse_softplus_log_uniform_dt",),  # the same per Mamba-2 head
+    Role.A_LOG: (
+        "s4d_real",  # S6: A_log = log(n + 1), A[i, n] = −(n + 1)
+        "log_uniform_a",  # SSD, state-spaces/mamba: A ~ U(a_init_range) per head, A_log = log A
+        "log_arange_heads",  # SSD, transformers: A_log = log(1 … nheads), width-dependent
+    ),
 }
 
 
@@ -74,12 +110,18 @@ FAN_IN: dict[Role, FanIn] = {
     Role.DT_PROJ_WEIGHT: FanIn("rank", 1),  # R = ceil(d_model/16)
     Role.OUT_PROJ: FanIn("d_inner", 1),
     Role.READOUT: FanIn("d_model", 1),
+    Role.IN_PROJ_Z: FanIn("d_model", 1),
+    Role.IN_PROJ_X: FanIn("d_model", 1),
+    Role.IN_PROJ_B: FanIn("d_model", 1),
+    Role.IN_PROJ_C: FanIn("d_model", 1),
+    Role.IN_PROJ_DT: FanIn("d_model", 1),
 }
 
 # Roles whose module can apply a forward multiplier (the others are not plain linear maps).
 MULTIPLIER_ROLES = frozenset(
     {Role.EMBEDDING, Role.IN_PROJ, Role.X_PROJ_DT, Role.X_PROJ_B, Role.X_PROJ_C,
-     Role.DT_PROJ_WEIGHT, Role.OUT_PROJ, Role.READOUT}
+     Role.DT_PROJ_WEIGHT, Role.OUT_PROJ, Role.READOUT, Role.IN_PROJ_Z, Role.IN_PROJ_X, Role.IN_PROJ_B,
+     Role.IN_PROJ_C, Role.IN_PROJ_DT}
 )
 
 # Parameter name (with "layers.<k>." removed) → role. The one place names meet roles.
@@ -99,6 +141,14 @@ ROLE_OF_NAME: dict[str, Role] = {
     "mixer.out_proj.weight": Role.OUT_PROJ,
     "norm_f.weight": Role.NORM,
     "lm_head.weight": Role.READOUT,
+    # Mamba-2 (ssm.mamba2); conv1d, A_log, D, out_proj and the norms have the names above
+    "mixer.in_proj.z.weight": Role.IN_PROJ_Z,
+    "mixer.in_proj.x.weight": Role.IN_PROJ_X,
+    "mixer.in_proj.B.weight": Role.IN_PROJ_B,
+    "mixer.in_proj.C.weight": Role.IN_PROJ_C,
+    "mixer.in_proj.dt.weight": Role.IN_PROJ_DT,
+    "mixer.dt_bias": Role.DT_BIAS,
+    "mixer.norm.weight": Role.GATED_NORM,
 }
 
 # Module owning each multiplier-capable role, relative to the layer (or the LM for the ends).
@@ -111,6 +161,11 @@ MODULE_OF_ROLE: dict[Role, str] = {
     Role.DT_PROJ_WEIGHT: "mixer.dt_proj",
     Role.OUT_PROJ: "mixer.out_proj",
     Role.READOUT: "lm_head",
+    Role.IN_PROJ_Z: "mixer.in_proj.z",
+    Role.IN_PROJ_X: "mixer.in_proj.x",
+    Role.IN_PROJ_B: "mixer.in_proj.B",
+    Role.IN_PROJ_C: "mixer.in_proj.C",
+    Role.IN_PROJ_DT: "mixer.in_proj.dt",
 }
 
 _LAYER_PREFIX = re.compile(r"^layers\.(\d+)\.")
@@ -127,19 +182,28 @@ def role_of(name: str) -> Role | None:
     return ROLE_OF_NAME.get(split_name(name)[1])
 
 
-def role_table(source: str, data: dict[str, Any], what: str) -> dict[str, Any]:
-    """The `[roles]` table of a preset or base TOML, checked to name every role exactly once.
+def family_of(source: str, table: dict[str, Any], head: str) -> Family:
+    """The family a preset's or base's head table names (`family = "mamba2"`; default `mamba`), one-line errors."""
+    value = table.get("family", Family.MAMBA.value)
+    if value not in Family._value2member_map_:
+        raise ConfigError(f"{source}: {head}.family={value!r}; allowed: {', '.join(f.value for f in Family)}")
+    return Family(value)
+
+
+def role_table(source: str, data: dict[str, Any], what: str, family: Family = Family.MAMBA) -> dict[str, Any]:
+    """The `[roles]` table of a preset or base TOML, checked to name every role of `family` exactly once.
 
     `what` ends the message for a missing role ("every role needs a rule"). Errors are one line naming
     the file and the key, e.g. "sp.toml: roles.x_proj_Q: unknown role; allowed: …"."""
     roles = data.get("roles")
     if not isinstance(roles, dict):
         raise ConfigError(f"{source}: missing table [roles]")
-    allowed = ", ".join(r.value for r in Role)
+    own = ROLES_OF_FAMILY[family]
+    allowed = ", ".join(r.value for r in own)
     for key in roles:
-        if key not in Role._value2member_map_:
-            raise ConfigError(f"{source}: roles.{key}: unknown role; allowed: {allowed}")
-    missing = [r.value for r in Role if r.value not in roles]
+        if key not in Role._value2member_map_ or Role(key) not in own:
+            raise ConfigError(f"{source}: roles.{key}: unknown role for family {family}; allowed: {allowed}")
+    missing = [r.value for r in own if r.value not in roles]
     if missing:
         raise ConfigError(f"{source}: roles.{missing[0]}: missing; {what} (roles: {allowed})")
     return roles

@@ -24,7 +24,7 @@ from ssmscope.runs.sweeps.spec import RunConfig, load_spec, parse_spec
 from ssmscope.ssm import ConfigError, MambaConfig, MambaLM, apply_preset, load_preset, plan
 from ssmscope.ssm.bases import LEGACY_BASE, builtin_base_names, load_base
 from ssmscope.ssm.presets import original_exponents, original_preset
-from ssmscope.ssm.roles import STRUCTURAL_RULES, InitKind, Role
+from ssmscope.ssm.roles import ROLES_OF_FAMILY, STRUCTURAL_RULES, Family, InitKind, Role
 
 Z = 5.0  # tolerance in standard errors (a false alarm rate below 1e-6 per check)
 
@@ -218,7 +218,7 @@ def test_sp_exponents_are_mambas_own_width_laws():
     for base in ("mamba", LEGACY_BASE):
         exps = original_exponents(load_base(base))
         for disc in ("zoh", "euler"):
-            for role in Role:
+            for role in ROLES_OF_FAMILY[Family.MAMBA]:
                 if role not in STRUCTURAL_RULES:
                     assert sp.scaling(role, disc).init == exps[role], (base, role)
     assert sp.tied_readout_mult is not None and sp.tied_readout_mult.n_u == 0
@@ -440,7 +440,7 @@ def test_builtin_bases_load():
     assert set(builtin_base_names()) >= {"mamba", "hf", LEGACY_BASE}
     for name in builtin_base_names():
         b = load_base(name)
-        assert set(b.roles) == set(Role) and b.name == name
+        assert set(b.roles) == set(ROLES_OF_FAMILY[b.family]) and b.name == name
 
 
 @pytest.mark.parametrize(
@@ -454,7 +454,8 @@ def test_builtin_bases_load():
         ("std = 0.02", "std = 0.02\nbound = 1", r"roles\.embedding\.bound: not used by dist normal"),
         ("std = 0.02", "std = 0.02\nfan_in_power = -1",
          r"roles\.embedding\.fan_in_power: role embedding has no fan-in"),
-        ('rule = "s4d_real"', 'rule = "hippo"', r"roles\.A_log\.rule='hippo'; allowed: s4d_real"),
+        ('rule = "s4d_real"', 'rule = "hippo"', r"roles\.A_log\.rule='hippo'; "
+         "allowed: s4d_real, log_uniform_a, log_arange_heads"),
         ('dist = "constant"\nvalue = 1\n\n[roles.out_proj]',
          'dist = "structural"\nrule = "s4d_real"\n\n[roles.out_proj]',
          r"roles\.D\.dist='structural'; allowed for role D: normal, uniform, constant"),
@@ -492,8 +493,8 @@ def test_missing_role_and_unknown_base_name():
         from ssmscope.ssm.bases import parse_base
 
         parse_base(tomllib.loads(cut), "cut.toml")
-    with pytest.raises(ConfigError, match=r"allowed: hf, mamba, ssmscope-v0 or a \.toml file"):
-        load_base("mamba2")
+    with pytest.raises(ConfigError, match=r"allowed: hf, hf-mamba2, mamba, mamba2, ssmscope-v0 or a \.toml file"):
+        load_base("mamba3")
 
 
 def test_param_show_prints_distribution_std_and_base():

@@ -16,7 +16,7 @@ from ssmscope.ssm import ConfigError, MambaConfig, MambaLM, apply_preset, build_
 from ssmscope.ssm.config import FAMILY_OF_OPTIMIZER, Optimizer, OptimizerFamily
 from ssmscope.ssm.exponents import Exponents
 from ssmscope.ssm.presets import builtin_names
-from ssmscope.ssm.roles import STRUCTURAL_RULES, InitKind, Role, role_of
+from ssmscope.ssm.roles import ROLES_OF_FAMILY, STRUCTURAL_RULES, Family, InitKind, Role, role_of
 from ssmscope.ssm.tomlfiles import parse_fraction, parse_number
 
 # --- init std and learning rates, derived by hand from the TOML tables -------------------------------------
@@ -178,11 +178,13 @@ def test_mup_ssm_scales_W_C_init_with_state_size_only_under_euler():
 
 def test_every_builtin_preset_covers_every_parameter():
     cfg = MambaConfig(d_model=32, d_state=16)
-    for name in builtin_names():
+    names = builtin_names(Family.MAMBA)
+    assert {"sp", "mup", "mup-ssm"} <= set(names) and "mamba2-sp" not in names
+    for name in names:
         for base in (None, "ssmscope-v0"):
             rows = plan(MambaLM(cfg), cfg, load_preset(name), "sgd", 0.1, base=base)
             assert all(r.role is not None for r in rows), name
-            assert {r.role for r in rows} == set(Role), name
+            assert {r.role for r in rows} == set(ROLES_OF_FAMILY[Family.MAMBA]), name
 
 
 def test_a_tiny_model_learns_on_cpu():
@@ -213,7 +215,7 @@ base_n_x = 16
 
 def _roles_toml(skip: str | None = None, extra: str = "") -> str:
     lines = []
-    for role in Role:
+    for role in ROLES_OF_FAMILY[Family.MAMBA]:
         if role.value == skip:
             continue
         init = "{}" if role in STRUCTURAL_RULES else "{n_u = '-1/2'}"

@@ -29,7 +29,6 @@ from ssmscope.ssm.config import Discretization, OptimizerFamily
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.exponents import Pair
 from ssmscope.ssm.presets import load_preset
-from ssmscope.ssm.roles import Role
 
 SCALED = ("init", "lr", "mult")
 """What a preset scales per role: init std (or value), learning rate, forward multiplier."""
@@ -55,7 +54,7 @@ def resolve(preset: str, discretization: str, optimizer: str) -> Resolved | None
     except (ConfigError, ValueError):
         return None
     roles = {}
-    for role in Role:
+    for role in loaded.roles:
         rule = loaded.scaling(role, disc)
         roles[role.value] = {"init": rule.init.pair, "lr": rule.lr[OptimizerFamily(family)].pair,
                              "mult": rule.mult.pair}
