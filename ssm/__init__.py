@@ -2,6 +2,7 @@
 
 Knows nothing of probes or storage. Main entry points:
   MambaConfig, MambaLM           — the model (ssm.config, ssm.model)
+  Mamba2Config, Mamba2LM         — Mamba-2 (SSD) (ssm.mamba2); build_model(cfg) builds either family
   load_preset                    — parameterizations as data, torch-free (ssm.presets)
   apply_preset, build_optimizer  — a preset applied to a model and its optimizer (ssm.apply)
   load_base                      — init bases: Mamba's, transformers' and the legacy constants (ssm.bases)
@@ -23,6 +24,9 @@ _EXPORTS = {
     "MambaConfig": "ssmscope.ssm.config",
     "ScanBackend": "ssmscope.ssm.config",
     "MambaLM": "ssmscope.ssm.model",
+    "Mamba2Config": "ssmscope.ssm.mamba2",
+    "Mamba2LM": "ssmscope.ssm.mamba2",
+    "build_model": "ssmscope.ssm.mamba2",
     "Optimizer": "ssmscope.ssm.config",
     "apply_preset": "ssmscope.ssm.apply",
     "build_optimizer": "ssmscope.ssm.apply",
@@ -33,15 +37,33 @@ _EXPORTS = {
     "StateProbe": "ssmscope.ssm.scan.types",
     "selective_scan": "ssmscope.ssm.scan.dispatch",
 }
-__all__ = ["ConfigError", "Discretization", "MambaConfig", "MambaLM", "Optimizer", "ScanBackend", "ScanInputs",
-           "StateProbe", "apply_preset", "build_optimizer", "load_base", "load_preset", "original_preset", "plan",
-           "selective_scan"]
+__all__ = [
+    "ConfigError",
+    "Discretization",
+    "Mamba2Config",
+    "Mamba2LM",
+    "MambaConfig",
+    "MambaLM",
+    "Optimizer",
+    "ScanBackend",
+    "ScanInputs",
+    "StateProbe",
+    "apply_preset",
+    "build_model",
+    "build_optimizer",
+    "load_base",
+    "load_preset",
+    "original_preset",
+    "plan",
+    "selective_scan",
+]
 
 if TYPE_CHECKING:
     from ssmscope.ssm.apply import apply_preset, build_optimizer, plan
     from ssmscope.ssm.bases import load_base
     from ssmscope.ssm.config import Discretization, MambaConfig, Optimizer, ScanBackend
     from ssmscope.ssm.errors import ConfigError
+    from ssmscope.ssm.mamba2 import Mamba2Config, Mamba2LM, build_model
     from ssmscope.ssm.model import MambaLM
     from ssmscope.ssm.presets import load_preset, original_preset
     from ssmscope.ssm.scan.dispatch import selective_scan

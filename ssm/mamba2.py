@@ -293,3 +293,10 @@ def init_mamba2(model: Mamba2LM, seed: int) -> Mamba2LM:
         if not model.readout_tied:
             model.lm_head.reset_parameters()
     return model
+
+
+def build_model(cfg: object, scan: str | None = None) -> nn.Module:
+    """The LM a model config describes: Mamba2LM for a Mamba2Config, MambaLM for an ssm.config.MambaConfig."""
+    from ssmscope.ssm.model import MambaLM
+
+    return Mamba2LM(cfg, scan) if isinstance(cfg, Mamba2Config) else MambaLM(cfg)  # type: ignore[arg-type]

@@ -2,7 +2,9 @@
 
 A spec is a grid: widths (joint N_u = N_x, or separate N_u and N_x lists) × presets ×
 discretisations × optimizers × learning rates × seeds (× init bases, default each preset's own),
-with one training recipe. Every
+with one training recipe. The recipe names the model family (`train.model`: "mamba", S6, the default; or
+"mamba2", SSD) and, for Mamba-2, how a width N_u = d_inner = nheads × headdim is made: more heads of a fixed
+`headdim` (the default), or wider heads of a fixed `nheads` (when `nheads` is set). Every
 value is validated at load time; errors name the TOML key, the value and what is allowed.
 Imports only the standard library, ssm and runs.sweeps.ids (the worker path runs on bare GPU nodes).
 """
@@ -13,14 +15,18 @@ import itertools
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ssmscope.runs.sweeps.ids import run_id_of
 from ssmscope.ssm.bases import LEGACY_BASE, builtin_base_names, load_base
 from ssmscope.ssm.config import Discretization, MambaConfig, Optimizer, Readout
 from ssmscope.ssm.errors import ConfigError
-from ssmscope.ssm.presets import builtin_names, preset_base_name, preset_readout
+from ssmscope.ssm.presets import builtin_names, preset_base_name, preset_family, preset_readout
+from ssmscope.ssm.roles import Family
 from ssmscope.ssm.tomlfiles import builtin_toml_names, read_builtin_or_file
+
+if TYPE_CHECKING:
+    from ssmscope.ssm.mamba2 import Mamba2Config
 
 TASKS = ("pydoc", "copy")
 INT64_MAX = 2**63 - 1
@@ -30,7 +36,8 @@ SEED_MAX = INT64_MAX
 (torch.manual_seed takes up to 2^64 − 1, so it is not the limit)."""
 
 HASH_OMITTED_DEFAULTS: dict[str, Any] = {"base": LEGACY_BASE, "param_every": 1, "readout": Readout.BASE.value,
-                                         "readout_probes": False}
+                                         "readout_probes": False, "model": Family.MAMBA.value, "headdim": 16,
+                                         "nheads": 0, "ngroups": 1, "chunk_size": 64, "norm": "group"}
 """Fields newer than some stored runs, and the value those runs had: left out of run ids at that value."""
 
 
@@ -83,13 +90,33 @@ class RunConfig:
     """How the readout is treated (ssm.config.Readout): as the base says, tied, untied or untied-zero."""
     readout_probes: bool = False
     """Record the logits and the split of the embedding/readout gradient (probes.observer, readout probes)."""
+    model: str = Family.MAMBA.value
+    """The model family (ssm.roles.Family): "mamba" (S6, ssm.model.MambaLM) or "mamba2" (SSD, ssm.mamba2.Mamba2LM)."""
+    headdim: int = 16
+    """Mamba-2: the head dimension P when widths add heads (nheads = 0)."""
+    nheads: int = 0
+    """Mamba-2: a fixed number of heads, widths widening each head (headdim = N_u / nheads); 0: add heads."""
+    ngroups: int = 1
+    """Mamba-2: groups of heads sharing B and C (fixed across widths)."""
+    chunk_size: int = 64
+    """Mamba-2: the chunked SSD scan's chunk length (a performance choice: the numbers agree to fp tolerance)."""
+    norm: str = "group"
+    """Mamba-2: the gated RMSNorm per group (state-spaces/mamba) or over the whole d_inner ("full")."""
 
     @property
     def d_model(self) -> int:
         return self.n_u // self.expand
 
-    def model_config(self, scan: str = "auto") -> MambaConfig:
+    def model_config(self, scan: str = "auto") -> MambaConfig | Mamba2Config:
         readout = Readout(self.readout)
+        if self.model == Family.MAMBA2:
+            from ssmscope.ssm.mamba2 import Mamba2Config  # torch: only where a model is built
+
+            headdim = self.n_u // self.nheads if self.nheads else self.headdim
+            return Mamba2Config(d_model=self.d_model, d_state=self.n_x, n_layers=self.n_layers, vocab_size=256,
+                                expand=self.expand, headdim=headdim, ngroups=self.ngroups, dt_min=self.dt_min,
+                                dt_max=self.dt_max, norm=self.norm, chunk_size=self.chunk_size,
+                                tie_readout=readout.tie, zero_readout=readout.zero)
         return MambaConfig(d_model=self.d_model, d_state=self.n_x, n_layers=self.n_layers,
                            expand=self.expand, dt_min=self.dt_min, dt_max=self.dt_max,
                            discretization=self.discretization, vocab_size=256, scan=scan,
@@ -116,6 +143,9 @@ class RunConfig:
 
 _RECIPE_KEYS = {f.name for f in fields(RunConfig)} - {
     "preset", "discretization", "optimizer", "lr", "seed", "n_u", "n_x", "base", "readout"}
+_MAMBA2_KEYS = ("headdim", "nheads", "ngroups", "chunk_size", "norm")
+_CHOICES: dict[str, tuple[str, ...]] = {"task": TASKS, "model": tuple(f.value for f in Family),
+                                        "norm": ("group", "full")}
 _GRID_KEYS = {"widths", "n_u", "n_x", "presets", "bases", "readouts", "discretizations", "optimizers", "lrs",
               "seeds"}
 
@@ -165,16 +195,23 @@ def _recipe(path: str, table: Any) -> dict[str, Any]:
             if not isinstance(v, bool):
                 raise ConfigError(f"{path}.{key}={v!r}; allowed: true or false")
         elif t == "int":
-            if (isinstance(v, bool) or not isinstance(v, int) or (v <= 0 and key not in ("eval_every",)) or v < 0
+            if (isinstance(v, bool) or not isinstance(v, int) or (v <= 0 and key not in ("eval_every", "nheads"))
+                    or v < 0
                     or v > INT64_MAX):
                 raise ConfigError(f"{path}.{key}={v!r}; allowed: a positive integer (at most 2^63 - 1)")
         elif t == "float":
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"{path}.{key}={v!r}; allowed: a finite non-negative number")
             v = float(v)
-        elif key == "task" and v not in TASKS:
-            raise ConfigError(f"{path}.{key}={v!r}; allowed: {', '.join(TASKS)}")
+        elif key in _CHOICES and v not in _CHOICES[key]:
+            raise ConfigError(f"{path}.{key}={v!r}; allowed: {', '.join(_CHOICES[key])}")
         out[key] = v
+    if "headdim" in out and out.get("nheads", 0):
+        raise ConfigError(f"{path}.headdim: give headdim (widths add heads) or nheads (widths widen heads), not both")
+    if out.get("model", Family.MAMBA) == Family.MAMBA:
+        stray = sorted(set(out) & set(_MAMBA2_KEYS))
+        if stray:
+            raise ConfigError(f"{path}.{stray[0]}: a Mamba-2 key; set {path}.model = \"mamba2\" to use it")
     if out.get("dt_min", 1e-3) <= 0 or out.get("dt_min", 1e-3) > out.get("dt_max", 0.1):
         raise ConfigError(f"{path}.dt_min/dt_max: allowed 0 < dt_min <= dt_max")
     return out
@@ -234,15 +271,25 @@ def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
         shapes = list(itertools.product(nu, nx))
     else:
         raise ConfigError("grid.widths: missing; give widths (joint) or both n_u and n_x")
+    recipe = _recipe("train", data.get("train", {}))
+    family = Family(recipe.get("model", Family.MAMBA))
     presets = _list("grid.presets", grid.get("presets"), str)
     for i, p in enumerate(presets):
         if p not in builtin_names() and not p.endswith(".toml"):
-            raise ConfigError(f"grid.presets[{i}]={p!r}; allowed: {', '.join(builtin_names())} or a .toml path")
+            own = ", ".join(builtin_names(family))
+            raise ConfigError(f"grid.presets[{i}]={p!r}; allowed: {own} or a .toml path")
         if p not in builtin_names() and not Path(p).is_file():
             raise ConfigError(f"grid.presets[{i}]={p!r}: no such file (a relative path is read from {Path.cwd()})")
+        if preset_family(p) != family:
+            raise ConfigError(f"grid.presets[{i}]={p!r} is a {preset_family(p)} preset and train.model is {family}; "
+                              f"allowed: {', '.join(builtin_names(family))} or a {family} preset file")
     bases = _bases(grid.get("bases"), presets)
-    discs = _list("grid.discretizations", grid.get("discretizations", ["zoh", "euler"]), str,
+    default_discs = ["zoh", "euler"] if family == Family.MAMBA else [Discretization.EULER.value]
+    discs = _list("grid.discretizations", grid.get("discretizations", default_discs), str,
                   allowed=[d.value for d in Discretization])
+    if family == Family.MAMBA2 and discs != [Discretization.EULER.value]:
+        raise ConfigError(f"grid.discretizations={discs!r}: Mamba-2's SSD has one discretisation (exp(Δ·a), Δ·B), "
+                          "which ssmscope calls euler; allowed: [\"euler\"] or leave it out")
     opts = _list("grid.optimizers", grid.get("optimizers", ["adam"]), str,
                  allowed=[o.value for o in Optimizer])
     lrs = _list("grid.lrs", grid.get("lrs"), float, positive=True)
@@ -251,11 +298,12 @@ def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
     for i, seed in enumerate(seeds):
         if not 0 <= seed <= SEED_MAX:
             raise ConfigError(f"grid.seeds[{i}]={seed}; allowed: an integer from 0 to 2^63 - 1 ({SEED_MAX})")
-    recipe = _recipe("train", data.get("train", {}))
     expand = recipe.get("expand", 2)
     for n_u, _ in shapes:
         if n_u % expand:
             raise ConfigError(f"grid: N_u={n_u} is not a multiple of train.expand={expand}")
+        if family == Family.MAMBA2:
+            _check_heads(n_u, recipe)
     runs = tuple(
         RunConfig(preset=p, discretization=d, optimizer=o, lr=lr, seed=s, n_u=n_u, n_x=n_x, base=b, readout=r,
                   **recipe)
@@ -263,6 +311,21 @@ def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
         for b in bases[p] for r in readouts[p]
     )
     return SweepSpec(name=name, description=head.get("description", ""), runs=runs, source=source)
+
+
+def _check_heads(n_u: int, recipe: dict[str, Any]) -> None:
+    """A Mamba-2 width N_u must split into whole heads, and its heads into the groups (one-line errors)."""
+    nheads, headdim, ngroups = recipe.get("nheads", 0), recipe.get("headdim", 16), recipe.get("ngroups", 1)
+    if nheads:
+        if n_u % nheads:
+            raise ConfigError(f"grid: N_u={n_u} is not a multiple of train.nheads={nheads} (widths widen the heads)")
+        heads = nheads
+    else:
+        if n_u % headdim:
+            raise ConfigError(f"grid: N_u={n_u} is not a multiple of train.headdim={headdim} (widths add heads)")
+        heads = n_u // headdim
+    if heads % ngroups:
+        raise ConfigError(f"grid: N_u={n_u} gives {heads} heads, not a multiple of train.ngroups={ngroups}")
 
 
 def builtin_specs() -> list[str]:

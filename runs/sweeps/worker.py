@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ssmscope.probes import Observer
+from ssmscope.probes import observer_for
 from ssmscope.runs.store.schema import RunStatus
 from ssmscope.runs.store.shards import write_shard
 from ssmscope.runs.sweeps import corpus as data
@@ -25,7 +25,7 @@ from ssmscope.runs.sweeps.loop import ProgressFn, RunOutcome, Schedule, next_tok
 from ssmscope.runs.sweeps.loop import train_and_probe as run_loop
 from ssmscope.runs.sweeps.record import now_iso, provenance, run_record
 from ssmscope.runs.sweeps.spec import RunConfig
-from ssmscope.ssm import MambaLM, apply_preset, build_optimizer, load_preset
+from ssmscope.ssm import apply_preset, build_model, build_optimizer, load_preset
 from ssmscope.ssm.scan import backend_that_runs
 
 
@@ -34,7 +34,7 @@ def train_run(cfg: RunConfig, device: torch.device, scan: str = "auto",
     """Build one config's model, optimizer and observer (seeded, under its preset and init base) and run the loop."""
     torch.manual_seed(cfg.seed)
     model_cfg = cfg.model_config(scan=scan)
-    model = MambaLM(model_cfg)
+    model = build_model(model_cfg)  # the spec's family: MambaLM or Mamba2LM
     groups = apply_preset(model, model_cfg, load_preset(cfg.preset), cfg.optimizer, cfg.lr, seed=cfg.seed,
                           base=cfg.base)
     model.to(device)
@@ -48,7 +48,7 @@ def train_run(cfg: RunConfig, device: torch.device, scan: str = "auto",
         return [data.batch(cfg.task, "held_out", cfg.batch, cfg.seq_len, data.eval_batch_seed(cfg.seed, i)).to(device)
                 for i in range(cfg.eval_batches)]
 
-    observer = Observer(model, grads=cfg.grads, state_prev=cfg.state_delta_prev, param_every=cfg.param_every,
+    observer = observer_for(model, grads=cfg.grads, state_prev=cfg.state_delta_prev, param_every=cfg.param_every,
                         readout=cfg.readout_probes)
     schedule = Schedule(steps=cfg.steps, log_every=cfg.log_every, eval_every=cfg.eval_every,
                         group_probes=cfg.group_probes)
