@@ -20,17 +20,19 @@ SCHEMA_VERSION = 1
 
 
 class Site(StrEnum):
-    X = "x"  # latent state x_t (B, L, ED, N), from inside the scan
-    Y = "y"  # S6 output C·x + D⊙u (B, L, ED), before the gate
-    CX = "cx"  # the state readout C·x alone (B, L, ED)
+    X = "x"  # latent state x_t (B, L, ED, N), from inside the scan (Mamba-2: the SSD state h_t, (B, L, H·P, N))
+    Y = "y"  # S6 output C·x + D⊙u (B, L, ED), before the gate (Mamba-2: the SSD output h·C + D_h·x)
+    CX = "cx"  # the state readout C·x alone (B, L, ED) (Mamba-2: h·C = y − D_h·x)
     BLOCK_OUT = "block_out"  # Mamba block output after out_proj (B, L, D)
     GRAD_Y = "grad_y"  # ∂L/∂y (B, L, ED)
-    GRAD_X = "grad_x"  # adjoint ∂L/∂x_t (B, L, ED, N)
+    GRAD_X = "grad_x"  # adjoint ∂L/∂x_t (B, L, ED, N) (Mamba-2: ∂L/∂h_t)
     PARAM = "param"  # a parameter tensor (group = its role)
     LOGITS = "logits"  # the readout's output (B, L, vocab): its value and change on the probe batch (readout probes)
     READOUT_GRAD = "readout_grad"  # ∂L/∂W of the embedding and readout matrices on the probe batch, split by use
     # (group: "input" = the embedding lookup's share, "readout" = the readout's share, "shared" = their sum when
     # the two are one tied matrix); readout probes only
+    IN_PROJ = "in_proj"  # Mamba-2 only: one row block of in_proj's output (B, L, rows) on the probe batch, group = the
+    # block (z, x, B, C, dt); value and Δ since init / the previous logged step: which slices a µP recipe moves
 
 
 class Quantity(StrEnum):

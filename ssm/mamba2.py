@@ -28,6 +28,7 @@ from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.model import RMSNorm, ScaledEmbedding, ScaledLinear, TiedReadout
 from ssmscope.ssm.roles import Family
 from ssmscope.ssm.scan.ssd import ssd_chunked, ssd_reference
+from ssmscope.ssm.scan.ssd_probe import SSDStateProbe
 
 IN_PROJ_BLOCKS = ("z", "x", "B", "C", "dt")
 """in_proj's row blocks in the originals' row order."""
@@ -186,7 +187,11 @@ class GatedRMSNorm(nn.Module):
 
 
 class Mamba2Mixer(nn.Module):
-    """One Mamba-2 mixer: (Bt, L, d_model) → (Bt, L, d_model). `scan` overrides the config's scan choice."""
+    """One Mamba-2 mixer: (Bt, L, d_model) → (Bt, L, d_model). `scan` overrides the config's scan choice.
+
+    `probe` (set by an observer, never by the model; None: no cost) is handed the next forward's scan inputs and
+    output (ssm.scan.ssd_probe.SSDStateProbe), from which it computes the state statistics aside.
+    """
 
     def __init__(self, cfg: Mamba2Config, scan: str | None = None):
         super().__init__()
@@ -206,6 +211,7 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = ScaledLinear(ed, cfg.d_model)
         self.ssm_input = nn.Identity()  # hook point: x after conv + SiLU
         self.ssm_output = nn.Identity()  # hook point: the scan's y (before the gated norm)
+        self.probe: SSDStateProbe | None = None
 
     def forward(self, hidden: Tensor) -> Tensor:
         cfg = self.cfg
@@ -223,6 +229,8 @@ class Mamba2Mixer(nn.Module):
         args = (x.reshape(bt, length, h, cfg.headdim), delta, A, B.reshape(bt, length, cfg.ngroups, cfg.d_state),
                 C.reshape(bt, length, cfg.ngroups, cfg.d_state), self.D)
         y = ssd_chunked(*args, chunk_size=cfg.chunk_size) if self.scan == "chunked" else ssd_reference(*args)
+        if self.probe is not None:
+            self.probe.observe(*args, y)
         y = self.ssm_output(y.reshape(bt, length, ed))
         return self.out_proj(self.norm(y, z))
 
