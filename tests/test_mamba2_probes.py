@@ -43,10 +43,10 @@ def _chan(states: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([s.square().sum(-1).flatten(-2) for s in states], dim=1)
 
 
-@pytest.mark.parametrize("ngroups", [1, 2])
-def test_state_and_delta_sums_match_brute_force(ngroups):
+@pytest.mark.parametrize("ngroups,chunk", [(1, 16), (2, 1), (2, 3)])
+def test_state_and_delta_sums_match_brute_force(ngroups, chunk):
     cur, ref, ref2 = (_inputs(s, ngroups=ngroups) for s in (0, 1, 2))
-    probe = SSDStateProbe(references={"init": ref, "prev": ref2})
+    probe = SSDStateProbe(references={"init": ref, "prev": ref2}, chunk=chunk)
     probe.observe(*cur, y=ssd_reference(*cur))
     hs = _states(cur)
     torch.testing.assert_close(probe.state_sumsq, _chan(hs), rtol=1e-12, atol=0)
@@ -57,12 +57,12 @@ def test_state_and_delta_sums_match_brute_force(ngroups):
         assert probe.delta_maxabs[name].item() == pytest.approx(max(d.abs().max().item() for d in diffs), rel=1e-14)
 
 
-@pytest.mark.parametrize("ngroups", [1, 2])
-def test_adjoint_matches_autograd(ngroups):
+@pytest.mark.parametrize("ngroups,chunk", [(1, 16), (2, 1), (2, 3)])
+def test_adjoint_matches_autograd(ngroups, chunk):
     cur = _inputs(3, ngroups=ngroups)
     w = torch.randn(cur.x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     x = cur.x.clone().requires_grad_()
-    probe = SSDStateProbe(want_grad=True)
+    probe = SSDStateProbe(want_grad=True, chunk=chunk)
     args = (x, *cur[1:])
     y = ssd_reference(*args)
     probe.observe(*args, y=y)
@@ -200,7 +200,7 @@ def _train_step(model, opt, ids) -> None:
 
 @pytest.mark.parametrize("ngroups,scan", [(1, "chunked"), (2, "chunked"), (2, "reference")])
 def test_observer_records_match_brute_force(ngroups, scan):
-    model, ids = _model(ngroups=ngroups, scan=scan), _ids(length=8)
+    model, ids = _model(ngroups=ngroups, scan=scan), _ids(length=21)  # 21 > the probe's chunk of 16
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     truths = []
     with Mamba2Observer(model, state_prev=True) as obs:

@@ -3,10 +3,11 @@
 No module hook sees the state h_t (P×N per head) of Mamba-2's scan, so the mixer hands its probe the scan's
 inputs and output (`observe`); the probe recomputes the recurrence (ssm.scan.ssd),
     h_t = exp(Δ_t·a_h)·h_{t−1} + Δ_t·x_t B_tᵀ,
-under no_grad in the inputs' dtype, one time step at a time, and keeps per-(b, t, channel) sums of squares over N
-(channel = one of the d_inner = H·P rows of h, head-major as the mixer flattens x), never the (Bt, L, H, P, N)
-states. References (earlier inputs, e.g. the init step's) run in the same loop as a leading batch of
-recurrences, giving Σ_n (h − h_ref)². With `want_grad`, a hook on the scan output y runs the adjoint backwards,
+under no_grad in the inputs' dtype, a chunk of time steps at a time (ssd's chunked form, one batched matmul per
+chunk), and keeps per-(b, t, channel) sums of squares over N (channel = one of the d_inner = H·P rows of h,
+head-major as the mixer flattens x), never all L steps' (Bt, L, H, P, N) states. References (earlier inputs, e.g.
+the init step's) run in the same pass as a leading batch of recurrences, giving Σ_n (h − h_ref)².
+With `want_grad`, a hook on the scan output y runs the adjoint backwards (the same routine on reversed time),
     λ_t = ∂L/∂y_t ⊗ C_t + exp(Δ_{t+1}·a_h)·λ_{t+1}    (∂L/∂h_t, the total derivative),
 and keeps its per-channel sums of squares. The model's output and gradients are untouched (the hook reads only).
 """
@@ -46,6 +47,7 @@ class SSDStateProbe:
 
     references: dict[str, SSDInputs] = field(default_factory=dict)
     want_grad: bool = False
+    chunk: int = 4  # time steps whose states are built at once (memory: chunk × one step's states per run)
     # --- outputs ---
     inputs: SSDInputs | None = None
     state_sumsq: Tensor | None = None
@@ -73,43 +75,57 @@ class SSDStateProbe:
             if ref.x.shape != inp.x.shape or ref.B.shape != inp.B.shape:
                 raise ValueError(f"reference inputs of shape {tuple(ref.x.shape)} for a scan of "
                                  f"{tuple(inp.x.shape)}: references must come from the same probe batch")
-        dt = inp.x.dtype
-        nheads = inp.x.shape[2]
-        decay = torch.stack([torch.exp(r.delta * r.A) for r in runs]).to(dt)  # (K, Bt, L, H)
+        dt, nheads = inp.x.dtype, inp.x.shape[2]
+        log_decay = torch.stack([r.delta * r.A for r in runs]).to(dt)  # (K, Bt, L, H)
         dx = torch.stack([r.x * r.delta[..., None] for r in runs]).to(dt)  # (K, Bt, L, H, P)
         b = torch.stack([_heads(r.B, nheads) for r in runs]).to(dt)  # (K, Bt, L, H, N)
-        k, bt, length, _, p = dx.shape
-        h = dx.new_zeros(k, bt, nheads, p, b.shape[-1])
-        sumsq, maxabs = [], []
-        for t in range(length):
-            h = decay[:, :, t, :, None, None] * h + dx[:, :, t, :, :, None] * b[:, :, t, :, None, :]
-            v = torch.cat([h[:1], h[:1] - h[1:]]) if k > 1 else h  # the state, then its differences
-            sumsq.append(v.square().sum(-1).flatten(-2))  # (K, Bt, H·P)
-            maxabs.append(v.abs().flatten(1).amax(1))  # (K,)
-        sq = torch.stack(sumsq, dim=2)  # (K, Bt, L, H·P)
-        mx = torch.stack(maxabs, dim=1).amax(1)  # (K,)
+        sq, mx = recurrence_sums(log_decay, dx, b, self.chunk)
         self.state_sumsq, self.state_maxabs = sq[0], mx[0]
         for i, name in enumerate(self.references, start=1):
             self.delta_sumsq[name], self.delta_maxabs[name] = sq[i], mx[i]
 
     def _on_grad_y(self, g: Tensor) -> None:
-        """λ_t from ∂L/∂y, reverse time; per-channel Σ_n λ², max |λ|."""
+        """λ_t from ∂L/∂y, reverse time: the forward recurrence on the time-reversed sequence with the decay
+        shifted by one step (λ_t takes exp(Δ_{t+1}·a)·λ_{t+1}); per-channel Σ_n λ², max |λ|."""
         inp = self.inputs
         assert inp is not None
         with torch.no_grad():
             g = g.detach().to(inp.x.dtype)
-            nheads = inp.x.shape[2]
-            c = _heads(inp.C, nheads)  # (Bt, L, H, N)
-            decay = torch.exp(inp.delta * inp.A)  # (Bt, L, H)
-            bt, length, _, p = g.shape
-            lam = g.new_zeros(bt, nheads, p, c.shape[-1])
-            sumsq: list[Tensor] = [g.new_empty(0)] * length
-            maxabs = []
-            for t in range(length - 1, -1, -1):
-                if t + 1 < length:
-                    lam = decay[:, t + 1, :, None, None] * lam
-                lam = lam + g[:, t, :, :, None] * c[:, t, :, None, :]
-                sumsq[t] = lam.square().sum(-1).flatten(-2)  # (Bt, H·P)
-                maxabs.append(lam.abs().amax())
-            self.grad_sumsq = torch.stack(sumsq, dim=1)  # (Bt, L, H·P)
-            self.grad_maxabs = torch.stack(maxabs).amax()
+            log_decay = inp.delta * inp.A  # (Bt, L, H)
+            shifted = torch.cat([log_decay[:, 1:], torch.zeros_like(log_decay[:, :1])], dim=1)
+            c = _heads(inp.C, inp.x.shape[2])
+            sq, mx = recurrence_sums(shifted.flip(1)[None], g.flip(1)[None], c.flip(1)[None], self.chunk)
+            self.grad_sumsq, self.grad_maxabs = sq[0].flip(1), mx[0]
+
+
+def _maxabs(t: Tensor) -> Tensor:
+    """(K', ...) → (K',) max |t| per leading index, from amax and amin (no |t| temporary; on CPU both are far
+    faster than aminmax along a dim or an inf-norm over a short last dim)."""
+    flat = t.flatten(1)
+    return torch.maximum(flat.amax(1), -flat.amin(1))
+
+
+def recurrence_sums(log_decay: Tensor, u: Tensor, v: Tensor, chunk: int = 4) -> tuple[Tensor, Tensor]:
+    """Sums of K recurrences s_t = exp(log_decay_t)·s_{t−1} + u_t v_tᵀ (s_0 = 0; s_t of shape (K, Bt, H, P, N)).
+
+    Returns (K, Bt, L, H·P) per-channel Σ_n and (K,) max |·| of s for k = 0 and of s_k − s_0 for k ≥ 1.
+    Shapes: log_decay (K, Bt, L, H) ≤ 0, u (K, Bt, L, H, P), v (K, Bt, L, H, N). The states are built one chunk of
+    `chunk` steps at a time with one batched matmul (within a chunk, s_{c+j} = exp(cum_j)·s_c +
+    Σ_{i≤j} exp(cum_j − cum_i) u_i v_iᵀ, the SSD form): (K, Bt, chunk, H, P, N) at most, never all L steps.
+    """
+    k, bt, length, nheads, p = u.shape
+    state = u.new_zeros(k, bt, nheads, p, v.shape[-1])
+    sums, maxes = [], []
+    for c0 in range(0, length, chunk):
+        ld, uc, vc = (t[:, :, c0:c0 + chunk].transpose(2, 3) for t in (log_decay, u, v))  # (K, Bt, H, l, ·)
+        cum = ld.cumsum(-1)  # (K, Bt, H, l)
+        weight = torch.exp((cum[..., :, None] - cum[..., None, :]).masked_fill(
+            ~torch.ones(cum.shape[-1], cum.shape[-1], dtype=torch.bool, device=cum.device).tril(), float("-inf")))
+        within = (weight[..., None] * uc[..., None, :, :]).transpose(-2, -1)  # (K, Bt, H, l_j, P, l_i)
+        states = within @ vc[..., None, :, :] + torch.exp(cum)[..., None, None] * state[:, :, :, None]
+        state = states[:, :, :, -1]  # (K, Bt, H, P, N)
+        vals = [states[:1], states[:1] - states[1:]] if k > 1 else [states]  # (·, Bt, H, l, P, N)
+        sq = torch.cat([torch.linalg.vector_norm(t, dim=-1).square_() for t in vals])  # one pass each, fused
+        sums.append(sq.permute(0, 1, 3, 2, 4).flatten(-2))  # (K, Bt, l, H·P)
+        maxes.append(torch.cat([_maxabs(t) for t in vals]))
+    return torch.cat(sums, dim=2), torch.stack(maxes, dim=1).amax(1)
