@@ -17,6 +17,7 @@ from ssmscope.probes.schema import PROBE_COLUMNS, SCHEMA_VERSION
 
 __all__ = [
     "BASE_READOUT",
+    "DEFAULT_MODEL",
     "DERIVED_RUN_COLUMNS",
     "DUCKDB_TYPES",
     "EXCLUDED_STATUSES",
@@ -110,6 +111,8 @@ FRAME_RUN_KEYS = ("run_id", *PARAMETERIZATION_KEYS, "lr", "seed", *WIDTH_KEYS, "
 LEGACY_INIT_BASE = "ssmscope-v0"
 """The init base of a run whose config names none: every run made before bases existed (ssm.bases.LEGACY_BASE;
 tests/test_bases.py checks that the two agree — the store does not import the model package)."""
+DEFAULT_MODEL = "mamba"
+"""The model family of a run whose config names none: S6 (every run before Mamba-2; ssm.roles.Family.MAMBA)."""
 BASE_READOUT = "base"
 """The readout treatment of a run whose config names none: as its init base ties it (every run before the choice)."""
 DERIVED_RUN_COLUMNS: dict[str, tuple[str, str]] = {
@@ -117,13 +120,17 @@ DERIVED_RUN_COLUMNS: dict[str, tuple[str, str]] = {
                   f"'$.base') END, '{LEGACY_INIT_BASE}')"),
     "readout": ("string", "coalesce(CASE WHEN json_valid(config_json) THEN json_extract_string(config_json, "
                 f"'$.readout') END, '{BASE_READOUT}')"),
+    "model": ("string", "coalesce(CASE WHEN json_valid(config_json) THEN json_extract_string(config_json, "
+              f"'$.model') END, '{DEFAULT_MODEL}')"),
 }
 """Run keys computed from config_json in SQL: name → (Arrow type alias, expression over a runs row).
 
 They have no column of their own, so every store has them, old ones included, without a migration; the
 queries read runs through RUNS_RELATION, which adds them once per run (not once per probe row). init_base
 separates runs of one preset drawn on different init bases (`grid.bases`), readout runs of one preset with its
-readout tied, untied or untied and zero-initialised (`grid.readouts`): without them their fits merge."""
+readout tied, untied or untied and zero-initialised (`grid.readouts`): without them their fits merge. model is the
+family (`train.model`: mamba or mamba2); a preset belongs to one family, so it never splits a fit cell, it labels
+and filters runs."""
 
 
 def _config_value(config_json: str | None, key: str, default: str) -> str:
@@ -157,12 +164,12 @@ def config_of_init_base(init_base: str) -> str:
 RUNS_RELATION = ("(SELECT *, " + ", ".join(f"{expr} AS {name}" for name, (_, expr) in DERIVED_RUN_COLUMNS.items())
                  + " FROM runs)")
 """The runs table with its derived keys, for FROM clauses (`FROM {RUNS_RELATION} r`)."""
-OPTIONAL_RUN_KEYS = ("spec", "task", "dt_max", "init_base", "readout")
+OPTIONAL_RUN_KEYS = ("spec", "task", "dt_max", "init_base", "readout", "model")
 """Run keys the store adds to probe frames when present; they separate sweep configurations."""
 PROBE_FRAME_COLUMNS = (*FRAME_RUN_KEYS, *PROBE_COLUMNS)
 """The columns an analysis may rely on in a probe frame (OPTIONAL_RUN_KEYS may come on top)."""
 FILTER_COLUMNS = ("run_id", "spec", "preset", "discretization", "optimizer", "lr", "seed", "n_u", "n_x",
-                  "status", "task", "dt_max", "n_layers", "init_base", "readout")
+                  "status", "task", "dt_max", "n_layers", "init_base", "readout", "model")
 """Run columns the store's loaders filter on in SQL (whitelisted: never user text in a query)."""
 WHERE_COLUMNS = (*PROBE_FRAME_COLUMNS, *OPTIONAL_RUN_KEYS)
 """Columns a `--where` clause may name."""
