@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import ssmscope.ssm
+from ssmscope.runs.cli.main import app
 from ssmscope.ssm.apply import apply_preset, build_optimizer, plan
 from ssmscope.ssm.config import MambaConfig
 from ssmscope.ssm.errors import ConfigError
@@ -253,3 +255,69 @@ def test_mult_base_and_decay_can_be_overridden_per_discretisation(tmp_path):
     preset = load_preset(path)
     assert preset.scaling(Role.IN_PROJ, "euler").mult_base == 2.0 and not preset.scaling(Role.IN_PROJ, "euler").decay
     assert preset.scaling(Role.IN_PROJ, "zoh").mult_base == 1.0 and preset.scaling(Role.IN_PROJ, "zoh").decay
+
+
+# ----------------------------------------------------------------------------- ssmscope param diff
+
+
+def _diff_cells(output: str) -> list[list[str]]:
+    """The table rows of `param diff`'s output as cells (marker, role, what, A, B)."""
+    rows = []
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 5 and cells[1] and cells[1] != "role":
+            rows.append(cells)
+    return rows
+
+
+def test_param_diff_of_the_two_lmengine_recipes_differs_exactly_on_a_log_and_d():
+    result = CliRunner().invoke(app, ["param", "diff", "mamba2-lmengine", "mamba2-lmengine-pr131"])
+    assert result.exit_code == 0, result.output
+    rows = _diff_cells(result.output)
+    marked = {(r[1], r[2], r[3], r[4]) for r in rows if r[0] == "≠"}
+    assert marked == {("A_log", "lr ∝ (adam)", "N_u^-1", "1"), ("A_log", "weight decay", "on", "off"),
+                      ("D", "lr ∝ (adam)", "N_u^-1", "1"), ("D", "weight decay", "on", "off")}
+    unmarked = {(r[1], r[2]): (r[3], r[4]) for r in rows if r[0] == ""}
+    assert unmarked[("in_proj_B", "init ∝")] == ("N_u^-1/2", "N_u^-1/2")
+    assert unmarked[("dt_bias", "weight decay")] == ("off", "off")
+    assert unmarked[("preset", "init base")] == ("mamba2", "mamba2")
+    assert len(rows) == 65 and "4 of 65 rows differ (A_log, D)" in result.output
+    only = CliRunner().invoke(app, ["param", "diff", "mamba2-lmengine", "mamba2-lmengine-pr131", "--only-diff"])
+    assert only.exit_code == 0 and {tuple(r[1:]) for r in _diff_cells(only.output)} == marked
+
+
+def test_param_diff_of_s6_presets_shows_fractions_per_optimizer_and_discretisation():
+    result = CliRunner().invoke(app, ["param", "diff", "mup", "mup-ssm", "--discretization", "euler",
+                                      "--optimizer", "sgd", "--only-diff"])
+    assert result.exit_code == 0, result.output
+    rows = {(r[1], r[2]): (r[3], r[4]) for r in _diff_cells(result.output)}
+    assert rows == {("x_proj_B", "init ∝"): ("N_u^-1·N_x^1/2", "N_u^-1/2"),
+                    ("x_proj_B", "lr ∝ (sgd)"): ("N_u^-1·N_x^1", "N_u^-1"),
+                    ("x_proj_C", "init ∝"): ("N_u^-1·N_x^1/2", "N_u^-1/2·N_x^-1/2"),
+                    ("x_proj_C", "lr ∝ (sgd)"): ("N_u^-1·N_x^1", "N_u^-1·N_x^-1"),
+                    ("A_log", "lr ∝ (sgd)"): ("N_u^1", "N_u^1·N_x^1/2")}
+
+
+def test_param_diff_shows_constant_multipliers_base_and_readout():
+    result = CliRunner().invoke(app, ["param", "diff", "mamba2-sp", "mamba2-falconh1", "--only-diff"])
+    assert result.exit_code == 0, result.output
+    rows = {(r[1], r[2]): (r[3], r[4]) for r in _diff_cells(result.output)}
+    assert rows[("preset", "readout")] == ("base", "untied")
+    assert rows[("in_proj_C", "mult base")] == ("1", "0.625")
+    assert rows[("readout", "mult base")] == ("1", "0.0390625")
+    assert all(what == "mult base" for role, what in rows if role != "preset")
+    mambapy = CliRunner().invoke(app, ["param", "diff", "mamba2-mup", "mamba2-mambapy", "--only-diff"])
+    cells = {(r[1], r[2]): (r[3], r[4]) for r in _diff_cells(mambapy.output)}
+    assert cells[("preset", "init base")] == ("mamba2", "mamba2-zero-conv")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["sp", "mamba2-sp"], "presets sp (mamba) and mamba2-sp (mamba2) are for different model families"),
+    (["sp", "nope"], "preset='nope'; allowed:"),
+])
+def test_param_diff_errors_are_one_line_exit_2(args, message):
+    result = CliRunner().invoke(app, ["param", "diff", *args])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output

@@ -8,6 +8,7 @@ import typer
 
 from ssmscope.runs.cli.bounds import check_options
 from ssmscope.runs.cli.console import console, err_console, fail
+from ssmscope.runs.cli.param_diff import register_diff
 from ssmscope.runs.cli.param_fit import param_fit
 from ssmscope.ssm.config import Discretization, Optimizer, Readout  # light: enums, no torch
 
@@ -17,6 +18,7 @@ def register(app: typer.Typer) -> None:
     param_app = typer.Typer(help="Inspect parameterizations.", no_args_is_help=True)
     param_app.command("show")(param_show)
     param_app.command("fit")(param_fit)
+    register_diff(param_app)
     app.add_typer(param_app, name="param")
 
 
