@@ -25,6 +25,7 @@ from ssmscope.ssm.config import MambaConfig
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.mamba2 import Mamba2Config, Mamba2LM
 from ssmscope.ssm.model import MambaLM
+from ssmscope.ssm.predictions import lookup
 from ssmscope.ssm.presets import builtin_names, load_preset
 from ssmscope.ssm.roles import ROLES_OF_FAMILY, Family, InitKind, Role
 
@@ -321,3 +322,16 @@ def test_param_diff_errors_are_one_line_exit_2(args, message):
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_mup_ssm_for_ssd_predicts_flat_state_output_and_updates_under_both_optimizers():
+    for family in ("adam", "sgd"):
+        for site in ("x", "cx", "y"):
+            for quantity in ("value", "delta_init"):
+                p = lookup("mamba2-mup-ssm", "euler", family, site, quantity)
+                assert (p.n_u, p.n_x, p.log_x) == (0, 0, False), (family, site, quantity)
+        assert (lookup("mamba2-mup-ssm", "euler", family, "grad_x", "value").n_x) == -0.5
+    # L2 over a token's state (N_u·N_x entries) adds ½ per axis, as for S6
+    p = lookup("mamba2-mup-ssm", "euler", "adam", "x", "value", convention="token_l2")
+    assert (p.n_u, p.n_x) == (0.5, 0.5)
+    assert lookup("mamba2-mup-ssm", "zoh", "adam", "x", "value") is None  # SSD has no ZOH
