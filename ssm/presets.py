@@ -4,7 +4,9 @@ For every parameter role (ssm.roles.Role) a preset gives three exponent pairs (a
   init std        ∝ (N_u/N_u0)^a · (N_x/N_x0)^b   (for constant roles: the value)
   learning rate   ∝ (N_u/N_u0)^a · (N_x/N_x0)^b   separately for the SGD and Adam families
   forward mult.   = (N_u/N_u0)^a · (N_x/N_x0)^b   (roles with a linear map only)
-relative to a base width (N_u0, N_x0). What they scale is the preset's init base (ssm.bases):
+relative to a base width (N_u0, N_x0), and two optional switches: `decay = false` (the run's weight
+decay does not apply) and `mult_base` (a constant forward multiplier at the base width, under the
+exponents). What they scale is the preset's init base (ssm.bases):
 the distribution and constant of every role at the base width, where every preset on that
 base is the base's own initialisation with one global learning rate. d_model and dt_rank
 scale with N_u (d = N_u/expand, R = d/16). A role may override any of the three per
