@@ -335,3 +335,17 @@ def test_mup_ssm_for_ssd_predicts_flat_state_output_and_updates_under_both_optim
     p = lookup("mamba2-mup-ssm", "euler", "adam", "x", "value", convention="token_l2")
     assert (p.n_u, p.n_x) == (0.5, 0.5)
     assert lookup("mamba2-mup-ssm", "zoh", "adam", "x", "value") is None  # SSD has no ZOH
+
+
+def test_zero_conv_base_is_the_mamba2_base_but_a_zero_conv_weight():
+    from ssmscope.ssm.bases import RoleBase, load_base
+
+    zero, original = load_base("mamba2-zero-conv"), load_base("mamba2")
+    assert zero.family == Family.MAMBA2 and zero.tied_readout == original.tied_readout
+    assert zero.roles[Role.CONV_WEIGHT] == RoleBase(dist=InitKind.CONSTANT, scale=0.0)
+    assert {r: b for r, b in zero.roles.items() if r != Role.CONV_WEIGHT} == {
+        r: b for r, b in original.roles.items() if r != Role.CONV_WEIGHT}
+    cfg, model = model_at(M * BASE_D_MODEL)
+    apply_preset(model, cfg, load_preset("mamba2-mambapy"), "adam", 1e-3)
+    assert torch.count_nonzero(model.layers[1].mixer.conv1d.weight) == 0
+    assert torch.count_nonzero(model.lm_head.weight) == 0 and not model.readout_tied
