@@ -58,6 +58,8 @@ class ParamPlan:
     mult_exponents: Exponents | None
     init_rule: str = ""  # the base's rule in words, e.g. "U(±1·d_model^-1/2)", or "= embedding.weight"
     tied_to: str | None = None
+    decay: bool | None = True  # the run's weight decay applies (False: its group has weight_decay 0); None: tied
+    mult_base: float = 1.0  # the constant part of `multiplier` (the preset's mult_base)
 
 
 def plan(model: nn.Module, cfg: ModelConfig, preset: Preset, optimizer: Optimizer | str,
@@ -84,13 +86,13 @@ def plan(model: nn.Module, cfg: ModelConfig, preset: Preset, optimizer: Optimize
             rows.append(ParamPlan(name, layer, None, tuple(p.shape), None, None, None, None,
                                   None, None, None))
             continue
-        if tied and name == TIED_READOUT[0]:
+        s = preset.scaling(role, cfg.discretization)
+        if tied and name == TIED_READOUT[0]:  # the readout's constant multiplier applies to its use of the matrix
             m = readout_mult_exponents(preset, cfg.discretization)
             rows.append(ParamPlan(name, layer, role, tuple(p.shape), InitKind.TIED, None, None, None,
-                                  None, m.factor(u_ratio, x_ratio), m, f"= {TIED_READOUT[1]}",
-                                  TIED_READOUT[1]))
+                                  None, s.mult_base * m.factor(u_ratio, x_ratio), m, f"= {TIED_READOUT[1]}",
+                                  TIED_READOUT[1], decay=None, mult_base=s.mult_base))
             continue
-        s = preset.scaling(role, cfg.discretization)
         rb = init_base.roles[role]
         scale = rb.scale_at(role, base_cfg)
         if scale is not None:
@@ -98,16 +100,17 @@ def plan(model: nn.Module, cfg: ModelConfig, preset: Preset, optimizer: Optimize
         lr_exp = s.lr[optimizer.family]
         if role == Role.READOUT and zero and not tied:  # zero-initialised; lr and multiplier as the rule
             rows.append(ParamPlan(name, layer, role, tuple(p.shape), InitKind.CONSTANT, 0.0, None,
-                                  lr * lr_exp.factor(u_ratio, x_ratio), lr_exp, s.mult.factor(u_ratio, x_ratio),
-                                  s.mult, "0 (zero-initialised readout)"))
+                                  lr * lr_exp.factor(u_ratio, x_ratio), lr_exp,
+                                  s.mult_base * s.mult.factor(u_ratio, x_ratio), s.mult,
+                                  "0 (zero-initialised readout)", decay=s.decay, mult_base=s.mult_base))
             continue
         rows.append(ParamPlan(
             name, layer, role, tuple(p.shape), rb.dist, scale,
             s.init if rb.dist != InitKind.STRUCTURAL else None,
             lr * lr_exp.factor(u_ratio, x_ratio), lr_exp,
-            s.mult.factor(u_ratio, x_ratio) if role in MULTIPLIER_ROLES else None,
+            s.mult_base * s.mult.factor(u_ratio, x_ratio) if role in MULTIPLIER_ROLES else None,
             s.mult if role in MULTIPLIER_ROLES else None,
-            rb.describe(role),
+            rb.describe(role), decay=s.decay, mult_base=s.mult_base,
         ))
     return rows
 
@@ -146,7 +149,9 @@ def apply_preset(model: nn.Module, cfg: ModelConfig, preset: Preset, optimizer: 
     preset's own); tie or untie the readout as the config or the base says; return optimizer groups.
 
     One group per (role, layer) so that update norms can be read per role; a tied readout has no
-    group of its own (it is the embedding's parameter). Raises ConfigError if any parameter has no rule.
+    group of its own (it is the embedding's parameter). A role with `decay = false` gets `weight_decay: 0.0`
+    in its group (torch takes a group's own value over the optimizer's), the others none, so
+    build_optimizer's weight decay applies to them. Raises ConfigError if any parameter has no rule.
     """
     preset = with_base(preset, base)
     tied = readout_tied(cfg, preset)
@@ -172,8 +177,10 @@ def apply_preset(model: nn.Module, cfg: ModelConfig, preset: Preset, optimizer: 
                 _structural_init(preset.init_base.roles[r.role].rule, p, cfg, gen)
             else:
                 _draw(r.init_kind, r.init_scale, p, gen)
-            groups.append({"params": [p], "lr": r.lr, "name": r.name, "role": str(r.role),
-                           "layer": r.layer})
+            group = {"params": [p], "lr": r.lr, "name": r.name, "role": str(r.role), "layer": r.layer}
+            if not r.decay:
+                group["weight_decay"] = 0.0
+            groups.append(group)
     modules = dict(model.named_modules())
     mults = {r.role: r.multiplier for r in rows if r.multiplier is not None}
     for role, rel in MODULE_OF_ROLE.items():
@@ -188,7 +195,8 @@ def apply_preset(model: nn.Module, cfg: ModelConfig, preset: Preset, optimizer: 
 def build_optimizer(groups: list[dict[str, Any]], optimizer: Optimizer | str,
                     weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
                     momentum: float = 0.0) -> torch.optim.Optimizer:
-    """The torch optimizer over preset groups (each group keeps its own learning rate)."""
+    """The torch optimizer over preset groups (each group keeps its own learning rate; `weight_decay` applies
+    to every group but those apply_preset exempted with their own weight_decay 0, a preset's `decay = false`)."""
     optimizer = Optimizer(optimizer)
     if optimizer == Optimizer.SGD:
         return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum,

@@ -10,6 +10,10 @@ beside what the sweeps measure.
 Sites: x (latent state, per (channel, mode)), cx (the readout C·x), y (S6 output C·x + D⊙u),
 grad_y, grad_x (∂L/∂y and the adjoint ∂L/∂x). Quantities: value (at the probed step; for
 x, y the forward at init), delta_init (change from initialisation on the probe batch).
+
+Mamba-2 (SSD) presets are rows of the same tables under SSD's discretisation (Euler: B̄ = Δ·B, Ā = exp(Δ·a)), with
+the same site names: x is the SSD state H (headdim × d_state per head, N_u·N_x entries per token, as S6's), cx = H·C,
+y the scan's output before the gated norm (docs/theory.md §10). Only `mamba2-mup-ssm` is predicted so far.
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ _FORWARD: dict[tuple[str, Discretization], dict[str, tuple[float, float]]] = {
                   "grad_x": (-1.5, 0.5)},
     ("mup-ssm", _E): {"x": (0, 0), "cx": (0, 0), "y": (0, 0), "grad_y": (-1, 0), "grad_x": (-1, -0.5)},
     ("mup-ssm", _Z): {"x": (0, -0.5), "cx": (0, 0), "y": (0, 0), "grad_y": (-1, 0), "grad_x": (-1, 0)},
+    # SSD: a scalar A per head, so every mode carries signal as S6 under Euler; C a µP read-out over N_x
+    ("mamba2-mup-ssm", _E): {"x": (0, 0), "cx": (0, 0), "y": (0, 0), "grad_y": (-1, 0), "grad_x": (-1, -0.5)},
 }
 
 # (preset, disc, optimizer family) → update exponents (delta_init) for x and y (= cx), and
@@ -102,6 +108,8 @@ _UPDATES: dict[tuple[str, Discretization, str], tuple[tuple[float, float], tuple
     ("mup-ssm", _Z, "sgd"): ((0, -0.5), (0, 0), False),
     ("mup-ssm", _E, "adam"): ((0, 0), (0, 0), False),
     ("mup-ssm", _Z, "adam"): ((0, -0.5), (0, 0), True),
+    ("mamba2-mup-ssm", _E, "sgd"): ((0, 0), (0, 0), False),
+    ("mamba2-mup-ssm", _E, "adam"): ((0, 0), (0, 0), False),  # Σ_n over equal modes: ∝ N_x, no log (theory §10)
 }
 
 

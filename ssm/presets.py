@@ -4,7 +4,9 @@ For every parameter role (ssm.roles.Role) a preset gives three exponent pairs (a
   init std        ∝ (N_u/N_u0)^a · (N_x/N_x0)^b   (for constant roles: the value)
   learning rate   ∝ (N_u/N_u0)^a · (N_x/N_x0)^b   separately for the SGD and Adam families
   forward mult.   = (N_u/N_u0)^a · (N_x/N_x0)^b   (roles with a linear map only)
-relative to a base width (N_u0, N_x0). What they scale is the preset's init base (ssm.bases):
+relative to a base width (N_u0, N_x0), and two optional switches: `decay = false` (the run's weight
+decay does not apply) and `mult_base` (a constant forward multiplier at the base width, under the
+exponents). What they scale is the preset's init base (ssm.bases):
 the distribution and constant of every role at the base width, where every preset on that
 base is the base's own initialisation with one global learning rate. d_model and dt_rank
 scale with N_u (d = N_u/expand, R = d/16). A role may override any of the three per
@@ -44,7 +46,7 @@ from ssmscope.ssm.roles import (
     family_of,
     role_table,
 )
-from ssmscope.ssm.tomlfiles import builtin_toml_names, head_table, parse_fraction, read_builtin_or_file
+from ssmscope.ssm.tomlfiles import builtin_toml_names, head_table, parse_fraction, parse_number, read_builtin_or_file
 
 TIED_READOUT = ("lm_head.weight", "embedding.weight")
 """(readout parameter, the parameter it is when tied)."""
@@ -58,6 +60,12 @@ class RoleScaling:
     init: Exponents
     lr: Mapping[OptimizerFamily, Exponents]
     mult: Exponents
+    decay: bool = True
+    """Whether the run's global weight decay applies to the role's parameters (`decay = false`: a group with
+    weight_decay 0, as recipes that exempt vectors from it)."""
+    mult_base: float = 1.0
+    """A constant forward multiplier at the base width (`mult_base`), the width exponents `mult` on top: a
+    recipe's fixed multipliers (Falcon-H1's per-slice ones)."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,9 @@ EXPONENT_LIMIT = 8.0
 """Largest |exponent| of an init, lr or multiplier (µP's are at most 1; 8 is far past any real one, and keeps
 (width ratio)^exponent finite: a preset with nan, inf or 1e308 is refused when it loads, not trained)."""
 _EXP_KEYS = {"n_u", "n_x"}
-_ROLE_KEYS = {"init", "lr", "mult"}
+_ROLE_KEYS = {"init", "lr", "mult", "decay", "mult_base"}
+MULT_BASE_LIMIT = 1e3
+"""Largest constant multiplier `mult_base` (and smallest 1/1e3): Falcon-H1's are within 0.03…6."""
 _HEAD_KEYS = ("name", "description", "base", "base_n_u", "base_n_x", "readout", "family")
 
 
@@ -151,7 +161,22 @@ def _role_scaling(path: str, table: dict[str, Any], role: Role, base: RoleScalin
         raise ConfigError(f"{path}.init: role {role} has a structural init and cannot be scaled")
     if role not in MULTIPLIER_ROLES and mult != Exponents():
         raise ConfigError(f"{path}.mult: role {role} has no linear map to multiply")
-    return RoleScaling(init=init, lr=lr, mult=mult)
+    decay = table.get("decay", base.decay if base else True)
+    if not isinstance(decay, bool):
+        raise ConfigError(f"{path}.decay={decay!r}; allowed: true or false")
+    mult_base = _mult_base(path, table["mult_base"]) if "mult_base" in table else (
+        base.mult_base if base else 1.0)
+    if role not in MULTIPLIER_ROLES and mult_base != 1.0:
+        raise ConfigError(f"{path}.mult_base: role {role} has no linear map to multiply")
+    return RoleScaling(init=init, lr=lr, mult=mult, decay=decay, mult_base=mult_base)
+
+
+def _mult_base(path: str, value: Any) -> float:
+    """A constant multiplier: a positive finite number within [1/MULT_BASE_LIMIT, MULT_BASE_LIMIT]."""
+    number = parse_number(f"{path}.mult_base", value, MULT_BASE_LIMIT)
+    if not number >= 1 / MULT_BASE_LIMIT:
+        raise ConfigError(f"{path}.mult_base={value!r}; allowed: a positive number from 0.001 to 1000")
+    return number
 
 
 def _tied_mult(path: str, table: Any) -> Exponents:

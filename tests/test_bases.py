@@ -493,7 +493,8 @@ def test_missing_role_and_unknown_base_name():
         from ssmscope.ssm.bases import parse_base
 
         parse_base(tomllib.loads(cut), "cut.toml")
-    with pytest.raises(ConfigError, match=r"allowed: hf, hf-mamba2, mamba, mamba2, ssmscope-v0 or a \.toml file"):
+    with pytest.raises(ConfigError,
+                       match=r"allowed: hf, hf-mamba2, mamba, mamba2, mamba2-zero-conv, ssmscope-v0 or a \.toml file"):
         load_base("mamba3")
 
 

@@ -65,6 +65,7 @@ BOUNDS: dict[str, Bound] = {
     "--d-model": Bound(1, 2**16),
     "--d-state": Bound(1, 2**16),
     "--expand": Bound(1, 64),
+    "--headdim": Bound(1, 2**16),
     "--n-layers": Bound(1, 256),
     "--vocab-size": Bound(1, 2**24),
     "--lr": Bound(0, 1e6, above_low=True),

@@ -21,12 +21,24 @@ def _init_cells(r: ParamPlan) -> tuple[str, str, str, str]:
     return str(r.init_kind), _fmt(r.init_scale), r.init_rule, "—" if r.init_exponents is None else str(r.init_exponents)
 
 
+def _decay_cell(r: ParamPlan) -> str:
+    """Whether the run's weight decay applies: on, off (the preset's `decay = false`) or the embedding's."""
+    return "(embedding's)" if r.decay is None else "on" if r.decay else "off"
+
+
 def plan_table(rows: list[ParamPlan], title: str, collapse_layers: bool = True) -> Table:
-    """One row per parameter (per role and position when layers are collapsed)."""
+    """One row per parameter (per role and position when layers are collapsed).
+
+    Two columns appear only when the preset uses them, so that the tables of presets without them read as
+    before: `wd` (weight decay on/off) when some role has `decay = false`, `mult base` (the constant part of
+    `mult`) when some role has a `mult_base`."""
+    show_wd = any(r.decay is False for r in rows)
+    show_base = any(r.mult_base != 1.0 for r in rows)
     table = Table(title=title, header_style="bold")
-    for col in ("parameter", "role", "shape", "dist", "init std/value", "base rule", "init ∝", "lr",
-                "lr ∝", "mult"):
-        table.add_column(col, justify="right" if col in ("init std/value", "lr", "mult") else "left")
+    cols = ["parameter", "role", "shape", "dist", "init std/value", "base rule", "init ∝", "lr", "lr ∝", "mult"]
+    cols += ["mult base"] * show_base + ["wd"] * show_wd
+    for col in cols:
+        table.add_column(col, justify="right" if col in ("init std/value", "lr", "mult", "mult base") else "left")
     seen: set[str] = set()
     for r in rows:
         name = r.name
@@ -35,15 +47,17 @@ def plan_table(rows: list[ParamPlan], title: str, collapse_layers: bool = True) 
             if name in seen:
                 continue
             seen.add(name)
+        extra = ([] if not show_base else ["—" if r.multiplier is None else f"{r.mult_base:.4g}"]) + (
+            [] if not show_wd else ["—" if r.role is None else _decay_cell(r)])
         if r.role is None:
             table.add_row(name, "[red]UNCOVERED[/red]", str(list(r.shape)), "—", "—", "—", "—", "—",
-                          "—", "—", style="red")
+                          "—", "—", *extra, style="red")
             continue
         dist, scale, rule, init_exp = _init_cells(r)
         table.add_row(
             name, str(r.role), str(list(r.shape)), dist, scale, rule, init_exp,
             "(embedding's)" if r.init_kind == InitKind.TIED else _fmt(r.lr),
             "—" if r.lr_exponents is None else str(r.lr_exponents),
-            "—" if r.multiplier is None else f"{r.multiplier:.4g}",
+            "—" if r.multiplier is None else f"{r.multiplier:.4g}", *extra,
         )
     return table
