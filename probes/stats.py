@@ -27,13 +27,23 @@ def many_channel_sums(channel_sumsq: list[Tensor], per_channel: int,
 
     `per_channel` is how many elements each channel sum covers (N for the state, 1 for a plain (B, L, C)
     tensor). Token norms sum over C; channel norms take each channel alone."""
+    counts = _counts(channel_sumsq[0].shape, per_channel)
+    if channel_sumsq[0].numel() >= STACK_LIMIT:  # one by one, per token in their dtype (as many_activation_sums)
+        return [(counts, _channel_sums(t.detach(), m.detach())) for t, m in zip(channel_sumsq, maxabs, strict=True)]
     c = torch.stack([t.detach() for t in channel_sumsq]).double()  # (K, B, L, C)
     dims = tuple(range(1, c.dim()))
     token = c.sum(-1).sqrt()  # (K, B, L)
     mx = torch.stack([m.detach().max() for m in maxabs]).double()
     sums = torch.stack([c.sum(dims), mx, token.sum(dims[:-1]), c.sqrt().sum(dims)], dim=1)  # (K, 4)
-    counts = _counts(channel_sumsq[0].shape, per_channel)
     return [(counts, row) for row in sums.unbind(0)]
+
+
+def _channel_sums(c: Tensor, maxabs: Tensor) -> Tensor:
+    """many_channel_sums' four sums of one large (B, L, C) tensor of per-channel sums of squares: per token in its
+    dtype, over tokens in float64 (as _activation_sums)."""
+    token_sq = c.sum(-1).double()
+    return torch.stack([token_sq.sum(), maxabs.max().double(), token_sq.sqrt().sum(),
+                        c.sqrt().sum(-1).double().sum()])
 
 
 def many_activation_sums(vs: list[Tensor]) -> list[tuple[dict[str, int], Tensor]]:
@@ -41,15 +51,37 @@ def many_activation_sums(vs: list[Tensor]) -> list[tuple[dict[str, int], Tensor]
 
     No float64 copy of the activations: the token norms accumulate in float64 inside one reduction, a
     coordinate's channel norm is its |v| (exact in the input's dtype), summed in float64; sumsq is the
-    sum of the squared token norms. The same numbers as a float64 computation to ~1e-16 relative."""
+    sum of the squared token norms. The same numbers as a float64 computation to ~1e-16 relative.
+
+    Large tensors (STACK_LIMIT elements and more) are reduced one by one, per token in their own dtype
+    (_activation_sums): stacking them would copy every activation once more, and float64 per-element work costs
+    5-10× float32 (bench/probe_overhead_mamba2.py); small ones together, where per-tensor ops would cost more than
+    the arithmetic."""
+    counts = _counts(vs[0].shape, 1)
+    if vs[0].numel() >= STACK_LIMIT:
+        return [(counts, _activation_sums(t.detach())) for t in vs]
     v = torch.stack([t.detach() for t in vs])  # (K, B, L, C), the activations' dtype
     dims = tuple(range(1, v.dim()))
     a = v.abs()
     token = torch.linalg.vector_norm(v, dim=-1, dtype=torch.float64)  # (K, B, L)
     sums = torch.stack([token.square().sum(dims[:-1]), a.amax(dims).double(), token.sum(dims[:-1]),
                         a.sum(dims, dtype=torch.float64)], dim=1)
-    counts = _counts(vs[0].shape, 1)
     return [(counts, row) for row in sums.unbind(0)]
+
+
+STACK_LIMIT = 1 << 15
+"""Activations of at least this many elements are reduced one by one (many_activation_sums)."""
+
+
+def _activation_sums(v: Tensor) -> Tensor:
+    """many_activation_sums' four sums of one large activation: each token's norm and Σ|v| over its C channels in
+    the activation's dtype (a float32 sum of C terms is exact to ~1e-7 relative, and casting the whole tensor to
+    float64 first costs 5-10× the reduction), summed over tokens in float64; max |v| from aminmax (no |v|
+    temporary for it). A float64 activation is summed in float64 throughout."""
+    token = torch.linalg.vector_norm(v, dim=-1).double()
+    lo, hi = torch.aminmax(v)
+    return torch.stack([token.square().sum(), torch.maximum(-lo, hi).double(), token.sum(),
+                        torch.linalg.vector_norm(v, ord=1, dim=-1).double().sum()])
 
 
 PARAM_BATCH = 1 << 14  # parameters up to this many elements are reduced together (ManyParamSums)

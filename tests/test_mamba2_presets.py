@@ -168,3 +168,12 @@ def test_a_tied_readout_follows_the_base_and_the_config_overrides_it():
     m2 = Mamba2LM(untied)
     rows = plan(m2, untied, load_preset("mamba2-sp"), "adam", 1e-3)
     assert {r.init_kind for r in rows if r.role == Role.READOUT} == {InitKind.UNIFORM}
+
+
+def test_sp_keeps_a_tied_readout_without_multiplier_at_every_width():
+    """SP is the original at every width: a tied readout is the embedding's matrix, multiplier 1 (not the
+    N_u^-1/2 the untied readout's init law would derive)."""
+    for name in ("mamba2-sp", "mamba2-sp-hf"):
+        cfg = cfg_at(128, tie_readout=True)
+        rows = [r for r in plan(Mamba2LM(cfg), cfg, load_preset(name), "adam", 1e-3) if r.role == Role.READOUT]
+        assert [(r.init_kind, r.multiplier) for r in rows] == [(InitKind.TIED, 1.0)], name

@@ -43,10 +43,13 @@ def _chan(states: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([s.square().sum(-1).flatten(-2) for s in states], dim=1)
 
 
-@pytest.mark.parametrize("ngroups,chunk", [(1, 16), (2, 1), (2, 3)])
-def test_state_and_delta_sums_match_brute_force(ngroups, chunk):
+BACKEND_CASES = [("torch", 1, 16), ("torch", 2, 1), ("torch", 2, 3), ("compiled", 1, 4), ("compiled", 2, 4)]
+
+
+@pytest.mark.parametrize("backend,ngroups,chunk", BACKEND_CASES)
+def test_state_and_delta_sums_match_brute_force(backend, ngroups, chunk):
     cur, ref, ref2 = (_inputs(s, ngroups=ngroups) for s in (0, 1, 2))
-    probe = SSDStateProbe(references={"init": ref, "prev": ref2}, chunk=chunk)
+    probe = SSDStateProbe(references={"init": ref, "prev": ref2}, chunk=chunk, backend=backend)
     probe.observe(*cur, y=ssd_reference(*cur))
     hs = _states(cur)
     torch.testing.assert_close(probe.state_sumsq, _chan(hs), rtol=1e-12, atol=0)
@@ -57,12 +60,12 @@ def test_state_and_delta_sums_match_brute_force(ngroups, chunk):
         assert probe.delta_maxabs[name].item() == pytest.approx(max(d.abs().max().item() for d in diffs), rel=1e-14)
 
 
-@pytest.mark.parametrize("ngroups,chunk", [(1, 16), (2, 1), (2, 3)])
-def test_adjoint_matches_autograd(ngroups, chunk):
+@pytest.mark.parametrize("backend,ngroups,chunk", BACKEND_CASES)
+def test_adjoint_matches_autograd(backend, ngroups, chunk):
     cur = _inputs(3, ngroups=ngroups)
     w = torch.randn(cur.x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     x = cur.x.clone().requires_grad_()
-    probe = SSDStateProbe(want_grad=True, chunk=chunk)
+    probe = SSDStateProbe(want_grad=True, chunk=chunk, backend=backend)
     args = (x, *cur[1:])
     y = ssd_reference(*args)
     probe.observe(*args, y=y)

@@ -50,11 +50,11 @@ from torch.autograd.function import once_differentiable
 from ssmscope.ssm.config import Discretization
 from ssmscope.ssm.scan.types import ScanInputs, StateProbe, softplus_delta
 
-SOURCES = ("scan.c", "scan_kernel.h")
+SOURCES = ("scan.c", "scan_kernel.h", "ssd_probe_kernel.h")
 CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-std=gnu11",
           "-shared", "-fPIC")
 THREAD_FLAGS = (("-fopenmp",), ("-fopenmp-simd",))  # tried in order: OpenMP threads, else one thread
-ABI_VERSION = 3
+ABI_VERSION = 4
 MAX_REFS = 4
 MIN_WORK_PER_THREAD = 1 << 18  # B·L·ED·N state updates per thread below which extra threads cost more than they give
 THREADS_ENV = "SSMSCOPE_SCAN_THREADS"
@@ -177,6 +177,21 @@ class _BwdArgs(ctypes.Structure):
                                     "gssq"))]
 
 
+class SSDProbeFwdArgs(ctypes.Structure):
+    """ssd_probe_fwd_args (csrc/scan.c): the SSD probe's forward sums (ssm.scan.ssd_probe)."""
+
+    _fields_ = [*((n, _I) for n in ("batch", "L", "H", "P", "G", "N", "nthreads", "nref")),
+                *((n, _P) for n in ("x", "delta", "A", "B", "ssq", "mx")),
+                *((n, _P * MAX_REFS) for n in ("ref_x", "ref_delta", "ref_A", "ref_B", "ref_ssq", "ref_mx"))]
+
+
+class SSDProbeBwdArgs(ctypes.Structure):
+    """ssd_probe_bwd_args (csrc/scan.c): the SSD adjoint's sums."""
+
+    _fields_ = [*((n, _I) for n in ("batch", "L", "H", "P", "G", "N", "nthreads", "reserved")),
+                *((n, _P) for n in ("gy", "delta", "A", "C", "gssq", "gmx"))]
+
+
 class Library:
     """The loaded C library: typed entry points per dtype."""
 
@@ -189,9 +204,12 @@ class Library:
         lib.ssm_scan_lanes.restype = ctypes.c_int
         self.lanes = lib.ssm_scan_lanes()
         self.fwd, self.bwd, self.roofline, self.exp_expm1 = {}, {}, {}, {}
+        self.ssd_fwd, self.ssd_bwd = {}, {}
         for dtype, sfx in ((torch.float32, "f32"), (torch.float64, "f64")):
             for table, name, argtype in ((self.fwd, "ssm_scan_fwd", _FwdArgs), (self.bwd, "ssm_scan_bwd", _BwdArgs),
-                                         (self.roofline, "ssm_roofline", _FwdArgs)):
+                                         (self.roofline, "ssm_roofline", _FwdArgs),
+                                         (self.ssd_fwd, "ssd_probe_fwd", SSDProbeFwdArgs),
+                                         (self.ssd_bwd, "ssd_probe_bwd", SSDProbeBwdArgs)):
                 fn = getattr(lib, f"{name}_{sfx}")
                 fn.argtypes = [ctypes.POINTER(argtype)]
                 fn.restype = ctypes.c_int

@@ -58,6 +58,7 @@ def ssd_chunked(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Te
     input), which changes neither the outputs kept nor the final state."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+    chunk_size = min(chunk_size, x.shape[1])  # a sequence shorter than a chunk is one chunk, never padded to it
     bt, length, nheads, p = x.shape
     pad = (-length) % chunk_size
     Bh, Ch = _heads(B, nheads), _heads(C, nheads)

@@ -10,15 +10,24 @@ the init step's) run in the same pass as a leading batch of recurrences, giving 
 With `want_grad`, a hook on the scan output y runs the adjoint backwards (the same routine on reversed time),
     λ_t = ∂L/∂y_t ⊗ C_t + exp(Δ_{t+1}·a_h)·λ_{t+1}    (∂L/∂h_t, the total derivative),
 and keeps its per-channel sums of squares. The model's output and gradients are untouched (the hook reads only).
+
+Two backends compute the same sums. `compiled` (the default on CPU where ssm.scan.compiled's library builds): C
+kernels (csrc/ssd_probe_kernel.h), one task per (batch, head) keeping its P×N states in cache while time advances,
+one exp per (b, t, head), the references in the same pass, the adjoint in a second kernel run by the hook — the
+states never materialised. `torch` (the fallback, and on GPUs): the chunked recurrence below
+(`recurrence_sums`).
 """
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+BACKENDS = ("auto", "compiled", "torch")
 
 
 class SSDInputs(NamedTuple):
@@ -47,7 +56,8 @@ class SSDStateProbe:
 
     references: dict[str, SSDInputs] = field(default_factory=dict)
     want_grad: bool = False
-    chunk: int = 4  # time steps whose states are built at once (memory: chunk × one step's states per run)
+    chunk: int = 4  # torch backend: time steps whose states are built at once (chunk × one step's states per run)
+    backend: str = "auto"  # "compiled" (C, CPU), "torch", or "auto": compiled where it runs, else torch
     # --- outputs ---
     inputs: SSDInputs | None = None
     state_sumsq: Tensor | None = None
@@ -63,9 +73,77 @@ class SSDStateProbe:
         with torch.no_grad():
             self.inputs = SSDInputs(x.detach(), delta.detach(), A.detach(), B.detach(), C.detach(),
                                     None if D is None else D.detach())
+        if self._use_compiled():
+            self._compiled_sums(y)
+            return
+        with torch.no_grad():
             self._forward_sums()
         if self.want_grad and y.requires_grad:
             y.register_hook(self._on_grad_y)
+
+    def _use_compiled(self) -> bool:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r}; allowed: {', '.join(BACKENDS)}")
+        inp = self.inputs
+        assert inp is not None
+        if self.backend == "torch" or inp.x.device.type != "cpu" or inp.x.dtype not in (torch.float32, torch.float64):
+            if self.backend == "compiled":
+                raise ValueError("the compiled SSD probe runs on float32/float64 CPU tensors")
+            return False
+        from ssmscope.ssm.scan import compiled
+
+        if self.backend == "auto" and not compiled.is_available():
+            return False
+        return True
+
+    def _compiled_sums(self, y: Tensor) -> None:
+        """The sums from the compiled kernels (ssm/scan/csrc/ssd_probe_kernel.h): the forward now, the adjoint from
+        a hook on y with ∂L/∂y."""
+        from ssmscope.ssm.scan import compiled
+
+        inp = self.inputs
+        assert inp is not None
+        lib = compiled.load_library()
+        dtype = inp.x.dtype
+        cur = _contiguous(inp, dtype)
+        bt, length, nheads, p = cur.x.shape
+        groups, n = cur.B.shape[2], cur.B.shape[3]
+        new = lambda: cur.x.new_empty(bt, length, nheads * p)  # noqa: E731
+        refs = [_contiguous_reference(r, dtype) for r in self.references.values()]
+        if len(refs) > compiled.MAX_REFS:
+            raise ValueError(f"the compiled SSD probe takes at most {compiled.MAX_REFS} references")
+        for name, r in zip(self.references, refs, strict=True):
+            if r.x.shape != cur.x.shape or r.B.shape != cur.B.shape:
+                raise ValueError(f"reference {name!r} of shape {tuple(r.x.shape)} for a scan of {tuple(cur.x.shape)}: "
+                                 "references must come from the same probe batch")
+        threads = compiled.threads_for(bt * length * nheads * p * n * (1 + len(refs)))
+        ssq, mx = new(), new()
+        args = compiled.SSDProbeFwdArgs(batch=bt, L=length, H=nheads, P=p, G=groups, N=n, nthreads=threads,
+                                        nref=len(refs), x=cur.x.data_ptr(), delta=cur.delta.data_ptr(),
+                                        A=cur.A.data_ptr(), B=cur.B.data_ptr(), ssq=ssq.data_ptr(), mx=mx.data_ptr())
+        outs = {}
+        for i, (name, r) in enumerate(zip(self.references, refs, strict=True)):
+            outs[name] = (new(), new())
+            args.ref_x[i], args.ref_delta[i] = r.x.data_ptr(), r.delta.data_ptr()
+            args.ref_A[i], args.ref_B[i] = r.A.data_ptr(), r.B.data_ptr()
+            args.ref_ssq[i], args.ref_mx[i] = outs[name][0].data_ptr(), outs[name][1].data_ptr()
+        compiled._check(lib.ssd_fwd[dtype](ctypes.byref(args)), "SSD probe forward")
+        self.state_sumsq, self.state_maxabs = ssq, mx.amax()
+        for name, (sq, m) in outs.items():
+            self.delta_sumsq[name], self.delta_maxabs[name] = sq, m.amax()
+        if not (self.want_grad and y.requires_grad):
+            return
+
+        def on_grad_y(g: Tensor) -> None:
+            gy = g.detach().to(dtype).contiguous()
+            gssq, gmx = new(), new()
+            bargs = compiled.SSDProbeBwdArgs(batch=bt, L=length, H=nheads, P=p, G=groups, N=n, nthreads=threads,
+                                             gy=gy.data_ptr(), delta=cur.delta.data_ptr(), A=cur.A.data_ptr(),
+                                             C=cur.C.data_ptr(), gssq=gssq.data_ptr(), gmx=gmx.data_ptr())
+            compiled._check(lib.ssd_bwd[dtype](ctypes.byref(bargs)), "SSD probe backward")
+            self.grad_sumsq, self.grad_maxabs = gssq, gmx.amax()
+
+        y.register_hook(on_grad_y)
 
     def _forward_sums(self) -> None:
         inp = self.inputs
@@ -96,6 +174,29 @@ class SSDStateProbe:
             c = _heads(inp.C, inp.x.shape[2])
             sq, mx = recurrence_sums(shifted.flip(1)[None], g.flip(1)[None], c.flip(1)[None], self.chunk)
             self.grad_sumsq, self.grad_maxabs = sq[0].flip(1), mx[0]
+
+
+def _contiguous(inp: SSDInputs, dtype: torch.dtype) -> SSDInputs:
+    """The scan inputs as the kernels read them: contiguous, one dtype."""
+    return SSDInputs(*(None if t is None else t.detach().to(dtype).contiguous() for t in inp))
+
+
+_REFERENCE_CACHE: dict[tuple[int, torch.dtype], tuple[SSDInputs, SSDInputs]] = {}
+_REFERENCE_CACHE_SIZE = 64
+
+
+def _contiguous_reference(ref: SSDInputs, dtype: torch.dtype) -> SSDInputs:
+    """_contiguous of a reference, converted once: an observer hands the same init inputs to every armed step.
+    Keyed by the object (kept alive in the cache, so its id is not reused while cached); oldest entries dropped."""
+    key = (id(ref), dtype)
+    hit = _REFERENCE_CACHE.get(key)
+    if hit is not None and hit[0] is ref:
+        return hit[1]
+    if len(_REFERENCE_CACHE) >= _REFERENCE_CACHE_SIZE:
+        del _REFERENCE_CACHE[next(iter(_REFERENCE_CACHE))]
+    converted = _contiguous(ref, dtype)
+    _REFERENCE_CACHE[key] = (ref, converted)
+    return converted
 
 
 def _maxabs(t: Tensor) -> Tensor:

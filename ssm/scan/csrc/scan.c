@@ -10,7 +10,8 @@
  * the exp's clamps into selects. Threads: see parallel_for.
  *
  * Entry points (fp32 and fp64): ssm_scan_fwd_{f32,f64}, ssm_scan_bwd_{f32,f64},
- * ssm_roofline_{f32,f64}; each returns 0, 1 for bad arguments, 2 when out of memory.
+ * ssm_roofline_{f32,f64}, and the SSD (Mamba-2) probe sums ssd_probe_fwd_{f32,f64}, ssd_probe_bwd_{f32,f64}
+ * (ssd_probe_kernel.h); each returns 0, 1 for bad arguments, 2 when out of memory.
  * ssm_scan_lanes() is the channel-block width, which sets the checkpoint layout.
  */
 
@@ -24,7 +25,7 @@
 #include <omp.h>
 #endif
 
-#define SCAN_ABI_VERSION 3
+#define SCAN_ABI_VERSION 4
 #ifndef LANES /* channels per task and SIMD loop (scan_kernel.h): one 512-bit vector of float where there is one */
 #if defined(__AVX512F__)
 #define LANES 16
@@ -58,6 +59,20 @@ typedef struct {
     void *gB, *gC;     /* (B, L, N) */
     void *gssq;        /* (B, L, E): Σ_n g², or NULL */
 } scan_bwd_args;
+
+typedef struct { /* SSD probe sums (ssd_probe_kernel.h); shapes as ssm/scan/ssd.py, all contiguous */
+    int64_t batch, L, H, P, G, N, nthreads, nref;
+    const void *x, *delta, *A, *B; /* (B, L, H, P), (B, L, H), (H), (B, L, G, N) */
+    void *ssq, *mx;                /* (B, L, H·P): Σ_n h², max_n |h| */
+    const void *ref_x[SCAN_MAX_REFS], *ref_delta[SCAN_MAX_REFS], *ref_A[SCAN_MAX_REFS], *ref_B[SCAN_MAX_REFS];
+    void *ref_ssq[SCAN_MAX_REFS], *ref_mx[SCAN_MAX_REFS]; /* (B, L, H·P): Σ_n (h − h_ref)², max_n |h − h_ref| */
+} ssd_probe_fwd_args;
+
+typedef struct {
+    int64_t batch, L, H, P, G, N, nthreads, reserved;
+    const void *gy, *delta, *A, *C; /* ∂L/∂y (B, L, H, P), (B, L, H), (H), (B, L, G, N) */
+    void *gssq, *gmx;               /* (B, L, H·P): Σ_n λ², max_n |λ| */
+} ssd_probe_bwd_args;
 
 int ssm_scan_abi_version(void) { return SCAN_ABI_VERSION; }
 int ssm_scan_lanes(void) { return LANES; }
@@ -199,11 +214,13 @@ void ssm_exp_expm1_f64(const double *x, double *e, double *em1, int64_t n) {
 #define SCAN_T float
 #define SCAN_SFX f32
 #include "scan_kernel.h"
+#include "ssd_probe_kernel.h"
 #undef SCAN_T
 #undef SCAN_SFX
 
 #define SCAN_T double
 #define SCAN_SFX f64
 #include "scan_kernel.h"
+#include "ssd_probe_kernel.h"
 #undef SCAN_T
 #undef SCAN_SFX
