@@ -134,3 +134,16 @@ def test_every_dashboard_page_shows_the_mamba2_store(store, monkeypatch, tmp_pat
     assert not at.error, [e.value for e in at.error]
     if page in ("app_pages/coord_check.py", "app_pages/compare.py", "app_pages/steps.py"):
         assert at.get("plotly_chart"), page
+
+
+def test_the_slices_table_fits_every_in_proj_block_and_says_when_there_are_none(store, tmp_path):
+    result = CliRunner().invoke(cli, ["slopes", "--db", str(store), "--width", "n_u", "--table", "slices",
+                                      "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    table = pl.read_csv(result.output.encode())
+    assert set(table["site"]) == {"in_proj"} and set(table["group"]) == {"z", "x", "B", "C", "dt"}
+    assert set(table["quantity"]) == {"value", "delta_init", "delta_prev"}
+    assert table["estimate"].is_finite().all()
+    empty = CliRunner().invoke(cli, ["slopes", "--db", str(store), "--width", "n_u", "--table", "slices",
+                                     "--where", "preset = 'nothing'"])
+    assert empty.exit_code != 0 and "Traceback" not in empty.output

@@ -3,6 +3,7 @@
     table  paper    ‖x‖ ‖y‖ ‖Δx‖ ‖Δy‖ (totals) per configuration (runs.analysis.slopes.paper_slopes)
            full     every cell (fit_slopes)
            groups   every per-group contribution to ‖Δx‖ ‖Δy‖ ‖Δ(C·x)‖ beside the total (runs.analysis.groups)
+           slices   Mamba-2: each in_proj row block's output (z, x, B, C, dt) and its change, per slice
     fit    all          one power law over every width (the default)
            top-octaves  the widths within TOP_OCTAVES octaves of the largest: verdicts judged there
            running      every window: successive pairs, sliding 3-width windows, the top octaves
@@ -24,10 +25,19 @@ from ssmscope.runs.analysis.running import FitRange, WindowKind, attach_trend, r
 from ssmscope.runs.analysis.slopes import fit_slopes, paper_slopes
 from ssmscope.ssm.errors import ConfigError
 
-TABLES = ("paper", "full", "groups")
+TABLES = ("paper", "full", "groups", "slices")
 """What `--table` may name."""
 GROUP_TABLE_SITES = ("x", "y", "cx")
 """The sites of the groups table: the state, the output and the readout alone."""
+SLICE_SITE = "in_proj"
+"""The site of the slices table: a Mamba-2 in_proj row block's output, `group` naming the block (probes.mamba2)."""
+NO_SLICES = ("no in_proj slice records in the selection: the slices table needs Mamba-2 runs "
+             "(train.model = \"mamba2\", e.g. `ssmscope sweep mamba2-figure`)")
+
+
+def slice_slopes(frame: pl.DataFrame, **fit_options: Any) -> pl.DataFrame:
+    """fit_slopes over the in_proj slice records only (one cell per slice, quantity, layer)."""
+    return fit_slopes(frame.filter(pl.col("site") == SLICE_SITE), **fit_options)
 
 
 def parse_fit(value: str) -> FitRange:
@@ -45,6 +55,8 @@ def _fitter(table: str) -> Any:
         return partial(group_slopes, sites=GROUP_TABLE_SITES)
     if table == "full":
         return fit_slopes
+    if table == "slices":
+        return slice_slopes
     raise ConfigError(f"--table={table!r}; allowed: {', '.join(TABLES)}")
 
 

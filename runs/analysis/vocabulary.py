@@ -76,6 +76,7 @@ class TableKind(StrEnum):
     PAPER = "paper"  # the paper's four columns, one row per configuration
     FULL = "full"  # every fitted cell
     GROUPS = "groups"  # which parameter group moves Δx, Δy
+    SLICES = "slices"  # Mamba-2: the output of each in_proj row block (z, x, B, C, dt), its value and change
 
 
 class Design(StrEnum):

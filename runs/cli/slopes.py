@@ -57,8 +57,9 @@ def load_frame(db: Path | None, filters: list[Filter]) -> pl.DataFrame:
 # --- the command ---------------------------------------------------------------------------------
 CONVENTION_HELP = "norm convention: rms, l2, token_l2 or channel_l2"
 WIDTH_HELP = "joint (N_u = N_x), n_u (N_x fixed), n_x (N_u fixed) or 2d (s_u and s_x)"
-TABLE_HELP = ("paper (‖x‖, ‖y‖, ‖Δx‖, ‖Δy‖ per preset), full (every cell) or groups (each parameter group's "
-              "contribution to ‖Δx‖, ‖Δy‖, ‖Δ(C·x)‖; needs a sweep with group_probes = true)")
+TABLE_HELP = ("paper (‖x‖, ‖y‖, ‖Δx‖, ‖Δy‖ per preset), full (every cell), groups (each parameter group's "
+              "contribution to ‖Δx‖, ‖Δy‖, ‖Δ(C·x)‖; needs a sweep with group_probes = true) or slices (Mamba-2: "
+              "each in_proj row block's output z, x, B, C, dt and its change)")
 FIT_HELP = ("all (one power law over every width), top-octaves (the widths within 2 octaves of the largest; "
             "verdicts judged there) or running (local slopes: pairs, 3-width windows, top octaves)")
 LAYERS_HELP = "each (a fit per layer) or mean (over layers); default: mean for paper, each for full"
@@ -183,6 +184,10 @@ def _nothing_to_fit(frame: pl.DataFrame, table: str, design: str) -> str:
         from ssmscope.runs.analysis.groups import NO_GROUP_PROBES
 
         return NO_GROUP_PROBES
+    if table == TableKind.SLICES:
+        from ssmscope.runs.analysis.slope_tables import NO_SLICES
+
+        return NO_SLICES
     return "nothing to fit in the selection"
 
 
