@@ -29,6 +29,7 @@ from ssmscope.runs.store.schema import DEFAULT_MODEL
 from ssmscope.runs.sweeps.loop import next_token_loss
 from ssmscope.ssm.adapters.hf import DISCRETIZATION as HF_DISCRETIZATION
 from ssmscope.ssm.adapters.hf import HFMamba, HFWidths, apply_preset_hf, is_hf_mamba
+from ssmscope.ssm.adapters.hf_mamba2 import HFMamba2, HFMamba2Widths, is_hf_mamba2
 from ssmscope.ssm.adapters.optim import build_row_optimizer
 from ssmscope.ssm.apply import apply_preset, build_optimizer
 from ssmscope.ssm.config import Discretization, MambaConfig
@@ -141,7 +142,14 @@ class SsmscopeFamily(Family):
 
 
 class HFFamily(Family):
-    """transformers' Mamba from an HFMamba (or a callable returning one), under the adapter."""
+    """transformers' Mamba from an HFMamba (or a callable returning one), under the adapter.
+
+    HFMamba2Family overrides what differs for Mamba-2 (`_factory`, `_config_class`, `_is_model`, `_widths`,
+    `_observer`); the base width's model as the init base, the rescaling and the row-scaled optimizer are shared."""
+
+    _factory: type = HFMamba
+    _config_class = "MambaConfig"
+    _what = "transformers Mamba"
 
     def __init__(self, make: Callable[[int, int], nn.Module], sample: dict[str, Any] | None = None):
         self.make = make
@@ -151,12 +159,12 @@ class HFFamily(Family):
     def shape_at(self, n_u: int, n_x: int) -> ModelShape | None:
         if self.sample is not None:
             cfg: dict[str, Any] = self.sample
-        elif isinstance(self.make, HFMamba):
+        elif isinstance(self.make, self._factory):
             try:
                 import transformers
             except ImportError:
                 return None  # building says so in one line
-            cfg = {**transformers.MambaConfig().to_dict(), **self.make.config}
+            cfg = {**getattr(transformers, self._config_class)().to_dict(), **self.make.config}
         else:
             return None
         return ModelShape(max(1, n_u // int(cfg.get("expand", 2))), int(cfg["num_hidden_layers"]),
@@ -164,30 +172,40 @@ class HFFamily(Family):
 
     def discretizations(self, requested: Discretization | None) -> Discretization:
         if requested is not None and Discretization(requested) != HF_DISCRETIZATION:
-            raise ConfigError(f"discretization={requested!r}: transformers' Mamba scan is Euler (B̄ = Δ·B); "
-                              "its coordinate check takes discretizations=['euler'] (or none)")
+            raise ConfigError(f"discretization={Discretization(requested).value!r}: {self._what}'s scan is Euler "
+                              "(B̄ = Δ·B); its coordinate check takes discretizations=['euler'] (or none)")
         return HF_DISCRETIZATION
+
+    def _is_model(self, model: nn.Module) -> bool:
+        return is_hf_mamba(model)
+
+    def _widths(self, model: nn.Module) -> tuple[int, int, int, int]:
+        """(N_u, N_x, depth, d_model)."""
+        w = HFWidths.of(model)
+        return w.n_u, w.n_x, w.n_layers, w.d_model
+
+    def _observer(self, model: nn.Module, setting: Setting) -> Any:
+        from ssmscope.probes.hf import HFObserver  # probes.hf needs the adapter only here
+
+        return HFObserver(model, grads=setting.grads, state_prev=setting.state_prev, scan=setting.scan)
 
     def build(self, n_u: int, n_x: int, setting: Setting, device: torch.device,
               dtype: torch.dtype | None) -> Subject:
-        from ssmscope.probes.hf import HFObserver  # probes.hf needs the adapter only here
-
         preset = setting.preset
         torch.manual_seed(setting.seed)
         base = self.make(preset.base_n_u, preset.base_n_x)  # the user's init at the base width: the base
         torch.manual_seed(setting.seed)
         model = self.make(n_u, n_x)
-        if not is_hf_mamba(model):
+        if not self._is_model(model):
             raise ConfigError(f"make_model returned {type(model).__name__}; expected one model family per check")
-        widths = HFWidths.of(model)
-        _check_widths(n_u, n_x, widths.n_u, widths.n_x)
+        got_u, got_x, n_layers, d_model = self._widths(model)
+        _check_widths(n_u, n_x, got_u, got_x)
         groups = apply_preset_hf(model, preset, setting.optimizer, setting.lr, base=base)
         model.to(device=device, dtype=dtype)
         model.train()
         opt = build_row_optimizer(groups, setting.optimizer, weight_decay=setting.weight_decay)
-        obs = HFObserver(model, grads=setting.grads, state_prev=setting.state_prev, scan=setting.scan)
         cfg = model.config
-        return Subject(model, opt, obs, HF_DISCRETIZATION, widths.n_layers, widths.d_model,
+        return Subject(model, opt, self._observer(model, setting), HF_DISCRETIZATION, n_layers, d_model,
                        float(cfg.time_step_min), float(cfg.time_step_max))
 
     def init_base(self, preset: Preset) -> str:
@@ -195,9 +213,31 @@ class HFFamily(Family):
         return rec.USER_BASE
 
     def describe(self) -> dict[str, Any]:
-        if isinstance(self.make, HFMamba):
+        if isinstance(self.make, self._factory):
             return self.make.describe()
-        return {"model": "transformers Mamba", "factory": _qualname(self.make)}
+        return {"model": self._what, "factory": _qualname(self.make)}
+
+
+class HFMamba2Family(HFFamily):
+    """transformers' Mamba-2 from an HFMamba2 (or a callable returning one), under ssm.adapters.hf_mamba2, observed
+    by probes.hf_mamba2.HFMamba2Observer; no group probes (as ssmscope's Mamba-2)."""
+
+    _factory = HFMamba2
+    _config_class = "Mamba2Config"
+    _what = "transformers Mamba2"
+    model_key = ModelKind.MAMBA2.value
+
+    def _is_model(self, model: nn.Module) -> bool:
+        return is_hf_mamba2(model)
+
+    def _widths(self, model: nn.Module) -> tuple[int, int, int, int]:
+        w = HFMamba2Widths.of(model)
+        return w.n_u, w.n_x, w.n_layers, w.d_model
+
+    def _observer(self, model: nn.Module, setting: Setting) -> Any:
+        from ssmscope.probes.hf_mamba2 import HFMamba2Observer
+
+        return HFMamba2Observer(model, grads=setting.grads, state_prev=setting.state_prev)
 
 
 def _check_widths(n_u: int, n_x: int, got_u: int, got_x: int) -> None:
@@ -210,15 +250,15 @@ def _qualname(fn: object) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
-def _is_hf_config(obj: object) -> bool:
+def _is_hf_config(obj: object, name: str = "MambaConfig") -> bool:
     cls = type(obj)
-    return cls.__name__ == "MambaConfig" and cls.__module__.startswith("transformers")
+    return cls.__name__ == name and cls.__module__.startswith("transformers")
 
 
 SUPPORTED_FAMILIES = ("an ssmscope MambaConfig or Mamba2Config, a callable (n_u, n_x) -> ssmscope MambaLM or "
                       "Mamba2LM, a transformers "
-                      "MambaConfig, ssmscope.HFMamba(...), a callable (n_u, n_x) -> transformers MambaForCausalLM "
-                      "/ MambaModel, or a probes.family.ModelFamily")
+                      "MambaConfig or Mamba2Config, ssmscope.HFMamba(...) or HFMamba2(...), a callable (n_u, n_x) -> "
+                      "transformers MambaForCausalLM / Mamba2ForCausalLM, or a probes.family.ModelFamily")
 """What `make_model` may be, as the refusals word it."""
 
 
@@ -228,7 +268,7 @@ def _module_refusal(module: nn.Module) -> ConfigError:
     if isinstance(module, MambaLM | Mamba2LM):
         hint = (f"pass its config (model.cfg) as the template, or a callable (n_u, n_x) -> "
                 f"{type(module).__name__}")
-    elif is_hf_mamba(module):
+    elif is_hf_mamba(module) or is_hf_mamba2(module):
         hint = "pass its config (model.config) or ssmscope.HFMamba({...}), or a callable (n_u, n_x) -> model"
     else:
         hint = "coord_check trains ssmscope's MambaLM and transformers' Mamba only; give " + SUPPORTED_FAMILIES
@@ -249,8 +289,13 @@ def family_of(make_model: Any) -> ModelFamily:
         return SsmscopeFamily(template=make_model)
     if isinstance(make_model, HFMamba):
         return HFFamily(make_model)
+    if isinstance(make_model, HFMamba2):
+        return HFMamba2Family(make_model)
     if _is_hf_config(make_model):  # its widths and rank are set per width (rank: ceil(hidden_size / 16))
         return HFFamily(HFMamba({k: v for k, v in make_model.to_dict().items() if k in _HF_CONFIG_KEYS}))
+    if _is_hf_config(make_model, "Mamba2Config"):  # hidden_size, num_heads, state_size set per width
+        return HFMamba2Family(HFMamba2({k: v for k, v in make_model.to_dict().items()
+                                        if k in _HF_MAMBA2_CONFIG_KEYS}))
     if callable(make_model):
         return _CallableFamily(make_model)
     raise ConfigError(f"make_model={type(make_model).__name__}; allowed: " + SUPPORTED_FAMILIES)
@@ -260,6 +305,12 @@ _HF_CONFIG_KEYS = {"vocab_size", "num_hidden_layers", "layer_norm_epsilon", "exp
                    "use_conv_bias", "hidden_act", "initializer_range", "residual_in_fp32", "time_step_scale",
                    "time_step_min", "time_step_max", "time_step_init_scheme", "time_step_floor",
                    "rescale_prenorm_residual", "tie_word_embeddings"}
+
+
+_HF_MAMBA2_CONFIG_KEYS = {"vocab_size", "num_hidden_layers", "layer_norm_epsilon", "expand", "conv_kernel",
+                          "use_bias", "use_conv_bias", "hidden_act", "initializer_range", "residual_in_fp32",
+                          "time_step_min", "time_step_max", "time_step_floor", "time_step_limit",
+                          "rescale_prenorm_residual", "tie_word_embeddings", "head_dim", "n_groups", "chunk_size"}
 
 
 class _CallableFamily(Family):
@@ -280,9 +331,11 @@ class _CallableFamily(Family):
                 self.inner = SsmscopeFamily(make=self.make, own=probe.cfg.discretization, sample=probe.cfg)
             elif is_hf_mamba(probe):
                 self.inner = HFFamily(self.make, sample=probe.config.to_dict())
+            elif is_hf_mamba2(probe):
+                self.inner = HFMamba2Family(self.make, sample=probe.config.to_dict())
             else:
                 raise ConfigError(f"make_model returned {type(probe).__module__}.{type(probe).__name__}; coord_check "
-                                  "observes ssmscope's MambaLM and transformers' MambaForCausalLM / MambaModel")
+                                  "observes ssmscope's MambaLM / Mamba2LM and transformers' Mamba / Mamba2 models")
         return self.inner
 
     def shape_at(self, n_u: int, n_x: int) -> ModelShape | None:

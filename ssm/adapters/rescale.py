@@ -77,6 +77,15 @@ def resolve_preset(preset: Preset | str) -> Preset:
     return preset if isinstance(preset, Preset) else load_preset(preset)
 
 
+def _of_family(adaptee: Adaptee, preset: Preset | str) -> Preset:
+    """The preset, refused when it is for another model family (its roles would not cover the model's)."""
+    preset = resolve_preset(preset)
+    if preset.family != adaptee.family:
+        raise ConfigError(f"preset {preset.name} is for family {preset.family}, the model is {adaptee.family}; "
+                          f"allowed: a {adaptee.family} preset")
+    return preset
+
+
 def base_scales(adaptee: Adaptee, model: nn.Module) -> dict[Role, float]:
     """RMS of each scalable role's entries, pooled over layers: the user's init scale at this width."""
     params = dict(model.named_parameters())
@@ -96,11 +105,8 @@ def plan(adaptee: Adaptee, model: nn.Module, preset: Preset | str, optimizer: Op
          base: nn.Module | Mapping[Role, float]) -> list[HFParamPlan]:
     """Target init scale and learning rate of every ssmscope-named weight (see the module docstring)."""
     adaptee.check(model)
-    preset = resolve_preset(preset)
+    preset = _of_family(adaptee, preset)
     optimizer = Optimizer(optimizer)
-    if preset.family != adaptee.family:
-        raise ConfigError(f"preset {preset.name} is for family {preset.family}, the model is {adaptee.family}; "
-                          f"allowed: a {adaptee.family} preset")
     if isinstance(base, nn.Module):
         adaptee.check(base)
         got = adaptee.widths(base)
@@ -135,7 +141,7 @@ def apply(adaptee: Adaptee, model: nn.Module, preset: Preset | str, optimizer: O
     `model` itself is at the base width. A role the user initialised to zero stays zero; structural roles stay.
     """
     adaptee.check(model)
-    preset = resolve_preset(preset)
+    preset = _of_family(adaptee, preset)
     if base is None:
         n_u, n_x = adaptee.widths(model)
         if (n_u, n_x) != (preset.base_n_u, preset.base_n_x):
