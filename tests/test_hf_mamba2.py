@@ -113,16 +113,26 @@ def test_the_adapters_plan_and_rows_under_mamba2_mup_at_4x_width():
         (0, 256), (256, 512), (512, 544), (544, 576), (576, 608)]  # G·N = 2·16, 256/8 = 32 heads
 
 
-def test_per_row_learning_rates_on_the_fused_in_proj_under_sgd():
-    """mamba2-mup under SGD: in_proj's blocks at base LR, but a preset of per-block exponents gives each block's rows
-    its own factor; here mamba2-sp-hf vs mamba2-mup's SGD readout differ, and in_proj's row_scale is per row."""
+def test_per_row_learning_rates_on_the_fused_in_proj(tmp_path):
+    """A preset giving in_proj's dt block the base LR (a vector-like rule) and the other blocks LR/N_u: the fused
+    weight's row_scale is 1 on z, x, B, C and 4 on the dt rows at 4x width (relative to the group's LR/4)."""
+    from importlib.resources import files
+
     from ssmscope.ssm.adapters.hf import apply_preset_hf
 
-    groups = apply_preset_hf(build(256, 32), "mamba2-mup", "sgd", 0.1, base=build(64, 16))
+    text = files("ssmscope.ssm").joinpath("presets/mamba2-mup.toml").read_text()
+    head, rest = text.split("[roles.in_proj_dt]", 1)
+    rest = rest.replace("lr = {sgd = {}, adam = {n_u = -1}}", "lr = {sgd = {}, adam = {}}", 1)
+    path = tmp_path / "dt-vector.toml"
+    path.write_text(head.replace('name = "mamba2-mup"', 'name = "dt-vector"') + "[roles.in_proj_dt]" + rest)
+    groups = apply_preset_hf(build(256, 16), str(path), "adam", 0.01, base=build(64, 16))
     ip = next(g for g in groups if g["name"] == "layers.1.mixer.in_proj.weight")
-    assert ip["row_scale"].shape == (2 * 256 + 2 * 2 * 32 + 32,)
-    head = next(g for g in groups if g["name"] == "lm_head.weight")
-    assert head["lr"] == pytest.approx(0.1 / 4)  # SGD readout N_u^-1
+    assert ip["lr"] == pytest.approx(0.01 / 4)
+    expected = torch.ones(2 * 256 + 2 * 2 * 16 + 32, dtype=F64)
+    expected[-32:] = 4.0  # the 32 dt rows (one per head) at the base LR
+    assert torch.allclose(ip["row_scale"], expected)
+    head_group = next(g for g in groups if g["name"] == "lm_head.weight")
+    assert head_group["lr"] == pytest.approx(0.01 / 4)
 
 
 def test_what_cannot_be_put_under_a_preset_is_refused_in_one_line():
