@@ -35,7 +35,9 @@ from ssmscope.ssm.adapters.hf import (
     hf_mixers,
     named_canonical_parameters,
 )
+from ssmscope.ssm.adapters.hf_mamba2 import is_hf_mamba2
 from ssmscope.ssm.config import ScanBackend
+from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.scan import StateProbe, selective_scan
 
 DEFAULT_RTOL = 1e-4
@@ -118,6 +120,9 @@ class HFObserver(Observer):
 
     def __init__(self, model: nn.Module, *, grads: bool = True, params: bool = True, state_prev: bool = False,
                  scan: ScanBackend | str = ScanBackend.AUTO, rtol: float = DEFAULT_RTOL):
+        if is_hf_mamba2(model):
+            raise ConfigError("HFObserver observes transformers' Mamba; for Mamba-2 use "
+                              "ssmscope.probes.hf_mamba2.HFMamba2Observer")
         check_adaptable(model)
         self.hf_model = model
         self.widths = HFWidths.of(model)

@@ -11,7 +11,9 @@ The public API (see docs/library.md):
     ssmscope.store.save(frame, db, runs=runs)  put the runs where `ssmscope slopes` and the dashboard read them
     ssmscope.Monitor(model, db, probe_batch=..., every=k, labels=ssmscope.Labels(...))   the probes in your own loop
     ssmscope.HFMamba(config)        transformers' Mamba at any width (pip install 'ssmscope[hf]')
-    ssmscope.apply_preset_hf, ssmscope.HFObserver, ssmscope.RowScaledAdam, ...  the pieces underneath
+    ssmscope.HFMamba2(config)       transformers' Mamba-2 at any width (heads added at a fixed head_dim)
+    ssmscope.apply_preset_hf, ssmscope.HFObserver, ssmscope.HFMamba2Observer, ssmscope.RowScaledAdam, ...
+                                    the pieces underneath
 
 The repository's packages live under this namespace:
 
@@ -55,6 +57,10 @@ _EXPORTS: dict[str, str] = {
     "RowScaledSGD": "ssmscope.ssm.adapters.optim",
     "build_row_optimizer": "ssmscope.ssm.adapters.optim",
     "HFObserver": "ssmscope.probes.hf",
+    "HFMamba2": "ssmscope.ssm.adapters.hf_mamba2",
+    "HFMamba2Observer": "ssmscope.probes.hf_mamba2",
+    "Mamba2Config": "ssmscope.ssm.mamba2",
+    "Mamba2LM": "ssmscope.ssm.mamba2",
     "Observer": "ssmscope.probes.observer",
     "MambaConfig": "ssmscope.ssm.config",
     "MambaLM": "ssmscope.ssm.model",
@@ -65,9 +71,10 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = ("store",)
 """Public submodules, loaded on first access: ssmscope.store."""
 
-__all__ = ["ConfigError", "Grid", "HFMamba", "HFObserver", "Labels", "MambaConfig", "MambaLM", "Monitor", "Observer",
-           "RowScaledAdam", "RowScaledSGD", "Runs", "Training", "__version__", "apply_preset_hf", "build_row_optimizer",
-           "coord_check", "coord_figure", "fit_slopes", "load_preset", "paper_slopes", "plan_hf", "store"]
+__all__ = ["ConfigError", "Grid", "HFMamba", "HFMamba2", "HFMamba2Observer", "HFObserver", "Labels", "Mamba2Config",
+           "Mamba2LM", "MambaConfig", "MambaLM", "Monitor", "Observer", "RowScaledAdam", "RowScaledSGD", "Runs",
+           "Training", "__version__", "apply_preset_hf", "build_row_optimizer", "coord_check", "coord_figure",
+           "fit_slopes", "load_preset", "paper_slopes", "plan_hf", "store"]
 assert set(__all__) == {"__version__", *_EXPORTS, *_SUBMODULES}, "__all__ lists every public name once"
 
 if TYPE_CHECKING:
@@ -76,15 +83,18 @@ if TYPE_CHECKING:
     from ssmscope.figure import coord_figure
     from ssmscope.monitor import Monitor
     from ssmscope.probes.hf import HFObserver
+    from ssmscope.probes.hf_mamba2 import HFMamba2Observer
     from ssmscope.probes.observer import Observer
     from ssmscope.recipe import Grid, Labels, Training
     from ssmscope.records import Runs
     from ssmscope.runs.analysis.slopes.fit import fit_slopes
     from ssmscope.runs.analysis.slopes.paper import paper_slopes
     from ssmscope.ssm.adapters.hf import HFMamba, apply_preset_hf, plan_hf
+    from ssmscope.ssm.adapters.hf_mamba2 import HFMamba2
     from ssmscope.ssm.adapters.optim import RowScaledAdam, RowScaledSGD, build_row_optimizer
     from ssmscope.ssm.config import MambaConfig
     from ssmscope.ssm.errors import ConfigError
+    from ssmscope.ssm.mamba2 import Mamba2Config, Mamba2LM
     from ssmscope.ssm.model import MambaLM
     from ssmscope.ssm.presets import load_preset
 

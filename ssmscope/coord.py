@@ -25,6 +25,7 @@ from ssmscope import records as rec
 from ssmscope.probes.family import ModelFamily
 from ssmscope.recipe import Grid, Training, shown
 from ssmscope.records import RunData, Runs
+from ssmscope.runs.store.schema import DEFAULT_MODEL
 from ssmscope.runs.sweeps.ids import canonical_json, run_id_of
 from ssmscope.runs.sweeps.loop import LossFn, train_and_probe
 from ssmscope.runs.sweeps.memory import human, mamba_run_bytes, parse_size
@@ -181,6 +182,9 @@ class _Context:
                        "discretization": str(setting.discretization), "optimizer": setting.optimizer,
                        "lr": setting.lr, "seed": setting.seed, "n_u": n_u, "n_x": n_x,
                        "base": self.family.init_base(preset), **self.common}
+        model_key = getattr(self.family, "model_key", DEFAULT_MODEL)
+        if model_key != DEFAULT_MODEL:  # the store's `model` key; S6 runs keep their ids (runs.store.schema)
+            description["model"] = model_key
         run_id = run_id_of(description)
         batch_size, seq_len = _shape(self.probe_batch)
         row = run_row(
@@ -224,7 +228,7 @@ def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, grid
     """Train every width of a Mamba under each setting of `grid` and return the probe records as one long frame.
 
     Args:
-        make_model: the model family: an ssmscope MambaConfig (the template, widths set per run), a
+        make_model: the model family: an ssmscope MambaConfig or Mamba2Config (the template, widths set per run), a
             transformers MambaConfig or `ssmscope.HFMamba(...)` (transformers' Mamba, under the adapter),
             or a callable (N_u, N_x) → MambaLM or transformers Mamba.
         widths: N (joint: N_u = N_x = N) or (N_u, N_x) pairs; slopes need at least 3 per axis.

@@ -25,6 +25,7 @@ from ssmscope.runs.store.schema import (
     PROBE_COLUMNS,
     RUN_KEY_TYPES,
     init_base_of,
+    model_of,
     readout_of,
 )
 
@@ -95,4 +96,6 @@ def run_key(run: dict[str, Any], key: str) -> Any:
         return init_base_of(run.get("config_json"))
     if key == "readout":
         return readout_of(run.get("config_json"))
+    if key == "model":
+        return model_of(run.get("config_json"))
     return run[key]

@@ -42,6 +42,7 @@ __all__ = [
     "config_of_init_base",
     "ddl",
     "init_base_of",
+    "model_of",
     "readout_of",
 ]
 
@@ -154,6 +155,12 @@ def readout_of(config_json: str | None) -> str:
     """A run's readout treatment from its config_json, as DERIVED_RUN_COLUMNS derives it in SQL (BASE_READOUT
     when the config names none)."""
     return _config_value(config_json, "readout", BASE_READOUT)
+
+
+def model_of(config_json: str | None) -> str:
+    """A run's model family from its config_json, as DERIVED_RUN_COLUMNS derives it in SQL (DEFAULT_MODEL when the
+    config names none: every S6 run)."""
+    return _config_value(config_json, "model", DEFAULT_MODEL)
 
 
 def config_of_init_base(init_base: str) -> str:

@@ -14,7 +14,9 @@ keeping the user's init distribution (its shape) and seed. Structural roles (A_l
 stay as the user initialised them. transformers' scan discretises with Euler (B̄ = Δ·B), so the
 preset's `euler` rules apply.
 
-transformers is imported only by `HFMamba` (building a model at a width); everything else
+The plan, the rescaling and the optimizer groups are ssm.adapters.rescale's, shared with transformers'
+Mamba-2 (ssm.adapters.hf_mamba2): `apply_preset_hf`, `plan_hf`, `base_scales` and `canonical_params` take
+either model. transformers is imported only by `HFMamba` (building a model at a width); everything else
 works on the modules by duck typing, so this module imports without transformers.
 """
 
@@ -26,13 +28,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from ssmscope.ssm.adapters import hf_mamba2, rescale
+from ssmscope.ssm.adapters.rescale import Adaptee, CanonicalParam, HFParamPlan, backbone, preset_groups
 from ssmscope.ssm.config import Discretization, Optimizer
 from ssmscope.ssm.errors import ConfigError
-from ssmscope.ssm.presets import Preset, load_preset
-from ssmscope.ssm.roles import MULTIPLIER_ROLES, STRUCTURAL_RULES, Role, role_of
+from ssmscope.ssm.presets import Preset
+from ssmscope.ssm.roles import Family, Role, role_of
 
 DISCRETIZATION = Discretization.EULER
 """transformers' scan: Ā = exp(ΔA), B̄ = Δ·B (mamba_selective_scan)."""
@@ -57,11 +60,6 @@ def is_hf_mamba(model: nn.Module) -> bool:
     """True for transformers' MambaForCausalLM / MambaModel (checked by class, without importing transformers)."""
     cls = type(model)
     return cls.__name__ in HF_MAMBA_CLASSES and cls.__module__.startswith("transformers.models.mamba")
-
-
-def backbone(model: nn.Module) -> nn.Module:
-    """The MambaModel inside a MambaForCausalLM (or the MambaModel itself)."""
-    return getattr(model, "backbone", model)
 
 
 def hf_mixers(model: nn.Module) -> list[nn.Module]:
@@ -135,29 +133,13 @@ class HFMamba:
 
 
 # ----------------------------------------------------------------------------- names and roles
-@dataclass(frozen=True)
-class CanonicalParam:
-    """One ssmscope-named weight of a transformers Mamba: a whole parameter or a row block of x_proj."""
-
-    name: str  # ssmscope name, e.g. layers.0.mixer.x_proj.B.weight
-    hf_name: str  # transformers name of the parameter holding it
-    layer: int | None
-    role: Role | None
-    rows: slice | None  # None: the whole parameter
-
-    def view(self, params: Mapping[str, Tensor]) -> Tensor:
-        p = params[self.hf_name]
-        return p if self.rows is None else p[self.rows]
-
-
 def canonical_name(hf_name: str) -> str:
     """transformers name → ssmscope name (x_proj.weight stays whole here; see canonical_params)."""
     name = hf_name.removeprefix("backbone.")
     return CANONICAL_SUFFIX.get(name, name)
 
 
-def canonical_params(model: nn.Module) -> list[CanonicalParam]:
-    """Every weight of a transformers Mamba under its ssmscope name and role, x_proj split by rows."""
+def _mamba_params(model: nn.Module) -> list[CanonicalParam]:
     widths = HFWidths.of(model)
     out = []
     for hf_name, _ in model.named_parameters():
@@ -174,8 +156,37 @@ def canonical_params(model: nn.Module) -> list[CanonicalParam]:
     return out
 
 
+def _check_mamba(model: nn.Module) -> None:
+    if not is_hf_mamba(model):
+        raise ConfigError(f"{type(model).__module__}.{type(model).__name__} is not transformers' MambaForCausalLM, "
+                          "MambaModel, Mamba2ForCausalLM or Mamba2Model")
+    head = getattr(model, "lm_head", None)
+    if head is not None and head.weight is backbone(model).embeddings.weight:
+        raise ConfigError("the model ties lm_head to the embedding (tie_word_embeddings=True), so the readout "
+                          "cannot follow its own rule; build the config with tie_word_embeddings=False")
+    uncovered = [cp.hf_name for cp in _mamba_params(model) if cp.role is None]
+    if uncovered:
+        raise ConfigError(f"no role covers parameter(s) {', '.join(uncovered)}; build the config with "
+                          "use_bias=False (Mamba's default) or extend ssm.roles.ROLE_OF_NAME")
+
+
+MAMBA = Adaptee(Family.MAMBA, _check_mamba, _mamba_params, lambda m: (HFWidths.of(m).n_u, HFWidths.of(m).n_x),
+                DISCRETIZATION)
+"""transformers' Mamba as the shared core (ssm.adapters.rescale) sees it."""
+
+
+def adaptee_of(model: nn.Module) -> Adaptee:
+    """The adapter of a transformers model: Mamba-2's (ssm.adapters.hf_mamba2) or Mamba's (this module)."""
+    return hf_mamba2.MAMBA2 if hf_mamba2.is_hf_mamba2(model) else MAMBA
+
+
+def canonical_params(model: nn.Module) -> list[CanonicalParam]:
+    """Every weight of a transformers Mamba (or Mamba-2) under its ssmscope name and role, fused weights by rows."""
+    return adaptee_of(model).params(model)
+
+
 def named_canonical_parameters(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
-    """(ssmscope name, tensor) for every weight; x_proj's blocks are views of the one parameter."""
+    """(ssmscope name, tensor) for every weight; a fused weight's blocks are views of the one parameter."""
     params = dict(model.named_parameters())
     for cp in canonical_params(model):
         yield cp.name, cp.view(params)
@@ -183,85 +194,19 @@ def named_canonical_parameters(model: nn.Module) -> Iterator[tuple[str, Tensor]]
 
 def check_adaptable(model: nn.Module) -> None:
     """Refuse, in one line naming the fix, what the adapter cannot put under a preset."""
-    if not is_hf_mamba(model):
-        raise ConfigError(f"{type(model).__module__}.{type(model).__name__} is not transformers' MambaForCausalLM "
-                          "or MambaModel")
-    head = getattr(model, "lm_head", None)
-    if head is not None and head.weight is backbone(model).embeddings.weight:
-        raise ConfigError("the model ties lm_head to the embedding (tie_word_embeddings=True), so the readout "
-                          "cannot follow its own rule; build the config with tie_word_embeddings=False")
-    uncovered = [cp.hf_name for cp in canonical_params(model) if cp.role is None]
-    if uncovered:
-        raise ConfigError(f"no role covers parameter(s) {', '.join(uncovered)}; build the config with "
-                          "use_bias=False (Mamba's default) or extend ssm.roles.ROLE_OF_NAME")
+    adaptee_of(model).check(model)
 
 
 # ----------------------------------------------------------------------------- preset application
 def base_scales(model: nn.Module) -> dict[Role, float]:
     """RMS of each scalable role's entries, pooled over layers: the user's init scale at this width."""
-    params = dict(model.named_parameters())
-    sums: dict[Role, list[float]] = {}
-    with torch.no_grad():
-        for cp in canonical_params(model):
-            if cp.role is None or cp.role in STRUCTURAL_RULES:
-                continue
-            v = cp.view(params).detach().double()
-            acc = sums.setdefault(cp.role, [0.0, 0])
-            acc[0] += v.square().sum().item()
-            acc[1] += v.numel()
-    return {role: math.sqrt(s / n) for role, (s, n) in sums.items() if n}
-
-
-@dataclass(frozen=True)
-class HFParamPlan:
-    """What a preset prescribes for one ssmscope-named weight of a transformers Mamba."""
-
-    name: str
-    hf_name: str
-    layer: int | None
-    role: Role
-    rows: slice | None
-    init_scale: float | None  # target RMS; None for structural roles (kept as initialised)
-    lr: float
-
-
-def _ratios(widths: HFWidths, preset: Preset) -> tuple[float, float]:
-    return widths.n_u / preset.base_n_u, widths.n_x / preset.base_n_x
-
-
-def _resolve_preset(preset: Preset | str) -> Preset:
-    return preset if isinstance(preset, Preset) else load_preset(preset)
+    return rescale.base_scales(adaptee_of(model), model)
 
 
 def plan_hf(model: nn.Module, preset: Preset | str, optimizer: Optimizer | str, lr: float,
             base: nn.Module | Mapping[Role, float]) -> list[HFParamPlan]:
     """Target init scale and learning rate of every ssmscope-named weight (see the module docstring)."""
-    check_adaptable(model)
-    preset = _resolve_preset(preset)
-    optimizer = Optimizer(optimizer)
-    if isinstance(base, nn.Module):
-        check_adaptable(base)
-        got = HFWidths.of(base)
-        if (got.n_u, got.n_x) != (preset.base_n_u, preset.base_n_x):
-            raise ConfigError(f"the base model has N_u={got.n_u}, N_x={got.n_x}; preset {preset.name} has its base "
-                              f"at N_u0={preset.base_n_u}, N_x0={preset.base_n_x}: build the base at that width")
-        base = base_scales(base)
-    u_ratio, x_ratio = _ratios(HFWidths.of(model), preset)
-    rows = []
-    for cp in canonical_params(model):
-        s = preset.scaling(cp.role, DISCRETIZATION)
-        if cp.role in MULTIPLIER_ROLES and s.mult.factor(u_ratio, x_ratio) != 1.0:
-            raise ConfigError(f"preset {preset.name} gives role {cp.role} a forward multiplier ({s.mult}); the "
-                              "transformers adapter leaves the user's modules unchanged and applies none: use a "
-                              "preset without `mult`")
-        scale = None
-        if cp.role not in STRUCTURAL_RULES:
-            if cp.role not in base:
-                raise ConfigError(f"the base gives no scale for role {cp.role}")
-            scale = base[cp.role] * s.init.factor(u_ratio, x_ratio)
-        rows.append(HFParamPlan(cp.name, cp.hf_name, cp.layer, cp.role, cp.rows, scale,
-                                lr * s.lr[optimizer.family].factor(u_ratio, x_ratio)))
-    return rows
+    return rescale.plan(adaptee_of(model), model, preset, optimizer, lr, base)
 
 
 def apply_preset_hf(model: nn.Module, preset: Preset | str, optimizer: Optimizer | str, lr: float, *,
@@ -270,52 +215,14 @@ def apply_preset_hf(model: nn.Module, preset: Preset | str, optimizer: Optimizer
 
     `base`: the user's model built at the preset's base width (N_u0, N_x0), or its `base_scales`;
     None when `model` itself is at the base width. Returns one group per ssmscope weight (per layer),
-    except x_proj: one group per layer with a `row_scale` (ssm.adapters.optim) giving its dt, B and C
-    rows their own learning rates. Raises ConfigError for what cannot be adapted (check_adaptable).
+    except a fused weight (Mamba's x_proj, Mamba-2's in_proj): one group per layer with a `row_scale`
+    (ssm.adapters.optim) giving its row blocks their own learning rates. Works on transformers' Mamba and
+    Mamba-2 alike; raises ConfigError for what cannot be adapted (check_adaptable).
     """
-    check_adaptable(model)
-    preset = _resolve_preset(preset)
-    if base is None:
-        widths = HFWidths.of(model)
-        if (widths.n_u, widths.n_x) != (preset.base_n_u, preset.base_n_x):
-            raise ConfigError(f"the model has N_u={widths.n_u}, N_x={widths.n_x} but preset {preset.name}'s base "
-                              f"is N_u0={preset.base_n_u}, N_x0={preset.base_n_x}; pass base= the same model "
-                              "built at the base width (the user's init there is the base)")
-        base = base_scales(model)
-    plans = plan_hf(model, preset, optimizer, lr, base)
-    current = base_scales(model)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for row in plans:
-            if row.init_scale is None or current.get(row.role, 0.0) == 0.0:
-                continue  # structural, or a role the user initialised to zero (zero stays zero)
-            row_view = params[row.hf_name] if row.rows is None else params[row.hf_name][row.rows]
-            row_view.mul_(row.init_scale / current[row.role])
-    return preset_groups(model, plans)
+    return rescale.apply(adaptee_of(model), model, preset, optimizer, lr, base=base)
 
 
-def preset_groups(model: nn.Module, plans: list[HFParamPlan]) -> list[dict[str, Any]]:
-    """Optimizer groups from a plan: per weight, and x_proj with per-row factors relative to its dt rows."""
-    params = dict(model.named_parameters())
-    groups: list[dict[str, Any]] = []
-    fused: dict[str, dict[str, Any]] = {}
-    for row in plans:
-        p = params[row.hf_name]
-        if row.rows is None:
-            groups.append({"params": [p], "lr": row.lr, "name": row.name, "role": str(row.role), "layer": row.layer})
-            continue
-        group = fused.get(row.hf_name)
-        if group is None:
-            base_lr = row.lr  # the first block (dt) carries the group's lr; the others are relative to it
-            group = {"params": [p], "lr": base_lr, "row_scale": torch.ones(p.shape[0], dtype=torch.float64),
-                     "name": canonical_name(row.hf_name), "role": "x_proj", "layer": row.layer}
-            fused[row.hf_name] = group
-            groups.append(group)
-        group["row_scale"][row.rows] = row.lr / group["lr"] if group["lr"] else 0.0
-    return groups
-
-
-__all__ = ["CANONICAL_SUFFIX", "DISCRETIZATION", "HF_MAMBA_CLASSES", "X_PROJ_BLOCKS", "CanonicalParam", "HFMamba",
-           "HFParamPlan", "HFWidths", "apply_preset_hf", "backbone", "base_scales", "canonical_name",
-           "canonical_params", "check_adaptable", "hf_mixers", "is_hf_mamba", "named_canonical_parameters", "plan_hf",
-           "preset_groups"]
+__all__ = ["CANONICAL_SUFFIX", "DISCRETIZATION", "HF_MAMBA_CLASSES", "MAMBA", "X_PROJ_BLOCKS", "CanonicalParam",
+           "HFMamba", "HFParamPlan", "HFWidths", "adaptee_of", "apply_preset_hf", "backbone", "base_scales",
+           "canonical_name", "canonical_params", "check_adaptable", "hf_mixers", "is_hf_mamba",
+           "named_canonical_parameters", "plan_hf", "preset_groups"]

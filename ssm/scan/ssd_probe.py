@@ -79,7 +79,7 @@ class SSDStateProbe:
         with torch.no_grad():
             self._forward_sums()
         if self.want_grad and y.requires_grad:
-            y.register_hook(self._on_grad_y)
+            y.register_hook(self.on_grad_y)
 
     def _use_compiled(self) -> bool:
         if self.backend not in BACKENDS:
@@ -162,9 +162,11 @@ class SSDStateProbe:
         for i, name in enumerate(self.references, start=1):
             self.delta_sumsq[name], self.delta_maxabs[name] = sq[i], mx[i]
 
-    def _on_grad_y(self, g: Tensor) -> None:
-        """λ_t from ∂L/∂y, reverse time: the forward recurrence on the time-reversed sequence with the decay
-        shifted by one step (λ_t takes exp(Δ_{t+1}·a)·λ_{t+1}); per-channel Σ_n λ², max |λ|."""
+    def on_grad_y(self, g: Tensor) -> None:
+        """λ_t from ∂L/∂y (Bt, L, H, P), reverse time: the forward recurrence on the time-reversed sequence with the
+        decay shifted by one step (λ_t takes exp(Δ_{t+1}·a)·λ_{t+1}); per-channel Σ_n λ², max |λ|. The hook that
+        `observe` sets; an observer of a model whose scan ssmscope does not run (probes.hf_mamba2) calls it with
+        the model's own ∂L/∂y."""
         inp = self.inputs
         assert inp is not None
         with torch.no_grad():
