@@ -6,11 +6,16 @@ time per layer, ssm.scan.ssd_probe), the adjoint's loop in backward, the activat
 the parameter norms, one synchronisation per step. 3 layers, d_state 16, headdim 16, Adam, vocab 256.
 
     python bench/probe_overhead_mamba2.py [--widths 128 512] [--steps 5] [--repeats 3] [--clock cpu]
+                                          [--probe-backends compiled torch]
+
+With several --probe-backends (the SSD state statistics' backend, ssm.scan.ssd_probe) each gets its own probed
+column, measured in the same loop as the plain step.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -18,8 +23,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+import ssmscope.probes.mamba2 as observer_module
 from ssmscope.probes import Mamba2Observer
 from ssmscope.ssm.mamba2 import Mamba2Config, Mamba2LM, init_mamba2
+from ssmscope.ssm.scan.ssd_probe import BACKENDS, SSDStateProbe
 
 
 def _step(model: Mamba2LM, opt: torch.optim.Optimizer, ids: torch.Tensor) -> None:
@@ -66,6 +73,8 @@ def main() -> None:
                     "default 256 would pad a 64-token batch to 256 and inflate the plain step)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time or process CPU time")
+    ap.add_argument("--probe-backends", nargs="+", choices=BACKENDS, default=["auto"],
+                    help="the SSD probe's state-statistics backend(s), one probed column each")
     args = ap.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -73,14 +82,23 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Mamba-2, 3 layers, d_state 16, headdim 16, "
           f"batch {args.batch} × {args.seq_len}, scan {args.scan} (chunk {args.chunk_size}), Adam; {args.clock} clock; "
           f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'d_model':>7} {'plain ms/step':>14} {'probed ms/step':>15} {'ratio':>6}")
+    names = args.probe_backends
+    print(f"{'d_model':>7} {'plain ms/step':>14}" + "".join(f" {b + ' ms':>12} {'ratio':>6}" for b in names))
     for width in args.widths:
-        plain, probed = [], []
+        plain, probed = [], {b: [] for b in names}
         for _ in range(args.repeats):
             plain.append(measure(width, args.steps, args.batch, args.seq_len, False, clock, args.scan, args.chunk_size))
-            probed.append(measure(width, args.steps, args.batch, args.seq_len, True, clock, args.scan, args.chunk_size))
-        p, q = statistics.median(plain), statistics.median(probed)
-        print(f"{width:>7} {p * 1e3:>14.1f} {q * 1e3:>15.1f} {q / p:>6.2f}", flush=True)
+            for b in names:  # the observer builds its probes with this backend
+                observer_module.SSDStateProbe = functools.partial(SSDStateProbe, backend=b)
+                try:
+                    probed[b].append(measure(width, args.steps, args.batch, args.seq_len, True, clock, args.scan,
+                                             args.chunk_size))
+                finally:
+                    observer_module.SSDStateProbe = SSDStateProbe
+        p = statistics.median(plain)
+        cells = "".join(f" {statistics.median(probed[b]) * 1e3:>12.1f} {statistics.median(probed[b]) / p:>6.2f}"
+                        for b in names)
+        print(f"{width:>7} {p * 1e3:>14.1f}{cells}", flush=True)
 
 
 if __name__ == "__main__":
