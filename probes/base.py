@@ -152,6 +152,32 @@ class ObserverBase:
         self._first_logits: Tensor | None = None
         self._prev_logits: Tensor | None = None
 
+    # Set by the subclass: its mixers, one tap per mixer (reset on arm), the first and previous armed steps' per-layer
+    # references ({"inputs": [...], ...}), and how a mixer's probe is made from named reference inputs.
+    mixers: list[nn.Module]
+    _taps: list[Any]
+    _first: dict[str, list] | None
+    _prev: dict[str, list] | None
+
+    def _new_probe(self, references: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def arm(self, step: int) -> None:
+        """Make the next forward (and backward) on the model record for `step`: a fresh probe per mixer, with the
+        first armed step's scan inputs (and with `state_prev` the previous one's) as references."""
+        self._armed_step = step
+        for layer, mixer in enumerate(self.mixers):
+            refs: dict[str, Any] = {}
+            if self._first is not None:
+                refs["init"] = self._first["inputs"][layer]
+                if self.state_prev:
+                    refs["prev"] = self._prev["inputs"][layer]
+            mixer.probe = self._new_probe(refs)
+            self._taps[layer].__init__()
+        if self._readout is not None:
+            self._readout.clear()
+        self._snapshot_init_params()
+
     def _snapshot_init_params(self) -> None:
         """W_init: the parameters at the first arm() (for ‖W − W_init‖)."""
         if self.params and self._init_params is None:

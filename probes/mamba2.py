@@ -97,20 +97,8 @@ class Mamba2Observer(ObserverBase):
         return hook
 
     # ------------------------------------------------------------------ arming
-    def arm(self, step: int) -> None:
-        """Make the next forward (and backward) on the model record for `step`."""
-        self._armed_step = step
-        for layer, mixer in enumerate(self.mixers):
-            refs: dict[str, SSDInputs] = {}
-            if self._first is not None:
-                refs["init"] = self._first["inputs"][layer]
-                if self.state_prev:
-                    refs["prev"] = self._prev["inputs"][layer]
-            mixer.probe = SSDStateProbe(references=refs, want_grad=self.grads)
-            self._taps[layer].__init__()
-        if self._readout is not None:
-            self._readout.clear()
-        self._snapshot_init_params()
+    def _new_probe(self, references: dict[str, SSDInputs]) -> SSDStateProbe:
+        return SSDStateProbe(references=references, want_grad=self.grads)
 
     # ------------------------------------------------------------------ collecting
     def collect(self) -> list[dict[str, Any]]:

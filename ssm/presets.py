@@ -264,13 +264,19 @@ def builtin_names(family: Family | str | None = None) -> list[str]:
 def preset_family(name_or_path: str | Path) -> Family:
     """The family a preset names in its head (mamba when it names none or cannot be read: a broken preset fails
     in its own run), read without validating the rest."""
+    value = _head_value(name_or_path, "family")
+    return Family(value) if value in Family._value2member_map_ else Family.MAMBA
+
+
+def _head_value(name_or_path: str | Path, key: str) -> Any:
+    """`key` of a preset's [preset] head, or None when the file cannot be read or the head lacks it (the
+    validated reading is load_preset's)."""
     try:
         data, _ = read_builtin_or_file("ssmscope.ssm", "presets", "preset", name_or_path)
     except ConfigError:
-        return Family.MAMBA
+        return None
     head = data.get("preset")
-    value = head.get("family", Family.MAMBA.value) if isinstance(head, dict) else Family.MAMBA.value
-    return Family(value) if value in Family._value2member_map_ else Family.MAMBA
+    return head.get(key) if isinstance(head, dict) else None
 
 
 def load_preset(name_or_path: str | Path) -> Preset:
@@ -375,12 +381,7 @@ def readout_zero(cfg: Any, preset: Preset) -> bool:
 def preset_readout(name_or_path: str | Path) -> Readout:
     """The readout a preset names in its head (BASE when it names none or cannot be read: a broken preset fails in
     its own run), read without validating the rest: a sweep expands it into its runs' configs."""
-    try:
-        data, _ = read_builtin_or_file("ssmscope.ssm", "presets", "preset", name_or_path)
-    except ConfigError:
-        return Readout.BASE
-    head = data.get("preset")
-    value = head.get("readout", Readout.BASE.value) if isinstance(head, dict) else Readout.BASE.value
+    value = _head_value(name_or_path, "readout")
     return Readout(value) if value in {r.value for r in Readout} else Readout.BASE
 
 
