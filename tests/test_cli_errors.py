@@ -37,7 +37,7 @@ CLI = [str(Path(sys.executable).with_name("ssmscope"))]
     (["ingest", "--wait", "soon"], "error: Invalid value for '--wait': Input should be a valid number, unable to "
                                    "parse string as a number (see `ssmscope ingest --help`)"),
     (["slopes", "--table", "half"], "error: Invalid value for '--table': Value error, 'half' is not one of 'paper', "
-                                    "'full', 'groups'. (see `ssmscope slopes --help`)"),
+                                    "'full', 'groups', 'slices'. (see `ssmscope slopes --help`)"),
     (["nosuch"], "error: No such command 'nosuch'. (see `ssmscope --help`)"),
 ])
 def test_command_line_mistakes_are_one_line_with_exit_2(args, line):
