@@ -12,26 +12,42 @@ the backward), same records, per SSD layer and armed step:
              and since the previous armed step. Which slices move, and how fast with width, is what tells the µP
              recipes for Mamba-2 apart.
 and per parameter ‖W‖, ‖W − W_init‖ (group f"{role_of(name)}:{name}"), and with `readout` the readout probes.
-No per-group update probe (Observer.group_update_records) yet. Hooks only read: the model's numbers are unchanged.
+`group_update_records(step, inputs)`: the per-group update probe, as Observer's — the probe batch recomputed once
+per Mamba-2 update group (probes.update_groups: W_B → in_proj_B, W_C → in_proj_C, dt_path → in_proj_dt, dt_bias,
+A_log, upstream → embedding, norm, in_proj_z, in_proj_x, conv1d) with only that group's parameters at their current
+value, Δ from init of x (= h), y, cx and block_out with group = the group's name.
+Hooks only read: the model's numbers are unchanged.
 
 `observer_for(model, **kw)` returns the observer that fits a model: Observer for MambaLM, Mamba2Observer here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from ssmscope.probes.base import ObserverBase, _Pending, _zero_record
 from ssmscope.probes.observer import Observer
 from ssmscope.probes.schema import Quantity, Site
+from ssmscope.probes.update_groups import UPDATE_GROUPS_BY_FAMILY
 from ssmscope.ssm.mamba2 import IN_PROJ_BLOCKS, Mamba2LM, Mamba2Mixer
 from ssmscope.ssm.model import MambaLM
+from ssmscope.ssm.roles import Family, role_of
 from ssmscope.ssm.scan.ssd_probe import SSDInputs, SSDStateProbe
 
 _ACTS = ("y", "cx", "block_out")
+UPDATE_GROUPS = UPDATE_GROUPS_BY_FAMILY[Family.MAMBA2]
+"""Mamba-2's parameter groups for group_update_records (group → roles)."""
+
+
+def _readout_removed(y: Tensor, inp: SSDInputs) -> Tensor:
+    """C·h = y − D_h·x (y itself when the scan has no D)."""
+    return y - (inp.x * inp.D[:, None]).flatten(-2) if inp.D is not None else y
 
 
 class _Mamba2Tap:
@@ -129,7 +145,7 @@ class Mamba2Observer(ObserverBase):
         inp = probe.inputs
         assert inp is not None and tap.y is not None
         n_state = inp.B.shape[-1]
-        cx = tap.y - (inp.x * inp.D[:, None]).flatten(-2) if inp.D is not None else tap.y
+        cx = _readout_removed(tap.y, inp)
         acts = {"y": tap.y, "cx": cx, "block_out": tap.block_out}
 
         def key(site: Site, quantity: Quantity, group: str = "") -> dict[str, Any]:
@@ -165,6 +181,47 @@ class Mamba2Observer(ObserverBase):
         for name, v in acts.items():
             current[name].append(v)
         current["in_proj"].append(dict(tap.in_proj))
+
+    # ------------------------------------------------------------------ per-group updates
+    def group_update_records(self, step: int, inputs: Tensor) -> list[dict[str, Any]]:
+        """Δh, Δy, Δ(C·h), Δ(block_out) from init with only one parameter group moved to its current value.
+
+        As Observer.group_update_records, with Mamba-2's groups (UPDATE_GROUPS): the probe batch `inputs` (token
+        ids) is recomputed once per group by torch.func.functional_call with every other parameter at its initial
+        value; the SSD probe gives Σ(h − h_init)² against the init step's scan inputs. Needs a previous collect()
+        (the init references) and params=True. Sites x, y, cx, block_out; quantity delta_init; group = the name.
+        """
+        if self._first is None or self._init_params is None:
+            raise RuntimeError("group updates need the init step collected first")
+        current = {n: p.detach() for n, p in self.model.named_parameters()}
+        pending = _Pending()
+        for group, roles in UPDATE_GROUPS.items():
+            mixed = {n: (current[n] if str(role_of(n)) in roles else self._init_params[n]) for n in current}
+            with self._armed_for_group(), torch.no_grad():
+                functional_call(self.model, mixed, (inputs,))
+                for layer, (mixer, tap) in enumerate(zip(self.mixers, self._taps, strict=True)):
+                    probe = mixer.probe
+                    inp = probe.inputs
+                    base = {"step": step, "layer": layer, "quantity": str(Quantity.DELTA_INIT), "group": group}
+                    pending.add_channels({**base, "site": str(Site.X)}, probe.delta_sumsq["init"], inp.B.shape[-1],
+                                         probe.delta_maxabs["init"])
+                    acts = {"y": tap.y, "cx": _readout_removed(tap.y, inp), "block_out": tap.block_out}
+                    for name, v in acts.items():
+                        pending.add_activation({**base, "site": name}, v - self._first[name][layer])
+        return pending.finish()
+
+    @contextmanager
+    def _armed_for_group(self) -> Iterator[None]:
+        self._armed_step = -1
+        for layer, mixer in enumerate(self.mixers):
+            mixer.probe = SSDStateProbe(references={"init": self._first["inputs"][layer]})
+            self._taps[layer].__init__()
+        try:
+            yield
+        finally:
+            for mixer in self.mixers:
+                mixer.probe = None
+            self._armed_step = None
 
 
 def observer_for(model: nn.Module, **kw: Any) -> Observer | Mamba2Observer:

@@ -40,18 +40,10 @@ from torch.func import functional_call
 
 from ssmscope.probes.base import ObserverBase, _Pending, _zero_record
 from ssmscope.probes.schema import Quantity, Site
+from ssmscope.probes.update_groups import UPDATE_GROUPS  # S6's groups; every family's in probes.update_groups
 from ssmscope.ssm.model import MambaLM, MambaMixer
 from ssmscope.ssm.roles import role_of
 from ssmscope.ssm.scan import ScanInputs, StateProbe
-
-# Parameter groups for the per-group update probe: role names moved together (all layers).
-UPDATE_GROUPS: dict[str, tuple[str, ...]] = {
-    "W_B": ("x_proj_B",),
-    "W_C": ("x_proj_C",),
-    "dt_path": ("x_proj_dt", "dt_proj_weight", "dt_proj_bias"),
-    "A_log": ("A_log",),
-    "upstream": ("embedding", "norm", "in_proj", "conv_weight", "conv_bias"),
-}
 
 
 class _LayerTap:

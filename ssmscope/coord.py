@@ -287,8 +287,8 @@ def coord_check(make_model: Any, widths: Sequence[Width], batches: Batches, grid
     family = resolve_family(make_model, pairs[0])
     discs = [family.discretizations(d) for d in grid.discretizations]
     if training.group_probes and not family.group_probes:
-        raise ConfigError("training.group_probes=True: per-group update probes recompute ssmscope's MambaLM with "
-                          "one parameter group moved; this model family has none")
+        raise ConfigError("training.group_probes=True: per-group update probes recompute ssmscope's MambaLM or "
+                          "Mamba2LM with one parameter group moved; this model family has none")
     if training.group_probes and loss is not None:
         raise ConfigError("training.group_probes=True needs the default loss (the group probes run the model on "
                           "the probe batch's token ids)")

@@ -156,7 +156,7 @@ class Training:
     steps (and at the last). weight_decay: the optimizer's. grads: record ∂L/∂y and ∂L/∂x. state_prev: Δx against
     the previous logged step too. scan: ssmscope's scan backend (auto | reference | fast | compiled | triton).
     dtype: the models' precision (None: as built, float32). eval_every: the held-out loss of `eval_batches` every
-    this many steps (0: never). group_probes: per-parameter-group update records (ssmscope's MambaLM only).
+    this many steps (0: never). group_probes: per-parameter-group update records (ssmscope's MambaLM and Mamba2LM).
     """
 
     steps: int = 10

@@ -77,7 +77,7 @@ class SsmscopeFamily(Family):
         self.sample = template if template is not None else sample
         """A config the family builds (the template, or the callable's first model's): its depth, vocabulary, expand."""
         self.mamba2 = isinstance(self.sample, Mamba2Config)
-        self.group_probes = not self.mamba2  # the group probes rerun MambaLM; Mamba2Observer has none
+        self.group_probes = True  # Observer and Mamba2Observer both rerun the model per update group
         self.model_key = ModelKind.MAMBA2.value if self.mamba2 else DEFAULT_MODEL
 
     def shape_at(self, n_u: int, n_x: int) -> ModelShape | None:
@@ -220,7 +220,7 @@ class HFFamily(Family):
 
 class HFMamba2Family(HFFamily):
     """transformers' Mamba-2 from an HFMamba2 (or a callable returning one), under ssm.adapters.hf_mamba2, observed
-    by probes.hf_mamba2.HFMamba2Observer; no group probes (as ssmscope's Mamba-2)."""
+    by probes.hf_mamba2.HFMamba2Observer; no group probes (as transformers' Mamba)."""
 
     _factory = HFMamba2
     _config_class = "Mamba2Config"

@@ -105,7 +105,6 @@ def test_a_mamba2_run_id_depends_on_its_heads_and_an_s6_run_id_is_unchanged():
     ({"presets": ["sp"]}, {"headdim": 8}, "a Mamba-2 key"),
     ({"presets": ["mamba2-sp"]}, {"model": "mamba3"}, "allowed: mamba, mamba2"),
     ({"presets": ["mamba2-sp"]}, {"model": "mamba2", "norm": "layer"}, "allowed: group, full"),
-    ({"presets": ["mamba2-sp"]}, {"model": "mamba2", "group_probes": True}, "group_probes"),
 ])
 def test_mamba2_spec_mistakes_are_one_line_errors(grid, train, message):
     data = {"grid": {"n_u": [64], "n_x": [8], "lrs": [0.01], **grid}, "train": train}

@@ -10,6 +10,10 @@ An objective names
   init_knobs     the read-in and read-out roles whose init exponents flatten forward sites at step 0;
   tolerance, grid, max_iterations.
 
+Each model family has its default (`default_objective`): S6's (DEFAULT_OBJECTIVE) and Mamba-2's
+(MAMBA2_OBJECTIVE: the read-in/read-out knobs are in_proj_B / in_proj_C, and C·h is a target and an update site,
+because SSD's y carries the D_h·x skip of every channel, which hides how the readout C·h scales).
+
 `ssmscope param fit --objective FILE.toml` reads an [objective] table with these keys (any left out keep
 the default); every mistake is one ConfigError naming the key.
 """
@@ -31,8 +35,12 @@ TARGET_SITES = ("x", "y", "cx", "block_out")
 TARGET_QUANTITIES = ("value", "delta_init")
 UPDATE_SITES = ("x", "y", "cx", "block_out")
 """Sites the per-group update probes record."""
-INIT_KNOB_ROLES = ("x_proj_B", "x_proj_C")
-"""Roles whose init exponent the solver may move: the S6 read-in W_B and read-out W_C."""
+INIT_KNOB_ROLES_BY_FAMILY: dict[str, tuple[str, str]] = {"mamba": ("x_proj_B", "x_proj_C"),
+                                                          "mamba2": ("in_proj_B", "in_proj_C")}
+"""Per model family (ssm.roles.Family): the roles whose init exponent the solver may move, the read-in W_B and the
+read-out W_C of the state."""
+INIT_KNOB_ROLES = tuple(r for roles in INIT_KNOB_ROLES_BY_FAMILY.values() for r in roles)
+"""Every family's init-knob roles (what an objective file may name; `check_family` checks the family's)."""
 DISCRETIZATIONS = ("zoh", "euler")
 
 
@@ -100,6 +108,32 @@ class Objective:
 DEFAULT_OBJECTIVE = Objective()
 """The objective of the issue's validation: ‖x‖ ‖y‖ ‖Δx‖ ‖Δy‖ at the last step, ZOH state per channel."""
 
+MAMBA2_OBJECTIVE = Objective(
+    targets=(*DEFAULT_OBJECTIVE.targets, Target("cx", "value"), Target("cx", "delta_init")),
+    update_sites=("x", "y", "cx"),
+    init_knobs=(InitKnob("in_proj_B", "x"), InitKnob("in_proj_C", "cx", ("in_proj_B",))))
+"""Mamba-2's default: S6's targets plus ‖C·h‖ and ‖Δ(C·h)‖ (y = C·h + D_h·x is floored by the skip, so a flat ‖y‖
+and ‖Δy‖ can hide a growing readout), C·h an update site as well, and the init knobs on in_proj_B / in_proj_C."""
+
+OBJECTIVES: dict[str, Objective] = {"mamba": DEFAULT_OBJECTIVE, "mamba2": MAMBA2_OBJECTIVE}
+"""Per model family (ssm.roles.Family value): its default objective."""
+
+
+def default_objective(family: str = "mamba") -> Objective:
+    """The default objective of a model family ("mamba": S6, "mamba2": SSD)."""
+    if family not in OBJECTIVES:
+        raise ConfigError(f"model family {family!r}; allowed: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[family]
+
+
+def check_family(objective: Objective, family: str, source: str = "objective") -> None:
+    """Every init knob names a role of `family` (S6's x_proj_B does not exist in Mamba-2, nor in_proj_B in S6)."""
+    allowed = INIT_KNOB_ROLES_BY_FAMILY[family]
+    for i, knob in enumerate(objective.init_knobs):
+        if knob.role not in allowed:
+            raise ConfigError(f"{source}: objective.init_knobs[{i}].role={knob.role!r} is not a {family} role; "
+                              f"allowed for {family}: {', '.join(allowed)}")
+
 
 def _site(value: Any, key: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
@@ -120,8 +154,8 @@ def _convention(value: Any, key: str) -> str:
         raise ConfigError(f"{key}={value!r}; allowed: {', '.join(c.value for c in Convention)}") from None
 
 
-def parse_objective(data: Mapping[str, Any], source: str = "objective") -> Objective:
-    """An Objective from an [objective] table (keys as the dataclass; missing keys keep the defaults)."""
+def parse_objective(data: Mapping[str, Any], source: str = "objective", family: str = "mamba") -> Objective:
+    """An Objective from an [objective] table (keys as the dataclass; missing keys keep the family's defaults)."""
     table = data.get("objective")
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: missing table [objective]")
@@ -130,7 +164,7 @@ def parse_objective(data: Mapping[str, Any], source: str = "objective") -> Objec
     unknown = sorted(set(table) - allowed)
     if unknown:
         raise ConfigError(f"{source}: objective.{unknown[0]}: unknown key; allowed: {', '.join(sorted(allowed))}")
-    out = DEFAULT_OBJECTIVE
+    out = default_objective(family)
     if "targets" in table:
         targets = table["targets"]
         if not isinstance(targets, list) or not targets:
@@ -180,6 +214,7 @@ def parse_objective(data: Mapping[str, Any], source: str = "objective") -> Objec
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 20:
             raise ConfigError(f"{source}: objective.max_iterations={n!r}; allowed: an integer 0..20")
         out = replace(out, max_iterations=n)
+    check_family(out, family, source)
     return out
 
 
@@ -212,9 +247,9 @@ def parse_grid(value: Any, key: str = "--grid") -> Fraction:
     return grid
 
 
-def load_objective(path: str | Path) -> Objective:
-    """The objective in a TOML file's [objective] table."""
+def load_objective(path: str | Path, family: str = "mamba") -> Objective:
+    """The objective in a TOML file's [objective] table (missing keys: the model family's defaults)."""
     path = Path(path)
     if path.suffix != ".toml" or not path.is_file():
         raise ConfigError(f"objective file {str(path)!r} does not exist (give a .toml file with an [objective] table)")
-    return parse_objective(read_toml(path, "objective"), str(path))
+    return parse_objective(read_toml(path, "objective"), str(path), family)

@@ -23,12 +23,14 @@ from ssmscope.ssm.config import Discretization, OptimizerFamily
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.exponents import Pair
 from ssmscope.ssm.presets import Preset, parse_preset
-from ssmscope.ssm.roles import Role
+from ssmscope.ssm.roles import Family, Role
 
 DISCRETIZATIONS = tuple(d.value for d in Discretization)
 """The per-discretisation override tables a role may have."""
 EXPONENT_KINDS = ("init", *(f"lr.{f.value}" for f in OptimizerFamily))
 """What the solver may shift: a role's init exponents or its learning-rate exponents per family."""
+FAMILY_DISCRETIZATIONS = {Family.MAMBA: DISCRETIZATIONS, Family.MAMBA2: (Discretization.EULER.value,)}
+"""The discretisations a family's models run (SSD: Euler only): a Mamba-2 preset's shifts go to the common rule."""
 _INLINE_KEYS = {"init", "lr", "mult"}  # role keys written as inline tables; other tables are sub-tables
 _AXES = ("n_u", "n_x")
 TABLE_SOURCE = "preset table"
@@ -81,29 +83,31 @@ def with_exponents(raw: Mapping[str, Any], new: Mapping[tuple[str, str, str], Pa
     """A copy of `raw` in which each (role, disc, kind) has the exponents `new` gives; the rest unchanged.
 
     Each touched role is rewritten per table: its `init`, and its `lr` (both families, as the preset format
-    requires of an override). When both discretisations end up equal the value goes to the common table and
-    the overrides of that table are dropped; otherwise the common table keeps what it had and each
-    discretisation whose value differs from it gets an override. Other keys (mult, sub-tables a newer
-    preset format adds) are kept as they were.
+    requires of an override). When the discretisations the preset's family runs (FAMILY_DISCRETIZATIONS: S6 both,
+    Mamba-2 Euler only) end up equal the value goes to the common table and the overrides of that table are
+    dropped; otherwise the common table keeps what it had and each discretisation whose value differs from it
+    gets an override. Other keys (mult, mult_base, decay, [preset] family, sub-tables a newer preset format adds)
+    are kept as they were.
     """
     out = copy.deepcopy(dict(raw))
     current = effective(raw)
+    discs = FAMILY_DISCRETIZATIONS[current.family]
     for role in sorted({role for role, _, _ in new}):
         table = out["roles"][role]
         eff = {d: {k: new.get((role, d, k), exponents(current, role, d, k)) for k in EXPONENT_KINDS}
-               for d in DISCRETIZATIONS}
-        init = {d: eff[d]["init"] for d in DISCRETIZATIONS}
-        lr = {d: (eff[d]["lr.sgd"], eff[d]["lr.adam"]) for d in DISCRETIZATIONS}
+               for d in discs}
+        init = {d: eff[d]["init"] for d in discs}
+        lr = {d: (eff[d]["lr.sgd"], eff[d]["lr.adam"]) for d in discs}
         common = _common(raw, role)
         common_lr = (common["lr.sgd"], common["lr.adam"])
         common_init = common["init"]
         if len(set(init.values())) == 1:
-            common_init = init[DISCRETIZATIONS[0]]
+            common_init = init[discs[0]]
         if len(set(lr.values())) == 1:
-            common_lr = lr[DISCRETIZATIONS[0]]
+            common_lr = lr[discs[0]]
         table["init"] = _as_table(common_init)
         table["lr"] = _lr_table(common_lr)
-        for disc in DISCRETIZATIONS:
+        for disc in discs:
             override = table.get(disc) if isinstance(table.get(disc), dict) else {}
             override.pop("init", None)
             override.pop("lr", None)

@@ -42,8 +42,10 @@ from ssmscope.runs.analysis.vocabulary import FitStatus
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.presets import Preset
 
-STATE_AXIS_ROLES = frozenset({"x_proj_B", "x_proj_C", "A_log"})
-"""Roles with an N_x axis: a joint-width shift of these goes to their N_x exponent, of the others to N_u."""
+STATE_AXIS_ROLES = frozenset({"x_proj_B", "x_proj_C", "A_log", "in_proj_B", "in_proj_C"})
+"""Roles with an N_x axis (S6: x_proj_B, x_proj_C, A_log; Mamba-2: in_proj_B, in_proj_C, whose fan-out is
+ngroups·d_state — its A_log is one scalar per head, but the name is shared with S6 and so goes with it): a
+joint-width shift of these goes to their N_x exponent, of the others to N_u."""
 TARGET_COLUMNS = ["discretization", "target", "site", "quantity", "step", "layer", "convention", "term",
                   "estimate", "ci_low", "ci_high", "status", "regime_ratio", "regime", "flat"]
 """Columns of `target_slopes`."""

@@ -11,6 +11,10 @@ never does), re-sweeps, and writes the chosen preset to NEW.toml: an ordinary pr
 empirical for the widths it was fitted on, with every shift's raw fit and CI in its comments. Runs go to
 the store like any sweep's (resumable). Exit code 0 when every target is flat, 1 when the solver stopped
 short (the best measured preset is still written, and the tables say where it stalls), 2 for user errors.
+
+The model family is the spec's (`train.model`: "mamba" for S6, "mamba2" for SSD); it picks the update groups
+(probes.update_groups), the default objective and its init knobs (runs.analysis.objective), and BASE must be a
+preset of the same family (`[preset] family`).
 """
 
 from __future__ import annotations
@@ -57,20 +61,22 @@ def param_fit(
     force: Annotated[bool, typer.Option(help="overwrite --out if it exists")] = False,
 ) -> None:
     """Solve for the width exponents that flatten the objective's slopes, and write them as a preset."""
-    from ssmscope.runs.analysis.objective import DEFAULT_OBJECTIVE, load_objective, parse_grid
+    from ssmscope.runs.analysis.objective import check_family, default_objective, load_objective, parse_grid
     from ssmscope.runs.analysis.slopes.bootstrap import bootstrap_bytes
     from ssmscope.runs.analysis.solver import solve
     from ssmscope.ssm.errors import ConfigError
 
     try:
         check_options({"--n-boot": n_boot, "--workers": workers, "--tolerance": tolerance, "--max-iter": max_iter})
-        goal = load_objective(objective) if objective is not None else DEFAULT_OBJECTIVE
-        goal = _with_options(goal, tolerance, None if grid is None else parse_grid(grid), max_iter)
         out = _check_out(out, force)
         _check_device(device, scan)
-        base_raw, base_source = _read_preset(base)
+        base_raw, base_source, base_family = _read_preset(base)
         sweep_spec = _load_spec(spec)
         templates, family, design = _recipe(sweep_spec)
+        model = _model_family(sweep_spec, templates, base, base_family)
+        goal = load_objective(objective, model) if objective is not None else default_objective(model)
+        check_family(goal, model)
+        goal = _with_options(goal, tolerance, None if grid is None else parse_grid(grid), max_iter)
         if n_boot > 0:
             seeds = len({c.seed for c in templates})
             check_memory(f"--n-boot {n_boot} over {seeds} seeds", bootstrap_bytes(n_boot, seeds),
@@ -80,13 +86,13 @@ def param_fit(
     store = db_path(db)
     solve_name = name or out.stem
     console.print(f"[bold]param fit[/bold] {base} on the recipe of {sweep_spec.name} ({len(templates)} runs per "
-                  f"preset, design {design}, {family}) → {out}\n[bold]objective[/bold]")
+                  f"preset, design {design}, {model}, {family}) → {out}\n[bold]objective[/bold]")
     for line in goal.lines():
         console.print(f"  {line}", highlight=False)
     measure = _Measure(base=base, base_source=base_source, templates=templates, spec_name=sweep_spec.name,
                        out=out, store=store, workers=workers, device=device, scan=scan)
     try:
-        result = solve(base_raw, measure, goal, group_roles=_group_roles(), family=family, design=design,
+        result = solve(base_raw, measure, goal, group_roles=_group_roles(model), family=family, design=design,
                        n_boot=n_boot, on_iteration=_print_iteration)
         text = _solved_text(result, goal, base=base, spec=sweep_spec, store=store, name=solve_name,
                             templates=templates, design=design, paths=measure.paths)
@@ -136,14 +142,27 @@ def _check_out(out: Path, force: bool) -> Path:
     return out.absolute()
 
 
-def _read_preset(base: str) -> tuple[dict[str, Any], str]:
-    """The base preset's raw table (validated as a preset) and its source label."""
+def _read_preset(base: str) -> tuple[dict[str, Any], str, str]:
+    """The base preset's raw table (validated as a preset), its source label and its model family."""
     from ssmscope.ssm.presets import parse_preset
     from ssmscope.ssm.tomlfiles import read_builtin_or_file
 
     raw, source = read_builtin_or_file("ssmscope.ssm", "presets", "preset", base)
-    parse_preset(raw, source)
-    return raw, source
+    preset = parse_preset(raw, source)
+    return raw, source, str(preset.family)
+
+
+def _model_family(spec: SweepSpec, templates: list[RunConfig], base: str, base_family: str) -> str:
+    """The spec's model family (train.model), which BASE must share."""
+    from ssmscope.ssm.errors import ConfigError
+
+    models = sorted({c.model for c in templates})
+    if len(models) != 1:
+        raise ConfigError(f"spec {spec.name}: the solver fits one model family (the spec has {', '.join(models)})")
+    if models[0] != base_family:
+        raise ConfigError(f"base preset {base} is a {base_family} preset but spec {spec.name} sweeps {models[0]} "
+                          f"(train.model); give a {models[0]} preset")
+    return models[0]
 
 
 def _load_spec(spec: str) -> SweepSpec:
@@ -179,11 +198,11 @@ def _recipe(spec: SweepSpec) -> tuple[list[RunConfig], str, str]:
     return templates, families.pop(), design
 
 
-def _group_roles() -> dict[str, tuple[str, ...]]:
-    """Which roles each per-group update probe moves (probes.observer.UPDATE_GROUPS)."""
-    from ssmscope.probes.observer import UPDATE_GROUPS
+def _group_roles(model: str = "mamba") -> dict[str, tuple[str, ...]]:
+    """Which roles each per-group update probe of the model family moves (probes.update_groups)."""
+    from ssmscope.probes.update_groups import update_groups
 
-    return {group: tuple(roles) for group, roles in UPDATE_GROUPS.items()}
+    return {group: tuple(roles) for group, roles in update_groups(model).items()}
 
 
 # --- sweeping one preset ---------------------------------------------------------------------------

@@ -208,9 +208,6 @@ def _recipe(path: str, table: Any) -> dict[str, Any]:
         out[key] = v
     if "headdim" in out and out.get("nheads", 0):
         raise ConfigError(f"{path}.headdim: give headdim (widths add heads) or nheads (widths widen heads), not both")
-    if out.get("model") == Family.MAMBA2 and out.get("group_probes"):
-        raise ConfigError(f"{path}.group_probes: the per-group update probes are S6's (W_B, W_C, Δ path); a Mamba-2 "
-                          "run records per-slice in_proj updates instead (site in_proj); allowed: false")
     if out.get("model", Family.MAMBA) == Family.MAMBA:
         stray = sorted(set(out) & set(_MAMBA2_KEYS))
         if stray:
