@@ -66,6 +66,8 @@ class SSDStateProbe:
     delta_maxabs: dict[str, Tensor] = field(default_factory=dict)
     grad_sumsq: Tensor | None = None
     grad_maxabs: Tensor | None = None
+    _compiled: bool = field(default=False, repr=False)  # the backend observe() chose
+    _kernel_inputs: SSDInputs | None = field(default=None, repr=False)  # the compiled kernels' contiguous inputs
 
     def observe(self, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
                 y: Tensor) -> None:
@@ -73,11 +75,12 @@ class SSDStateProbe:
         with torch.no_grad():
             self.inputs = SSDInputs(x.detach(), delta.detach(), A.detach(), B.detach(), C.detach(),
                                     None if D is None else D.detach())
-        if self._use_compiled():
-            self._compiled_sums(y)
-            return
-        with torch.no_grad():
-            self._forward_sums()
+        self._compiled = self._use_compiled()
+        if self._compiled:
+            self._compiled_sums()
+        else:
+            with torch.no_grad():
+                self._forward_sums()
         if self.want_grad and y.requires_grad:
             y.register_hook(self.on_grad_y)
 
@@ -96,9 +99,8 @@ class SSDStateProbe:
             return False
         return True
 
-    def _compiled_sums(self, y: Tensor) -> None:
-        """The sums from the compiled kernels (ssm/scan/csrc/ssd_probe_kernel.h): the forward now, the adjoint from
-        a hook on y with ∂L/∂y."""
+    def _compiled_sums(self) -> None:
+        """The forward sums from the compiled kernel (ssm/scan/csrc/ssd_probe_kernel.h)."""
         from ssmscope.ssm.scan import compiled
 
         inp = self.inputs
@@ -131,19 +133,24 @@ class SSDStateProbe:
         self.state_sumsq, self.state_maxabs = ssq, mx.amax()
         for name, (sq, m) in outs.items():
             self.delta_sumsq[name], self.delta_maxabs[name] = sq, m.amax()
-        if not (self.want_grad and y.requires_grad):
-            return
+        self._kernel_inputs = cur
 
-        def on_grad_y(g: Tensor) -> None:
-            gy = g.detach().to(dtype).contiguous()
-            gssq, gmx = new(), new()
-            bargs = compiled.SSDProbeBwdArgs(batch=bt, L=length, H=nheads, P=p, G=groups, N=n, nthreads=threads,
-                                             gy=gy.data_ptr(), delta=cur.delta.data_ptr(), A=cur.A.data_ptr(),
-                                             C=cur.C.data_ptr(), gssq=gssq.data_ptr(), gmx=gmx.data_ptr())
-            compiled._check(lib.ssd_bwd[dtype](ctypes.byref(bargs)), "SSD probe backward")
-            self.grad_sumsq, self.grad_maxabs = gssq, gmx.amax()
+    def _compiled_adjoint(self, g: Tensor) -> None:
+        """The adjoint's sums from the compiled kernel, given ∂L/∂y (Bt, L, H, P)."""
+        from ssmscope.ssm.scan import compiled
 
-        y.register_hook(on_grad_y)
+        cur = self._kernel_inputs
+        dtype = cur.x.dtype
+        bt, length, nheads, p = cur.x.shape
+        groups, n = cur.C.shape[2], cur.C.shape[3]
+        gy = g.detach().to(dtype).contiguous()
+        gssq, gmx = (cur.x.new_empty(bt, length, nheads * p) for _ in range(2))
+        args = compiled.SSDProbeBwdArgs(batch=bt, L=length, H=nheads, P=p, G=groups, N=n,
+                                        nthreads=compiled.threads_for(bt * length * nheads * p * n), gy=gy.data_ptr(),
+                                        delta=cur.delta.data_ptr(), A=cur.A.data_ptr(), C=cur.C.data_ptr(),
+                                        gssq=gssq.data_ptr(), gmx=gmx.data_ptr())
+        compiled._check(compiled.load_library().ssd_bwd[dtype](ctypes.byref(args)), "SSD probe backward")
+        self.grad_sumsq, self.grad_maxabs = gssq, gmx.amax()
 
     def _forward_sums(self) -> None:
         inp = self.inputs
@@ -163,10 +170,17 @@ class SSDStateProbe:
             self.delta_sumsq[name], self.delta_maxabs[name] = sq[i], mx[i]
 
     def on_grad_y(self, g: Tensor) -> None:
-        """λ_t from ∂L/∂y (Bt, L, H, P), reverse time: the forward recurrence on the time-reversed sequence with the
-        decay shifted by one step (λ_t takes exp(Δ_{t+1}·a)·λ_{t+1}); per-channel Σ_n λ², max |λ|. The hook that
-        `observe` sets; an observer of a model whose scan ssmscope does not run (probes.hf_mamba2) calls it with
-        the model's own ∂L/∂y."""
+        """The adjoint's per-channel Σ_n λ² and max |λ| from ∂L/∂y (Bt, L, H, P), by the backend `observe` chose. The
+        hook that `observe` sets; an observer of a model whose scan ssmscope does not run (probes.hf_mamba2) calls it
+        with the model's own ∂L/∂y."""
+        if self._compiled:
+            self._compiled_adjoint(g)
+        else:
+            self._torch_adjoint(g)
+
+    def _torch_adjoint(self, g: Tensor) -> None:
+        """λ_t in torch, reverse time: the forward recurrence on the time-reversed sequence with the decay shifted by
+        one step (λ_t takes exp(Δ_{t+1}·a)·λ_{t+1})."""
         inp = self.inputs
         assert inp is not None
         with torch.no_grad():
