@@ -13,7 +13,9 @@ x, y the forward at init), delta_init (change from initialisation on the probe b
 
 Mamba-2 (SSD) presets are rows of the same tables under SSD's discretisation (Euler: B̄ = Δ·B, Ā = exp(Δ·a)), with
 the same site names: x is the SSD state H (headdim × d_state per head, N_u·N_x entries per token, as S6's), cx = H·C,
-y the scan's output before the gated norm (docs/theory.md §10). Only `mamba2-mup-ssm` is predicted so far.
+y the scan's output before the gated norm (docs/theory.md §10): `mamba2-mup-ssm`, and the two it is measured against,
+`mamba2-sp` and the µP heuristic `mamba2-mup` (§10, "SP and the µP heuristic on SSD"). The public recipes are not
+predicted: along N_u they are the µP heuristic up to their vector and conv rules, which the counting does not reach.
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ _FORWARD: dict[tuple[str, Discretization], dict[str, tuple[float, float]]] = {
     ("mup-ssm", _Z): {"x": (0, -0.5), "cx": (0, 0), "y": (0, 0), "grad_y": (-1, 0), "grad_x": (-1, 0)},
     # SSD: a scalar A per head, so every mode carries signal as S6 under Euler; C a µP read-out over N_x
     ("mamba2-mup-ssm", _E): {"x": (0, 0), "cx": (0, 0), "y": (0, 0), "grad_y": (-1, 0), "grad_x": (-1, -0.5)},
+    # fan-in init of every in_proj block: H Θ(1) in every mode, C·H an incoherent sum over N_x modes
+    ("mamba2-sp", _E): {"x": (0, 0), "cx": (0, 0.5), "y": (0, 0.5), "grad_y": (-0.5, 0), "grad_x": (-0.5, 0)},
+    ("mamba2-mup", _E): {"x": (0, 0), "cx": (0, 0.5), "y": (0, 0.5), "grad_y": (-1, 0), "grad_x": (-1, 0)},
 }
 
 # (preset, disc, optimizer family) → update exponents (delta_init) for x and y (= cx), and
@@ -110,6 +115,8 @@ _UPDATES: dict[tuple[str, Discretization, str], tuple[tuple[float, float], tuple
     ("mup-ssm", _Z, "adam"): ((0, -0.5), (0, 0), True),
     ("mamba2-mup-ssm", _E, "sgd"): ((0, 0), (0, 0), False),
     ("mamba2-mup-ssm", _E, "adam"): ((0, 0), (0, 0), False),  # Σ_n over equal modes: ∝ N_x, no log (theory §10)
+    ("mamba2-sp", _E, "adam"): ((1, 0), (1, 1), False),  # η fixed: every block's output moves ∝ d ∝ N_u; ΔC·H over N_x
+    ("mamba2-mup", _E, "adam"): ((0, 0), (0, 1), False),  # η ∝ 1/N_u: ΔB, ΔC Θ(1); ΔC·H coherent over N_x modes
 }
 
 
