@@ -549,6 +549,51 @@ def test_an_interrupted_ingest_is_one_line_and_the_rerun_finishes(clean, tmp_pat
     assert len(ingest(db).loaded) == 2 and counts(db) == clean.counts
 
 
+def test_a_stop_signal_inside_duckdbs_read_of_a_shard_interrupts_and_quarantines_nothing(clean, tmp_path, monkeypatch):
+    """A SIGTERM that lands while DuckDB reads a registered shard table in Python comes back from DuckDB as an
+    InvalidInputException quoting the handler's exception (seen in a real `kill` of an ingest). It is the interrupt,
+    not a bad shard: the ingest stops and the shard stays where it is (it used to be quarantined and the ingest went
+    on, exit 0)."""
+    from ssmscope.runs.store import queries
+    from ssmscope.runs.store.db import IngestInterrupted
+
+    db = tmp_path / "store.duckdb"
+    root = copy_shards(clean, shard_dir_for(db))
+    real = ingest_module._insert
+
+    class Connection:  # the store's connection, except that the probe insert fails as the signal made it fail
+        def __init__(self, con):
+            self.con = con
+
+        def execute(self, query, *args):
+            if query == queries.INSERT_PROBE_ROWS:
+                raise duckdb.InvalidInputException("Invalid Input Error: reading the schema of the object registered "
+                                                   f"as '{queries.SHARD_VIEW}' failed: Terminated: ")
+            return self.con.execute(query, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.con, name)
+
+    class Store:  # the ingest's store, seen through that connection
+        def __init__(self, store):
+            self.store, self.con = store, Connection(store.con)
+
+        def __getattr__(self, name):
+            return getattr(self.store, name)
+
+    def interrupted(store, *args, **kw):
+        return real(Store(store), *args, **kw)
+
+    monkeypatch.setattr(ingest_module, "_insert", interrupted)
+    before = sorted(p.name for p in list_shards(root))
+    with pytest.raises(IngestInterrupted):
+        ingest(db, root)
+    assert sorted(p.name for p in list_shards(root)) == before
+    assert not (root / QUARANTINE_DIR).exists() or not any((root / QUARANTINE_DIR).iterdir())
+    monkeypatch.setattr(ingest_module, "_insert", real)
+    assert len(ingest(db, root).loaded) == len(before) and counts(db) == clean.counts
+
+
 # --- what a sweep survives ---------------------------------------------------------------------
 def test_an_unwritable_failed_shard_does_not_stop_the_sweep(clean, tmp_path, monkeypatch):
     spec = parse_spec(tomllib.loads(HALF), "half")

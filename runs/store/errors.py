@@ -87,10 +87,19 @@ def storage_error(exc: BaseException, path: Path | str, doing: str) -> StoreErro
     return StoreError(f"cannot {doing} {_file_in(exc) or path}: {cause.what} ({cause.text}); {cause.fix}")
 
 
+_PYTHON_INTERRUPT = re.compile(r"\b(KeyboardInterrupt|Terminated|IngestInterrupted)\b")
+"""The Python interrupts a signal handler raises, as DuckDB quotes them when one lands inside a Python callback it runs
+(reading a registered Arrow table: "reading the schema of the object registered as … failed: Terminated: ")."""
+
+
 def is_interrupt(exc: BaseException) -> bool:
-    """A DuckDB query stopped by a signal: DuckDB turns SIGINT (or a Python handler's exception) into this."""
-    text = str(exc).lower()
-    return type(exc).__name__ == "InterruptException" or (isinstance(exc, RuntimeError) and "interrupted" in text)
+    """A DuckDB query stopped by a signal: DuckDB turns SIGINT (or a Python handler's exception) into an
+    InterruptException or RuntimeError('Query interrupted'), and a handler's exception raised inside a Python
+    callback it runs into an error that quotes it (then it is no fault of the shard being read)."""
+    text, kind = str(exc), type(exc)
+    if kind.__name__ == "InterruptException" or (isinstance(exc, RuntimeError) and "interrupted" in text.lower()):
+        return True
+    return "duckdb" in kind.__module__ and _PYTHON_INTERRUPT.search(text) is not None
 
 
 # --- who holds the store's lock -----------------------------------------------------------------

@@ -253,6 +253,8 @@ def _insert(store: _Store, run_id: str, tables: ShardTables, report: IngestRepor
             con.execute("ROLLBACK")
         except duckdb.Error:
             pass
+        if is_interrupt(exc):  # a stop signal inside DuckDB's read of the shard: the interrupt, not a bad shard
+            raise KeyboardInterrupt from None
         if isinstance(exc, duckdb.ConversionException | duckdb.ConstraintException | duckdb.InvalidInputException):
             root = Path(report.shard_root)
             with publish_lock(root, run_id):
