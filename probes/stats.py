@@ -29,7 +29,8 @@ def many_channel_sums(channel_sumsq: list[Tensor], per_channel: int,
     tensor). Token norms sum over C; channel norms take each channel alone."""
     counts = _counts(channel_sumsq[0].shape, per_channel)
     if channel_sumsq[0].numel() >= STACK_LIMIT:  # one by one, per token in their dtype (as many_activation_sums)
-        return [(counts, _channel_sums(t.detach(), m.detach())) for t, m in zip(channel_sumsq, maxabs, strict=True)]
+        rows = _large_channel_sums([t.detach() for t in channel_sumsq], [m.detach() for m in maxabs])
+        return [(counts, row) for row in rows.unbind(0)]
     c = torch.stack([t.detach() for t in channel_sumsq]).double()  # (K, B, L, C)
     dims = tuple(range(1, c.dim()))
     token = c.sum(-1).sqrt()  # (K, B, L)
@@ -38,12 +39,13 @@ def many_channel_sums(channel_sumsq: list[Tensor], per_channel: int,
     return [(counts, row) for row in sums.unbind(0)]
 
 
-def _channel_sums(c: Tensor, maxabs: Tensor) -> Tensor:
-    """many_channel_sums' four sums of one large (B, L, C) tensor of per-channel sums of squares: per token in its
-    dtype, over tokens in float64 (as _activation_sums)."""
-    token_sq = c.sum(-1).double()
-    return torch.stack([token_sq.sum(), maxabs.max().double(), token_sq.sqrt().sum(),
-                        c.sqrt().sum(-1).double().sum()])
+def _large_channel_sums(cs: list[Tensor], maxabs: list[Tensor]) -> Tensor:
+    """many_channel_sums' four sums of large same-shape (B, L, C) tensors of per-channel sums of squares, (K, 4):
+    per token in their dtype, over tokens in float64, batched across the K (as _large_activation_sums)."""
+    token_sq = torch.stack([c.sum(-1).flatten() for c in cs]).double()  # (K, tokens)
+    chan = torch.stack([c.sqrt().sum(-1).flatten() for c in cs]).double()
+    mx = torch.stack([m.max() for m in maxabs]).double()
+    return torch.stack([token_sq.sum(1), mx, token_sq.sqrt().sum(1), chan.sum(1)], dim=1)
 
 
 def many_activation_sums(vs: list[Tensor]) -> list[tuple[dict[str, int], Tensor]]:
@@ -54,12 +56,12 @@ def many_activation_sums(vs: list[Tensor]) -> list[tuple[dict[str, int], Tensor]
     sum of the squared token norms. The same numbers as a float64 computation to ~1e-16 relative.
 
     Large tensors (STACK_LIMIT elements and more) are reduced one by one, per token in their own dtype
-    (_activation_sums): stacking them would copy every activation once more, and float64 per-element work costs
+    (_large_activation_sums): stacking them would copy every activation once more, and float64 per-element work costs
     5-10× float32 (bench/probe_overhead_mamba2.py); small ones together, where per-tensor ops would cost more than
     the arithmetic."""
     counts = _counts(vs[0].shape, 1)
     if vs[0].numel() >= STACK_LIMIT:
-        return [(counts, _activation_sums(t.detach())) for t in vs]
+        return [(counts, row) for row in _large_activation_sums([t.detach() for t in vs]).unbind(0)]
     v = torch.stack([t.detach() for t in vs])  # (K, B, L, C), the activations' dtype
     dims = tuple(range(1, v.dim()))
     a = v.abs()
@@ -73,15 +75,17 @@ STACK_LIMIT = 1 << 15
 """Activations of at least this many elements are reduced one by one (many_activation_sums)."""
 
 
-def _activation_sums(v: Tensor) -> Tensor:
-    """many_activation_sums' four sums of one large activation: each token's norm and Σ|v| over its C channels in
-    the activation's dtype (a float32 sum of C terms is exact to ~1e-7 relative, and casting the whole tensor to
-    float64 first costs 5-10× the reduction), summed over tokens in float64; max |v| from aminmax (no |v|
-    temporary for it). A float64 activation is summed in float64 throughout."""
-    token = torch.linalg.vector_norm(v, dim=-1).double()
-    lo, hi = torch.aminmax(v)
-    return torch.stack([token.square().sum(), torch.maximum(-lo, hi).double(), token.sum(),
-                        torch.linalg.vector_norm(v, ord=1, dim=-1).double().sum()])
+def _large_activation_sums(vs: list[Tensor]) -> Tensor:
+    """many_activation_sums' four sums of large same-shape activations, (K, 4): each token's norm and Σ|v| over its C
+    channels in the activation's dtype (a float32 sum of C terms is exact to ~1e-7 relative, and casting the whole
+    tensor to float64 first costs 5-10× the reduction), then the per-token results of all K stacked and summed in
+    float64 in a few ops; max |v| from aminmax (no |v| temporary). A float64 activation is summed in float64
+    throughout. Three reductions per tensor, the rest batched: at small widths the op count is the cost."""
+    token = torch.stack([torch.linalg.vector_norm(v, dim=-1).flatten() for v in vs]).double()  # (K, tokens)
+    l1 = torch.stack([torch.linalg.vector_norm(v, ord=1, dim=-1).flatten() for v in vs]).double()
+    extremes = torch.stack([torch.stack(torch.aminmax(v)) for v in vs]).double()  # (K, 2): min, max
+    return torch.stack([token.square().sum(1), torch.maximum(-extremes[:, 0], extremes[:, 1]), token.sum(1),
+                        l1.sum(1)], dim=1)
 
 
 PARAM_BATCH = 1 << 14  # parameters up to this many elements are reduced together (ManyParamSums)
