@@ -11,7 +11,7 @@ import pytest
 
 from ssmscope.runs.analysis import equivalence
 from ssmscope.ssm.config import Discretization
-from ssmscope.ssm.presets import OptimizerFamily, builtin_names, load_preset
+from ssmscope.ssm.presets import OptimizerFamily, builtin_names, load_preset, readout_mult_exponents
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "ssm" / "presets"
 JOINT = [(16, 16), (32, 32), (64, 64), (128, 128)]
@@ -23,7 +23,9 @@ def test_the_torch_free_resolver_reads_every_role_as_ssm_presets_does(name, disc
     preset = load_preset(name)
     resolved = equivalence.resolve(name, disc, family)
     assert resolved.base == (preset.base_n_u, preset.base_n_x)
-    assert set(resolved.roles) == {r.value for r in preset.roles}
+    assert set(resolved.roles) == {r.value for r in preset.roles} | {equivalence.TIED_READOUT_KEY}
+    tied = readout_mult_exponents(preset, Discretization(disc))
+    assert tuple(float(v) for v in resolved.roles[equivalence.TIED_READOUT_KEY]["mult"]) == (tied.n_u, tied.n_x)
     for role in preset.roles:
         rule = preset.scaling(role, Discretization(disc))
         for kind, exps in (("init", rule.init), ("lr", rule.lr[OptimizerFamily(family)]), ("mult", rule.mult)):
@@ -70,3 +72,14 @@ def test_coincidences_group_presets_per_discretisation_and_optimizer():
                                                  n_x=128)])])
     assert equivalence.coincidences(extra, "joint") == []
     assert equivalence.coincidences(frame.head(0), "joint") == []
+
+
+def test_presets_with_the_same_exponents_and_other_constants_are_not_one_parameterization():
+    """Falcon-H1's recipe has SP's width exponents and its own constant multipliers and readout: not SP. The µP
+    heuristic and µP-SSM for SSD differ only in N_x exponents, so at N_x = their base (16) they coincide."""
+    n_u_axis = [(64, 16), (128, 16), (256, 16)]
+    assert not equivalence.same_parameterization("mamba2-sp", "mamba2-falconh1", "euler", "adam", n_u_axis)
+    assert equivalence.same_parameterization("mamba2-mup", "mamba2-mup-ssm", "euler", "adam", n_u_axis)
+    assert not equivalence.same_parameterization("mamba2-mup", "mamba2-mup-ssm", "euler", "adam", [(64, 32)])
+    # same exponents, other init base: transformers' init is not state-spaces/mamba's
+    assert not equivalence.same_parameterization("mamba2-mup", "mamba2-mambapy", "euler", "adam", n_u_axis)

@@ -28,9 +28,11 @@ from ssmscope.ssm.config import FAMILY_OF_OPTIMIZER as FAMILY_OF_OPTIMIZER
 from ssmscope.ssm.config import Discretization, OptimizerFamily
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.exponents import Pair
-from ssmscope.ssm.presets import load_preset
+from ssmscope.ssm.presets import Exponents, load_preset, readout_mult_exponents
 
 SCALED = ("init", "lr", "mult")
+TIED_READOUT_KEY = "readout.tied"
+"""The entry of Resolved.roles for a tied readout's forward multiplier (ssm.presets.readout_mult_exponents)."""
 """What a preset scales per role: init std (or value), learning rate, forward multiplier."""
 
 
@@ -40,6 +42,10 @@ class Resolved:
 
     base: tuple[int, int]
     roles: Mapping[str, Mapping[str, Pair]]  # role → {"init"|"lr"|"mult": (a, b)}
+    constants: tuple = ()
+    """What the exponents do not say and must agree as well: the init base, the readout treatment, and per role
+    the constant multiplier at the base width (`mult_base`) and whether the run's weight decay applies (`decay`).
+    Falcon-H1's recipe has SP's exponents and its own constants."""
 
 
 @cache
@@ -53,12 +59,16 @@ def resolve(preset: str, discretization: str, optimizer: str) -> Resolved | None
         disc = Discretization(discretization)
     except (ConfigError, ValueError):
         return None
-    roles = {}
+    roles, per_role = {}, []
     for role in loaded.roles:
         rule = loaded.scaling(role, disc)
         roles[role.value] = {"init": rule.init.pair, "lr": rule.lr[OptimizerFamily(family)].pair,
                              "mult": rule.mult.pair}
-    return Resolved((loaded.base_n_u, loaded.base_n_x), roles)
+        per_role.append((role.value, rule.mult_base, rule.decay))
+    zero = Exponents().pair  # a tied readout's multiplier scales with width like the rest: compared per width point
+    roles[TIED_READOUT_KEY] = {"init": zero, "lr": zero, "mult": readout_mult_exponents(loaded, disc).pair}
+    constants = (loaded.init_base.source, loaded.readout.value, tuple(per_role))
+    return Resolved((loaded.base_n_u, loaded.base_n_x), roles, constants)
 
 
 def _log_factor(pair: Pair, base: tuple[int, int], width: tuple[int, int]) -> float:
@@ -71,7 +81,8 @@ def same_parameterization(a: str, b: str, discretization: str, optimizer: str,
     """True when presets a and b build identical models at every (N_u, N_x) in `widths`."""
     ra, rb = resolve(a, discretization, optimizer), resolve(b, discretization, optimizer)
     widths = list(widths)
-    if ra is None or rb is None or ra.base != rb.base or set(ra.roles) != set(rb.roles) or not widths:
+    if (ra is None or rb is None or ra.base != rb.base or ra.constants != rb.constants or set(ra.roles) != set(rb.roles)
+            or not widths):
         return False
     return all(math.isclose(_log_factor(ra.roles[role][k], ra.base, w), _log_factor(rb.roles[role][k], rb.base, w),
                             abs_tol=1e-12)
