@@ -23,6 +23,7 @@ from ssmscope.runs.analysis.export import exponent_text, record_words
 from ssmscope.runs.analysis.norms import norm_label
 from ssmscope.runs.analysis.vocabulary import FitStatus
 from ssmscope.runs.store.schema import PARAMETERIZATION_KEYS, WIDTH_KEYS
+from ssmscope.ssm.roles import Family
 
 LAYER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf")
@@ -141,6 +142,17 @@ COLUMN_TITLE_SIZE = 12
 """Font size of the column titles: "mup-ssm · euler" fits its panel with six panels across a 1280-px window."""
 
 
+def compact_titles(titles: Sequence[str]) -> list[str]:
+    """Column titles without the model-family prefix they all share ("mamba2-sp", "mamba2-mup" → "mamba2-sp", "mup"):
+    eight Mamba-2 recipes side by side overlap at 1280 px with it. The first title keeps its full name, so the family
+    stays on the figure; other titles are unchanged."""
+    for family in Family:
+        head = f"{family.value}-"
+        if len(titles) > 1 and all(t.startswith(head) and len(t) > len(head) for t in titles):
+            return [titles[0], *(t[len(head):] for t in titles[1:])]
+    return list(titles)
+
+
 @functools.cache
 def _grid_json(n_rows: int, n_cols: int, per_row: bool, titles: tuple[str, ...]) -> str:
     """The layout of a subplot grid as JSON (make_subplots validates every axis: ~0.5 s, so it is built once)."""
@@ -171,7 +183,7 @@ def _grid_layout(n_rows: int, n_cols: int, per_row: bool, titles: Sequence[str],
                  y_ranges: dict[tuple[int, int], list[float]]) -> dict:
     """A plain-dict layout for an n_rows × n_cols grid: axis ranges, ticks and titles set without plotly's
     per-call validation (which costs about a second for a 6 × 4 grid)."""
-    layout = json.loads(_grid_json(n_rows, n_cols, per_row, tuple(titles)))
+    layout = json.loads(_grid_json(n_rows, n_cols, per_row, tuple(compact_titles(titles))))
     for i in range(1, n_rows + 1):
         for j in range(1, n_cols + 1):
             xa = layout.setdefault(_axis("x", i, j, n_cols), {})

@@ -146,3 +146,13 @@ def test_the_slices_table_fits_every_in_proj_block_and_says_when_there_are_none(
     empty = CliRunner().invoke(cli, ["slopes", "--db", str(store), "--width", "n_u", "--table", "slices",
                                      "--where", "preset = 'nothing'"])
     assert empty.exit_code != 0 and "Traceback" not in empty.output
+
+
+def test_column_titles_drop_the_shared_family_prefix_but_the_first():
+    from ssmscope.app.figures import compact_titles
+
+    titles = ["mamba2-sp", "mamba2-mup", "mamba2-lmengine-pr131"]
+    assert compact_titles(titles) == ["mamba2-sp", "mup", "lmengine-pr131"]
+    assert compact_titles(["sp", "mup", "mup-ssm"]) == ["sp", "mup", "mup-ssm"]  # S6 names: no family prefix
+    assert compact_titles(["mup-ssm · euler", "mup-ssm · zoh"]) == ["mup-ssm · euler", "mup-ssm · zoh"]
+    assert compact_titles(["mamba2-sp", "sp"]) == ["mamba2-sp", "sp"]
