@@ -10,11 +10,13 @@ S6 `Observer` (probes.observer) and the SSD `Mamba2Observer` (probes.mamba2), an
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from ssmscope.probes.schema import Quantity, Site
 from ssmscope.probes.stats import (
@@ -159,7 +161,7 @@ class ObserverBase:
     _first: dict[str, list] | None
     _prev: dict[str, list] | None
 
-    def _new_probe(self, references: dict[str, Any]) -> Any:
+    def _new_probe(self, references: dict[str, Any], want_grad: bool) -> Any:
         raise NotImplementedError
 
     def arm(self, step: int) -> None:
@@ -172,11 +174,51 @@ class ObserverBase:
                 refs["init"] = self._first["inputs"][layer]
                 if self.state_prev:
                     refs["prev"] = self._prev["inputs"][layer]
-            mixer.probe = self._new_probe(refs)
+            mixer.probe = self._new_probe(refs, self.grads)
             self._taps[layer].__init__()
         if self._readout is not None:
             self._readout.clear()
         self._snapshot_init_params()
+
+    # ------------------------------------------------------------------ per-group updates
+    update_groups: Mapping[str, tuple[str, ...]] = {}
+    """Group → the roles it moves (probes.update_groups, the subclass's family)."""
+
+    def _group_layer_records(self, step: int, layer: int, group: str, mixed: dict[str, Tensor],
+                             pending: _Pending) -> None:
+        raise NotImplementedError
+
+    def group_update_records(self, step: int, inputs: Tensor) -> list[dict[str, Any]]:
+        """Δ of the state, y, the readout and the block output from init with only one parameter group moved.
+
+        Recomputes the probe batch `inputs` once per group in `update_groups` (torch.func.functional_call) with every
+        other parameter at its initial value, so that a flat total cannot hide a growing part; the state's Δ against
+        the first armed step's scan inputs. Needs a previous collect() (the init references) and params=True.
+        Records: sites x, y, cx, block_out, quantity delta_init, group = the group's name."""
+        if self._first is None or self._init_params is None:
+            raise RuntimeError("group updates need the init step collected first")
+        current = {n: p.detach() for n, p in self.model.named_parameters()}
+        pending = _Pending()
+        for group, roles in self.update_groups.items():
+            mixed = {n: (current[n] if str(role_of(n)) in roles else self._init_params[n]) for n in current}
+            with self._armed_for_group(), torch.no_grad():
+                functional_call(self.model, mixed, (inputs,))
+                for layer in range(len(self.mixers)):
+                    self._group_layer_records(step, layer, group, mixed, pending)
+        return pending.finish()
+
+    @contextmanager
+    def _armed_for_group(self) -> Iterator[None]:
+        self._armed_step = -1
+        for layer, mixer in enumerate(self.mixers):
+            mixer.probe = self._new_probe({"init": self._first["inputs"][layer]}, want_grad=False)
+            self._taps[layer].__init__()
+        try:
+            yield
+        finally:
+            for mixer in self.mixers:
+                mixer.probe = None
+            self._armed_step = None
 
     def _snapshot_init_params(self) -> None:
         """W_init: the parameters at the first arm() (for ‖W − W_init‖)."""

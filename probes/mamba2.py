@@ -23,13 +23,10 @@ Hooks only read: the model's numbers are unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from ssmscope.probes.base import ObserverBase, _Pending, _zero_record
 from ssmscope.probes.observer import Observer
@@ -37,7 +34,7 @@ from ssmscope.probes.schema import Quantity, Site
 from ssmscope.probes.update_groups import UPDATE_GROUPS_BY_FAMILY
 from ssmscope.ssm.mamba2 import IN_PROJ_BLOCKS, Mamba2LM, Mamba2Mixer
 from ssmscope.ssm.model import MambaLM
-from ssmscope.ssm.roles import Family, role_of
+from ssmscope.ssm.roles import Family
 from ssmscope.ssm.scan.ssd_probe import SSDInputs, SSDStateProbe
 
 _ACTS = ("y", "cx", "block_out")
@@ -113,8 +110,8 @@ class Mamba2Observer(ObserverBase):
         return hook
 
     # ------------------------------------------------------------------ arming
-    def _new_probe(self, references: dict[str, SSDInputs]) -> SSDStateProbe:
-        return SSDStateProbe(references=references, want_grad=self.grads)
+    def _new_probe(self, references: dict[str, SSDInputs], want_grad: bool) -> SSDStateProbe:
+        return SSDStateProbe(references=references, want_grad=want_grad)
 
     # ------------------------------------------------------------------ collecting
     def collect(self) -> list[dict[str, Any]]:
@@ -183,45 +180,20 @@ class Mamba2Observer(ObserverBase):
         current["in_proj"].append(dict(tap.in_proj))
 
     # ------------------------------------------------------------------ per-group updates
-    def group_update_records(self, step: int, inputs: Tensor) -> list[dict[str, Any]]:
-        """Δh, Δy, Δ(C·h), Δ(block_out) from init with only one parameter group moved to its current value.
+    update_groups = UPDATE_GROUPS
 
-        As Observer.group_update_records, with Mamba-2's groups (UPDATE_GROUPS): the probe batch `inputs` (token
-        ids) is recomputed once per group by torch.func.functional_call with every other parameter at its initial
-        value; the SSD probe gives Σ(h − h_init)² against the init step's scan inputs. Needs a previous collect()
-        (the init references) and params=True. Sites x, y, cx, block_out; quantity delta_init; group = the name.
-        """
-        if self._first is None or self._init_params is None:
-            raise RuntimeError("group updates need the init step collected first")
-        current = {n: p.detach() for n, p in self.model.named_parameters()}
-        pending = _Pending()
-        for group, roles in UPDATE_GROUPS.items():
-            mixed = {n: (current[n] if str(role_of(n)) in roles else self._init_params[n]) for n in current}
-            with self._armed_for_group(), torch.no_grad():
-                functional_call(self.model, mixed, (inputs,))
-                for layer, (mixer, tap) in enumerate(zip(self.mixers, self._taps, strict=True)):
-                    probe = mixer.probe
-                    inp = probe.inputs
-                    base = {"step": step, "layer": layer, "quantity": str(Quantity.DELTA_INIT), "group": group}
-                    pending.add_channels({**base, "site": str(Site.X)}, probe.delta_sumsq["init"], inp.B.shape[-1],
-                                         probe.delta_maxabs["init"])
-                    acts = {"y": tap.y, "cx": _readout_removed(tap.y, inp), "block_out": tap.block_out}
-                    for name, v in acts.items():
-                        pending.add_activation({**base, "site": name}, v - self._first[name][layer])
-        return pending.finish()
-
-    @contextmanager
-    def _armed_for_group(self) -> Iterator[None]:
-        self._armed_step = -1
-        for layer, mixer in enumerate(self.mixers):
-            mixer.probe = SSDStateProbe(references={"init": self._first["inputs"][layer]})
-            self._taps[layer].__init__()
-        try:
-            yield
-        finally:
-            for mixer in self.mixers:
-                mixer.probe = None
-            self._armed_step = None
+    def _group_layer_records(self, step: int, layer: int, group: str, mixed: dict[str, Tensor],
+                             pending: _Pending) -> None:
+        """One layer's records of a per-group recompute with Mamba-2's groups (ObserverBase.group_update_records):
+        Σ(h − h_init)² against the init step's scan inputs, and Δ of y, C·h and the block output."""
+        probe, tap = self.mixers[layer].probe, self._taps[layer]
+        inp = probe.inputs
+        base = {"step": step, "layer": layer, "quantity": str(Quantity.DELTA_INIT), "group": group}
+        pending.add_channels({**base, "site": str(Site.X)}, probe.delta_sumsq["init"], inp.B.shape[-1],
+                             probe.delta_maxabs["init"])
+        acts = {"y": tap.y, "cx": _readout_removed(tap.y, inp), "block_out": tap.block_out}
+        for name, v in acts.items():
+            pending.add_activation({**base, "site": name}, v - self._first[name][layer])
 
 
 def observer_for(model: nn.Module, **kw: Any) -> Observer | Mamba2Observer:

@@ -30,19 +30,15 @@ step only (the first logged step always), for long runs where they dominate the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from ssmscope.probes.base import ObserverBase, _Pending, _zero_record
 from ssmscope.probes.schema import Quantity, Site
 from ssmscope.probes.update_groups import UPDATE_GROUPS  # S6's groups; every family's in probes.update_groups
 from ssmscope.ssm.model import MambaLM, MambaMixer
-from ssmscope.ssm.roles import role_of
 from ssmscope.ssm.scan import ScanInputs, StateProbe
 
 
@@ -107,8 +103,8 @@ class Observer(ObserverBase):
         return hook
 
     # ------------------------------------------------------------------ arming
-    def _new_probe(self, references: dict[str, ScanInputs]) -> StateProbe:
-        return StateProbe(references=references, want_grad=self.grads)
+    def _new_probe(self, references: dict[str, ScanInputs], want_grad: bool) -> StateProbe:
+        return StateProbe(references=references, want_grad=want_grad)
 
     # ------------------------------------------------------------------ collecting
     def collect(self) -> list[dict[str, Any]]:
@@ -165,42 +161,15 @@ class Observer(ObserverBase):
         return records
 
     # ------------------------------------------------------------------ per-group updates
-    def group_update_records(self, step: int, inputs: Tensor) -> list[dict[str, Any]]:
-        """Δx, Δy, Δ(C·x) from init with only one parameter group moved to its current value.
+    update_groups = UPDATE_GROUPS
 
-        Recomputes the probe batch once per group in UPDATE_GROUPS with every other
-        parameter at its initial value, so that a flat total cannot hide a growing part.
-        Needs a previous collect() (the init references) and params=True.
-        """
-        if self._first is None or self._init_params is None:
-            raise RuntimeError("group updates need the init step collected first")
-        current = {n: p.detach() for n, p in self.model.named_parameters()}
-        pending = _Pending()
-        for group, roles in UPDATE_GROUPS.items():
-            mixed = {n: (current[n] if str(role_of(n)) in roles else self._init_params[n]) for n in current}
-            with self._armed_for_group(), torch.no_grad():
-                functional_call(self.model, mixed, (inputs,))
-                for layer, mixer in enumerate(self.mixers):
-                    probe, tap = mixer.probe, self._taps[layer]
-                    n_state = probe.inputs.A.shape[1]
-                    cx = tap.y - tap.u * mixed[f"layers.{layer}.mixer.D"]
-                    base = {"step": step, "layer": layer, "quantity": str(Quantity.DELTA_INIT),
-                            "group": group}
-                    pending.add_channels({**base, "site": str(Site.X)}, probe.delta_sumsq["init"], n_state,
-                                         probe.delta_maxabs["init"])
-                    for name, v in (("y", tap.y), ("cx", cx), ("block_out", tap.block_out)):
-                        pending.add_activation({**base, "site": name}, v - self._first[name][layer])
-        return pending.finish()
-
-    @contextmanager
-    def _armed_for_group(self) -> Iterator[None]:
-        self._armed_step = -1
-        for layer, mixer in enumerate(self.mixers):
-            mixer.probe = StateProbe(references={"init": self._first["inputs"][layer]})
-            self._taps[layer].__init__()
-        try:
-            yield
-        finally:
-            for mixer in self.mixers:
-                mixer.probe = None
-            self._armed_step = None
+    def _group_layer_records(self, step: int, layer: int, group: str, mixed: dict[str, Tensor],
+                             pending: _Pending) -> None:
+        """One layer's records of a per-group recompute (ObserverBase.group_update_records)."""
+        probe, tap = self.mixers[layer].probe, self._taps[layer]
+        cx = tap.y - tap.u * mixed[f"layers.{layer}.mixer.D"]
+        base = {"step": step, "layer": layer, "quantity": str(Quantity.DELTA_INIT), "group": group}
+        pending.add_channels({**base, "site": str(Site.X)}, probe.delta_sumsq["init"], probe.inputs.A.shape[1],
+                             probe.delta_maxabs["init"])
+        for name, v in (("y", tap.y), ("cx", cx), ("block_out", tap.block_out)):
+            pending.add_activation({**base, "site": name}, v - self._first[name][layer])
