@@ -180,6 +180,38 @@ class ObserverBase:
             self._readout.clear()
         self._snapshot_init_params()
 
+    # ------------------------------------------------------------------ collecting
+    current_keys: tuple[str, ...] = ("inputs", "y", "cx", "block_out")
+    """What a collected step keeps per layer as the next steps' references (`_first`, `_prev`)."""
+
+    def _layer_records(self, step: int, layer: int, probe: Any, tap: Any, pending: _Pending,
+                       current: dict[str, list]) -> None:
+        raise NotImplementedError
+
+    def collect(self) -> list[dict[str, Any]]:
+        """Records of the armed step (call after backward when grads are on); disarms. Per layer the subclass's
+        `_layer_records`, then the parameter and readout records, read with one synchronisation."""
+        step = self._armed_step
+        if step is None:
+            raise RuntimeError(f"{type(self).__name__}.collect() called without arm(step) before the forward")
+        pending = _Pending()
+        current: dict[str, list] = {key: [] for key in self.current_keys}
+        for layer, (mixer, tap) in enumerate(zip(self.mixers, self._taps, strict=True)):
+            probe = mixer.probe
+            if probe is None or probe.inputs is None or tap.y is None:
+                raise RuntimeError(f"the armed forward did not reach layer {layer}; arm() must precede the "
+                                   "model's forward")
+            self._layer_records(step, layer, probe, tap, pending, current)
+            mixer.probe = None
+        self._common_records(step, pending)
+        records = pending.finish()
+        self._n_collected += 1
+        if self._first is None:
+            self._first = current
+        self._prev = current
+        self._armed_step = None
+        return records
+
     # ------------------------------------------------------------------ per-group updates
     update_groups: Mapping[str, tuple[str, ...]] = {}
     """Group → the roles it moves (probes.update_groups, the subclass's family)."""

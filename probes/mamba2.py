@@ -114,28 +114,7 @@ class Mamba2Observer(ObserverBase):
         return SSDStateProbe(references=references, want_grad=want_grad)
 
     # ------------------------------------------------------------------ collecting
-    def collect(self) -> list[dict[str, Any]]:
-        """Records of the armed step (call after backward when grads are on); disarms."""
-        step = self._armed_step
-        if step is None:
-            raise RuntimeError("Mamba2Observer.collect() called without arm(step) before the forward")
-        pending = _Pending()
-        current: dict[str, list] = {"inputs": [], "y": [], "cx": [], "block_out": [], "in_proj": []}
-        for layer, (mixer, tap) in enumerate(zip(self.mixers, self._taps, strict=True)):
-            probe = mixer.probe
-            if probe is None or probe.inputs is None or tap.y is None:
-                raise RuntimeError(f"the armed forward did not reach layer {layer}; arm() must precede the "
-                                   "model's forward")
-            self._layer_records(step, layer, probe, tap, pending, current)
-            mixer.probe = None
-        self._common_records(step, pending)
-        records = pending.finish()
-        self._n_collected += 1
-        if self._first is None:
-            self._first = current
-        self._prev = current
-        self._armed_step = None
-        return records
+    current_keys = ("inputs", "y", "cx", "block_out", "in_proj")
 
     def _layer_records(self, step: int, layer: int, probe: SSDStateProbe, tap: _Mamba2Tap, pending: _Pending,
                        current: dict[str, list]) -> None:

@@ -107,58 +107,40 @@ class Observer(ObserverBase):
         return StateProbe(references=references, want_grad=want_grad)
 
     # ------------------------------------------------------------------ collecting
-    def collect(self) -> list[dict[str, Any]]:
-        """Records of the armed step (call after backward when grads are on); disarms."""
-        step = self._armed_step
-        if step is None:
-            raise RuntimeError("Observer.collect() called without arm(step) before the forward")
-        pending = _Pending()
-        current: dict[str, list] = {"inputs": [], "y": [], "cx": [], "block_out": []}
-        for layer, mixer in enumerate(self.mixers):
-            probe, tap = mixer.probe, self._taps[layer]
-            if probe is None or probe.inputs is None or tap.y is None:
-                raise RuntimeError("the armed forward did not reach layer "
-                                   f"{layer}; arm() must precede the model's forward")
-            n_state = probe.inputs.A.shape[1]
-            cx = tap.y - tap.u * mixer.D.detach()
-            acts = {"y": tap.y, "cx": cx, "block_out": tap.block_out}
+    def _layer_records(self, step: int, layer: int, probe: StateProbe, tap: _LayerTap, pending: _Pending,
+                       current: dict[str, list]) -> None:
+        """One S6 layer's records of a collected step (ObserverBase.collect), and its references for later steps."""
+        n_state = probe.inputs.A.shape[1]
+        cx = tap.y - tap.u * self.mixers[layer].D.detach()
+        acts = {"y": tap.y, "cx": cx, "block_out": tap.block_out}
 
-            def key(site: Site, quantity: Quantity, layer=layer) -> dict[str, Any]:
-                return {"step": step, "layer": layer, "site": str(site), "quantity": str(quantity), "group": ""}
+        def key(site: Site, quantity: Quantity) -> dict[str, Any]:
+            return {"step": step, "layer": layer, "site": str(site), "quantity": str(quantity), "group": ""}
 
-            pending.add_channels(key(Site.X, Quantity.VALUE), probe.state_sumsq, n_state, probe.state_maxabs)
-            for name, v in acts.items():
-                pending.add_activation(key(Site(name), Quantity.VALUE), v)
-            for ref_name, quantity in (("init", Quantity.DELTA_INIT), ("prev", Quantity.DELTA_PREV)):
-                if self._first is None:  # the first armed step is the reference itself: Δ = 0
-                    if quantity == Quantity.DELTA_INIT or self.state_prev:
-                        pending.add(key(Site.X, quantity), _zero_record(probe.state_sumsq.shape, n_state))
-                    for name, v in acts.items():
-                        pending.add(key(Site(name), quantity), _zero_record(v.shape, 1))
-                    continue
-                if ref_name in probe.delta_sumsq:
-                    pending.add_channels(key(Site.X, quantity), probe.delta_sumsq[ref_name], n_state,
-                                         probe.delta_maxabs[ref_name])
-                source = self._first if ref_name == "init" else self._prev
+        pending.add_channels(key(Site.X, Quantity.VALUE), probe.state_sumsq, n_state, probe.state_maxabs)
+        for name, v in acts.items():
+            pending.add_activation(key(Site(name), Quantity.VALUE), v)
+        for ref_name, quantity in (("init", Quantity.DELTA_INIT), ("prev", Quantity.DELTA_PREV)):
+            if self._first is None:  # the first armed step is the reference itself: Δ = 0
+                if quantity == Quantity.DELTA_INIT or self.state_prev:
+                    pending.add(key(Site.X, quantity), _zero_record(probe.state_sumsq.shape, n_state))
                 for name, v in acts.items():
-                    pending.add_activation(key(Site(name), quantity), v - source[name][layer])
-            if self.grads and tap.grad_y is not None:
-                pending.add_activation(key(Site.GRAD_Y, Quantity.VALUE), tap.grad_y)
-            if self.grads and probe.grad_sumsq is not None:
-                pending.add_channels(key(Site.GRAD_X, Quantity.VALUE), probe.grad_sumsq, n_state,
-                                     probe.grad_sumsq.max().sqrt())
-            current["inputs"].append(probe.inputs)
+                    pending.add(key(Site(name), quantity), _zero_record(v.shape, 1))
+                continue
+            if ref_name in probe.delta_sumsq:
+                pending.add_channels(key(Site.X, quantity), probe.delta_sumsq[ref_name], n_state,
+                                     probe.delta_maxabs[ref_name])
+            source = self._first if ref_name == "init" else self._prev
             for name, v in acts.items():
-                current[name].append(v)
-            mixer.probe = None
-        self._common_records(step, pending)
-        records = pending.finish()
-        self._n_collected += 1
-        if self._first is None:
-            self._first = current
-        self._prev = current
-        self._armed_step = None
-        return records
+                pending.add_activation(key(Site(name), quantity), v - source[name][layer])
+        if self.grads and tap.grad_y is not None:
+            pending.add_activation(key(Site.GRAD_Y, Quantity.VALUE), tap.grad_y)
+        if self.grads and probe.grad_sumsq is not None:
+            pending.add_channels(key(Site.GRAD_X, Quantity.VALUE), probe.grad_sumsq, n_state,
+                                 probe.grad_sumsq.max().sqrt())
+        current["inputs"].append(probe.inputs)
+        for name, v in acts.items():
+            current[name].append(v)
 
     # ------------------------------------------------------------------ per-group updates
     update_groups = UPDATE_GROUPS
