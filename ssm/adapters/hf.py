@@ -31,7 +31,14 @@ from typing import Any
 from torch import Tensor, nn
 
 from ssmscope.ssm.adapters import hf_mamba2, rescale
-from ssmscope.ssm.adapters.rescale import Adaptee, CanonicalParam, HFParamPlan, backbone, preset_groups
+from ssmscope.ssm.adapters.rescale import (
+    Adaptee,
+    CanonicalParam,
+    HFParamPlan,
+    backbone,
+    preset_groups,
+    refuse_tied_or_uncovered,
+)
 from ssmscope.ssm.config import Discretization, Optimizer
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.presets import Preset
@@ -160,14 +167,7 @@ def _check_mamba(model: nn.Module) -> None:
     if not is_hf_mamba(model):
         raise ConfigError(f"{type(model).__module__}.{type(model).__name__} is not transformers' MambaForCausalLM, "
                           "MambaModel, Mamba2ForCausalLM or Mamba2Model")
-    head = getattr(model, "lm_head", None)
-    if head is not None and head.weight is backbone(model).embeddings.weight:
-        raise ConfigError("the model ties lm_head to the embedding (tie_word_embeddings=True), so the readout "
-                          "cannot follow its own rule; build the config with tie_word_embeddings=False")
-    uncovered = [cp.hf_name for cp in _mamba_params(model) if cp.role is None]
-    if uncovered:
-        raise ConfigError(f"no role covers parameter(s) {', '.join(uncovered)}; build the config with "
-                          "use_bias=False (Mamba's default) or extend ssm.roles.ROLE_OF_NAME")
+    refuse_tied_or_uncovered(model, _mamba_params(model), "Mamba's")
 
 
 MAMBA = Adaptee(Family.MAMBA, _check_mamba, _mamba_params, lambda m: (HFWidths.of(m).n_u, HFWidths.of(m).n_x),

@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from ssmscope.ssm.adapters.rescale import Adaptee, CanonicalParam, backbone
+from ssmscope.ssm.adapters.rescale import Adaptee, CanonicalParam, backbone, refuse_tied_or_uncovered
 from ssmscope.ssm.config import Discretization
 from ssmscope.ssm.errors import ConfigError
 from ssmscope.ssm.mamba2 import IN_PROJ_BLOCKS
@@ -149,14 +149,7 @@ def check_adaptable(model: nn.Module) -> None:
     if not is_hf_mamba2(model):
         raise ConfigError(f"{type(model).__module__}.{type(model).__name__} is not transformers' Mamba2ForCausalLM "
                           "or Mamba2Model")
-    head = getattr(model, "lm_head", None)
-    if head is not None and head.weight is backbone(model).embeddings.weight:
-        raise ConfigError("the model ties lm_head to the embedding (tie_word_embeddings=True), so the readout "
-                          "cannot follow its own rule; build the config with tie_word_embeddings=False")
-    uncovered = [cp.hf_name for cp in canonical_params(model) if cp.role is None]
-    if uncovered:
-        raise ConfigError(f"no role covers parameter(s) {', '.join(uncovered)}; build the config with "
-                          "use_bias=False (Mamba-2's default) or extend ssm.roles.ROLE_OF_NAME")
+    refuse_tied_or_uncovered(model, canonical_params(model), "Mamba-2's")
 
 
 def _widths(model: nn.Module) -> tuple[int, int]:

@@ -49,6 +49,20 @@ class CanonicalParam:
         return p if self.rows is None else p[self.rows]
 
 
+def refuse_tied_or_uncovered(model: nn.Module, params: list[CanonicalParam], bias_default: str) -> None:
+    """What no transformers Mamba can be put under a preset with, refused in one line naming the fix: a readout tied
+    to the embedding (it could not follow its own rule), and parameters no role covers (biases; `bias_default` says
+    whose default has none, e.g. "Mamba-2's")."""
+    head = getattr(model, "lm_head", None)
+    if head is not None and head.weight is backbone(model).embeddings.weight:
+        raise ConfigError("the model ties lm_head to the embedding (tie_word_embeddings=True), so the readout "
+                          "cannot follow its own rule; build the config with tie_word_embeddings=False")
+    uncovered = [cp.hf_name for cp in params if cp.role is None]
+    if uncovered:
+        raise ConfigError(f"no role covers parameter(s) {', '.join(uncovered)}; build the config with "
+                          f"use_bias=False ({bias_default} default) or extend ssm.roles.ROLE_OF_NAME")
+
+
 @dataclass(frozen=True)
 class Adaptee:
     """What the shared core needs of one kind of transformers model (see the module docstring)."""
