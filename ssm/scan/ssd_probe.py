@@ -67,7 +67,6 @@ class SSDStateProbe:
     grad_sumsq: Tensor | None = None
     grad_maxabs: Tensor | None = None
     _compiled: bool = field(default=False, repr=False)  # the backend observe() chose
-    _kernel_inputs: SSDInputs | None = field(default=None, repr=False)  # the compiled kernels' contiguous inputs
 
     def observe(self, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
                 y: Tensor) -> None:
@@ -111,7 +110,7 @@ class SSDStateProbe:
         bt, length, nheads, p = cur.x.shape
         groups, n = cur.B.shape[2], cur.B.shape[3]
         new = lambda: cur.x.new_empty(bt, length, nheads * p)  # noqa: E731
-        refs = [_contiguous_reference(r, dtype) for r in self.references.values()]
+        refs = [_contiguous(r, dtype) for r in self.references.values()]  # no copy: earlier steps' `inputs`
         if len(refs) > compiled.MAX_REFS:
             raise ValueError(f"the compiled SSD probe takes at most {compiled.MAX_REFS} references")
         for name, r in zip(self.references, refs, strict=True):
@@ -133,13 +132,14 @@ class SSDStateProbe:
         self.state_sumsq, self.state_maxabs = ssq, mx.amax()
         for name, (sq, m) in outs.items():
             self.delta_sumsq[name], self.delta_maxabs[name] = sq, m.amax()
-        self._kernel_inputs = cur
+        self.inputs = cur  # contiguous: a later step that takes these as its reference reads them without a copy
 
     def _compiled_adjoint(self, g: Tensor) -> None:
         """The adjoint's sums from the compiled kernel, given ∂L/∂y (Bt, L, H, P)."""
         from ssmscope.ssm.scan import compiled
 
-        cur = self._kernel_inputs
+        cur = self.inputs
+        assert cur is not None
         dtype = cur.x.dtype
         bt, length, nheads, p = cur.x.shape
         groups, n = cur.C.shape[2], cur.C.shape[3]
@@ -195,24 +195,6 @@ class SSDStateProbe:
 def _contiguous(inp: SSDInputs, dtype: torch.dtype) -> SSDInputs:
     """The scan inputs as the kernels read them: contiguous, one dtype."""
     return SSDInputs(*(None if t is None else t.detach().to(dtype).contiguous() for t in inp))
-
-
-_REFERENCE_CACHE: dict[tuple[int, torch.dtype], tuple[SSDInputs, SSDInputs]] = {}
-_REFERENCE_CACHE_SIZE = 64
-
-
-def _contiguous_reference(ref: SSDInputs, dtype: torch.dtype) -> SSDInputs:
-    """_contiguous of a reference, converted once: an observer hands the same init inputs to every armed step.
-    Keyed by the object (kept alive in the cache, so its id is not reused while cached); oldest entries dropped."""
-    key = (id(ref), dtype)
-    hit = _REFERENCE_CACHE.get(key)
-    if hit is not None and hit[0] is ref:
-        return hit[1]
-    if len(_REFERENCE_CACHE) >= _REFERENCE_CACHE_SIZE:
-        del _REFERENCE_CACHE[next(iter(_REFERENCE_CACHE))]
-    converted = _contiguous(ref, dtype)
-    _REFERENCE_CACHE[key] = (ref, converted)
-    return converted
 
 
 def _maxabs(t: Tensor) -> Tensor:
